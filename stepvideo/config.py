@@ -1,0 +1,155 @@
+"""Pipeline parameters: one dataclass per `params.yaml` section, and the presets.
+
+`params.yaml` is the one source of pipeline parameters for both drivers (Prefect and DVC). Its
+`preset:` key names the base values (`demo`, `small`, `step-video-t2v`); every section in the file
+overrides fields of that base. `stepvideo params show --preset NAME` prints a preset in full and
+`stepvideo params write --preset NAME` writes it as a params file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataParams:
+    """The embedded bilingual dataset (`stepvideo data synth`)."""
+
+    out: str = "data"
+    clips: int = 48
+    images: int = 32
+    seed: int = 0
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    fps: int = 8
+    heldout_fraction: float = 0.125
+    degraded_fraction: float = 0.15
+
+
+@dataclass
+class ValidateParams:
+    """The Great Expectations gate over the manifest (`stepvideo data validate`)."""
+
+    policy: str = "quarantine"  # fail | quarantine
+    min_clean_fraction: float = 0.8
+    min_frames: int = 1
+    max_frames: int = 204
+    min_fps: float = 1.0
+    max_fps: float = 60.0
+    min_height: int = 16
+    max_height: int = 1088
+    min_width: int = 16
+    max_width: int = 1920
+    multiple_of: int = 16
+    caption_min_chars: int = 3
+    caption_max_chars: int = 512
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+
+
+@dataclass
+class TrackingParams:
+    experiment: str = "stepvideo"
+    register: bool = True
+
+
+@dataclass
+class Params:
+    preset: str = "demo"
+    data: DataParams = field(default_factory=DataParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, name: str) -> str:
+        """A short stable hash of one section (cache keys, lineage tags)."""
+        blob = json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Overrides on top of the dataclass defaults (which are the `demo` preset).
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "small": {
+        "data": {"clips": 512, "images": 512, "height": 128, "width": 128, "frames": 34},
+    },
+    "step-video-t2v": {
+        # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
+        "data": {"clips": 10000, "images": 10000, "height": 544, "width": 992, "frames": 204, "fps": 25},
+        "validate": {"max_height": 1088, "max_width": 1984},
+    },
+}
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not fit the schema; the message names file and key."""
+
+
+def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
+    if not isinstance(overrides, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(overrides).__name__}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ParamsError(f"{where}.{key}: unknown parameter (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{where}.{key}")
+            continue
+        if isinstance(current, bool) and not isinstance(value, bool):
+            raise ParamsError(f"{where}.{key}: expected true/false, got {value!r}")
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParamsError(f"{where}.{key}: expected a number, got {value!r}")
+            value = type(current)(value) if isinstance(current, float) else value
+            if isinstance(current, int) and not isinstance(value, int):
+                raise ParamsError(f"{where}.{key}: expected an integer, got {value!r}")
+        setattr(obj, key, copy.deepcopy(value))
+
+
+def preset(name: str) -> Params:
+    if name not in PRESETS:
+        raise ParamsError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    p = Params(preset=name)
+    _apply(p, PRESETS[name], name)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml", preset_name: str | None = None) -> Params:
+    """Load a params file: its preset's values, overridden by its sections.
+
+    `preset_name` given: that preset alone, ignoring the file (used by `--preset` on the CLI).
+    """
+    if preset_name is not None:
+        return preset(preset_name)
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    raw = dict(raw)
+    p = preset(str(raw.pop("preset", "demo")))
+    _apply(p, raw, str(path))
+    return p
+
+
+def dump_params(p: Params) -> str:
+    header = (
+        "# stepvideo pipeline parameters: the one source for the Prefect flow and dvc.yaml.\n"
+        f"# Written from the '{p.preset}' preset; edit a value, then `dvc repro` or `stepvideo flow run`.\n"
+    )
+    return header + yaml.safe_dump(p.to_dict(), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,115 @@
+"""Reading and writing clips: H.264 mp4 through PyAV, 1-frame stills as PNG.
+
+Frames are numpy uint8 arrays of shape (T, H, W, 3), RGB. Writing is bit-exact and single-threaded
+so the same frames always give the same bytes (the committed `data.dvc` hash depends on it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+class VideoReadError(ValueError):
+    """A media file that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    frames: int
+    fps: float
+    height: int
+    width: int
+    duration: float
+    kind: str  # "video" | "image"
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), deterministically."""
+    import av
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {frames.shape[1:3]}")
+    tmp = _atomic_target(path)
+    with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "flags": "+bitexact"}
+        stream.codec_context.thread_count = 1
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
+    """Write one (H, W, 3) uint8 frame as PNG (lossless, deterministic)."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp, format="PNG", optimize=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode a clip or still into (T, H, W, 3) uint8 RGB; raises VideoReadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))[None]
+        except (UnidentifiedImageError, OSError) as e:
+            raise VideoReadError(f"{path}: not a readable image ({e})") from e
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream")
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except av.error.FFmpegError as e:
+        raise VideoReadError(f"{path}: cannot decode ({e})") from e
+    if not frames:
+        raise VideoReadError(f"{path}: decodes to zero frames")
+    return np.stack(frames)
+
+
+def probe(path: str | os.PathLike) -> Probe:
+    """Fully decode a file and report frames, fps, size and duration (decoding is the real test)."""
+    path = Path(path)
+    frames = read_video(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return Probe(1, 0.0, frames.shape[1], frames.shape[2], 0.0, "image")
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+        fps = float(rate) if rate else 0.0
+    return Probe(len(frames), fps, frames.shape[1], frames.shape[2], len(frames) / fps if fps else 0.0, "video")

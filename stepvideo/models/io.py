@@ -1,0 +1,117 @@
+"""Folder checkpoints: config.json + safetensors (sharded when large), written atomically.
+
+One format for every model of the project (VAE, DiT, ...), diffusers-style:
+
+    folder/config.json                      plain data (the model's config dataclass as a dict)
+    folder/model.safetensors                one shard, or
+    folder/model-00001-of-00003.safetensors + model.safetensors.index.json   for large models
+
+A folder is written to ``folder.tmp-<pid>`` and renamed into place, so a crash never leaves a
+half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def _shards(state: Mapping[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().contiguous().cpu()
+        size += nbytes
+    return shards
+
+
+def save_folder(
+    folder: str | os.PathLike,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    *,
+    max_shard_bytes: int = 5 * 1024**3,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``state`` and ``config`` to ``folder`` atomically; returns the folder path."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    shards = _shards(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        (tmp / INDEX_NAME).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+        )
+    (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if folder.exists():
+        old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; is {folder} a stepvideo model folder?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a folder, in shard order."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).is_file():
+        index = json.loads((folder / INDEX_NAME).read_text())
+        return [folder / n for n in sorted(set(index["weight_map"].values()))]
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .safetensors weights found")
+    return files
+
+
+def iter_tensors(folder: str | os.PathLike, device: str = "cpu"):
+    """Yield (name, tensor) over every shard, one tensor at a time (never the whole model twice)."""
+    for f in weight_files(folder):
+        with safe_open(str(f), framework="pt", device=device) as fh:
+            for k in fh.keys():
+                yield k, fh.get_tensor(k)
+
+
+def load_state_dict(folder: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    return dict(iter_tensors(folder, device))
