@@ -1,1 +1,129 @@
-"""stepvideo.tracking"""
+"""MLflow, in one place: the store, a run per stage (nested under the flow's run), lineage tags.
+
+The default store is a sqlite database and an artifact folder under `mlflow/` in the project;
+`MLFLOW_TRACKING_URI` overrides it. Stages call `stage_run`; drivers (the Prefect flow) call
+`flow_run` and pass its id down, so a stage records the same whichever driver ran it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+PARENT_ENV = "STEPVIDEO_PARENT_RUN_ID"
+
+
+def project_root() -> Path:
+    """The project folder: STEPVIDEO_ROOT, else the nearest parent of the cwd holding params.yaml."""
+    if os.environ.get("STEPVIDEO_ROOT"):
+        return Path(os.environ["STEPVIDEO_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for p in (here, *here.parents):
+        if (p / "params.yaml").is_file():
+            return p
+    return here
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    store = project_root() / "mlflow"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return os.environ.get("STEPVIDEO_MLFLOW_ARTIFACTS") or (project_root() / "mlflow" / "artifacts").as_uri()
+
+
+def git_commit(root: Path | None = None) -> str:
+    """HEAD's commit, with '-dirty' when tracked files differ; 'unknown' outside git."""
+    root = root or project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the source files of the given packages/modules: a cache key that moves with the code."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"cannot locate module {name!r}")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for f in files:
+            h.update(str(f.relative_to(origin.parent.parent)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _experiment_id(name: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_root())
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def run(name: str, *, experiment: str = "stepvideo", params: dict | None = None, tags: dict | None = None,
+        parent_run_id: str | None = None) -> Iterator[Any]:
+    """A MLflow run (nested under `parent_run_id` or $STEPVIDEO_PARENT_RUN_ID when given)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp_id = _experiment_id(experiment)
+    parent = parent_run_id or os.environ.get(PARENT_ENV) or None
+    base_tags = {"git_commit": git_commit(), "stage": name}
+    with mlflow.start_run(run_name=name, experiment_id=exp_id, parent_run_id=parent, nested=parent is not None,
+                          tags={**base_tags, **(tags or {})}) as active:
+        if params:
+            mlflow.log_params(_flatten(params))
+        yield active
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})

@@ -1,0 +1,1 @@
+"""Prefect flows: thin drivers over `stepvideo.pipeline`'s stage functions."""

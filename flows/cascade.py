@@ -1,0 +1,90 @@
+"""The cascade as a Prefect 3 flow: one task per pipeline stage, cached on the stage's real inputs.
+
+Cache keys: `data` on its params section and the code version of `stepvideo.data`; `validate` on the
+data version (DVC's hash), its params section and the code version. `version` always runs: `dvc add`
+is incremental and is what tells the data version. A cached task whose outputs were deleted runs
+again (its key includes whether the outputs exist).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from stepvideo import pipeline, tracking
+from stepvideo.config import Params, load_params
+
+
+def _key(*parts: object) -> str:
+    return "-".join(str(p) for p in parts)
+
+
+def _data_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    manifest = Path(args["root"]) / p.data.out / "manifest.jsonl"
+    return _key("data", p.section_hash("data"), tracking.code_version("stepvideo.data"), manifest.is_file())
+
+
+def _validate_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    out = Path(args["root"]) / pipeline.OUTPUTS / "validated" / "clean.jsonl"
+    return _key("validate", args["data_version"], p.section_hash("validate"),
+                tracking.code_version("stepvideo.data"), out.is_file())
+
+
+@task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
+def data_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_data(params, Path(root), parent_run_id=parent_run_id)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def ingest_task(params: Params, root: str, videos: str, captions: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_ingest(params, Path(root), Path(videos), Path(captions), parent_run_id=parent_run_id)
+
+
+@task(name="version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def version_task(params: Params, root: str, push: bool, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_version(params, Path(root), push=push, parent_run_id=parent_run_id)
+
+
+@task(name="validate", cache_key_fn=_validate_key, persist_result=True)
+def validate_task(params: Params, root: str, data_version: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_validate(params, Path(root), parent_run_id=parent_run_id)
+
+
+def _run(task_fn, cached: dict, name: str, **kwargs) -> dict[str, Any]:
+    state = task_fn(return_state=True, **kwargs)
+    cached[name] = state.name == "Cached"
+    return state.result()  # raises the stage's exception when it failed
+
+
+@flow(name="stepvideo-cascade", log_prints=True)
+def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
+            videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
+    """synth (or ingest) -> DVC add/push -> validate; more stages append here as they land."""
+    root_path = Path(root).resolve()
+    params = load_params(root_path / params_file, preset)
+    if source not in ("synth", "ingest"):
+        raise ValueError(f"source must be 'synth' or 'ingest', got {source!r}")
+    if source == "ingest" and not (videos and captions):
+        raise ValueError("source='ingest' needs videos= and captions=")
+    cached: dict[str, bool] = {}
+    with tracking.run("cascade", experiment=params.tracking.experiment, params=params.to_dict(),
+                      tags={"preset": params.preset, "driver": "prefect", "source": source}) as parent:
+        pid = parent.info.run_id
+        if source == "synth":
+            data = _run(data_task, cached, "data", params=params, root=str(root_path), parent_run_id=pid)
+        else:
+            data = _run(ingest_task, cached, "ingest", params=params, root=str(root_path), videos=videos,
+                        captions=captions, parent_run_id=pid)
+        version = _run(version_task, cached, "version", params=params, root=str(root_path), push=push,
+                       parent_run_id=pid)
+        tracking.set_tags({"data_version": version["data_version"]})
+        validated = _run(validate_task, cached, "validate", params=params, root=str(root_path),
+                         data_version=version["data_version"], parent_run_id=pid)
+        tracking.log_metrics({f"validate.{k}": v for k, v in validated["metrics"].items()})
+        print(validated["summary"])
+    return {"run_id": pid, "data": data, "version": version, "validate": validated, "cached": cached}

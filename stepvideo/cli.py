@@ -1,0 +1,251 @@
+"""`stepvideo`: the command line. Every subcommand has --help; user mistakes print one clear line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="stepvideo: train, evaluate and ship Step-Video-T2V-class text-to-video models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: synth, ingest, validate, version.", no_args_is_help=True)
+params_app = typer.Typer(help="params.yaml and the presets.", no_args_is_help=True)
+flow_app = typer.Typer(help="The Prefect cascade flow.", no_args_is_help=True)
+compat_app = typer.Typer(help="Official Step-Video-T2V compatibility.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(params_app, name="params")
+app.add_typer(flow_app, name="flow")
+app.add_typer(compat_app, name="compat")
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
+
+
+def user_errors(fn):
+    """Turn the project's user-facing errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from stepvideo.errors import USER_ERRORS
+
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _params(path: Path, preset: Optional[str] = None):
+    from stepvideo.config import load_params
+
+    return load_params(path, preset)
+
+
+def _root() -> Path:
+    from stepvideo.tracking import project_root
+
+    return project_root()
+
+
+# ------------------------------------------------------------------ data
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Optional[Path] = typer.Option(None, help="output folder [params: data.out]"),
+    clips: Optional[int] = typer.Option(None, help="number of video clips [params: data.clips]"),
+    images: Optional[int] = typer.Option(None, help="number of still images [params: data.images]"),
+    seed: Optional[int] = typer.Option(None, help="random seed [params: data.seed]"),
+    height: Optional[int] = typer.Option(None, help="frame height, multiple of 16"),
+    width: Optional[int] = typer.Option(None, help="frame width, multiple of 16"),
+    frames: Optional[int] = typer.Option(None, help="frames per clip, multiple of 17"),
+    fps: Optional[int] = typer.Option(None, help="frames per second"),
+    params: Path = PARAMS,
+):
+    """Generate the embedded bilingual (English + Chinese) video-text dataset, deterministically."""
+    import dataclasses
+
+    from stepvideo.data.synth import SynthConfig, generate
+
+    p = _params(params) if params.is_file() else None
+    base = {f.name: getattr(p.data, f.name) for f in dataclasses.fields(SynthConfig)} if p else {}
+    given = {"clips": clips, "images": images, "seed": seed, "height": height, "width": width, "frames": frames, "fps": fps}
+    cfg = SynthConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    manifest = generate(cfg, out or Path(p.data.out if p else "data"))
+    typer.echo(f"wrote {manifest}")
+
+
+@data_app.command("ingest")
+@user_errors
+def data_ingest(
+    videos: Path = typer.Option(..., help="folder holding the clips"),
+    captions: Path = typer.Option(..., help="CSV or JSONL with columns path, caption (and optional id)"),
+    out: Path = typer.Option(..., help="output folder for manifest.jsonl"),
+    heldout_fraction: float = typer.Option(0.1, help="share of rows for the held-out split (by id hash)"),
+):
+    """Probe a user's own clips into the project's manifest; bad rows are kept with their reason."""
+    from stepvideo.data.ingest import ingest
+
+    manifest = ingest(videos, captions, out, heldout_fraction=heldout_fraction)
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    bad = [r for r in rows if r["probe_error"]]
+    typer.echo(f"wrote {manifest}: {len(rows)} rows, {len(bad)} unreadable")
+    for r in bad:
+        typer.echo(f"  {r['id']}: {r['probe_error']}")
+
+
+@data_app.command("validate")
+@user_errors
+def data_validate(
+    manifest: Path = typer.Argument(..., help="manifest.jsonl to check"),
+    policy: Optional[str] = typer.Option(None, help="fail | quarantine [params: validate.policy]"),
+    report: Optional[Path] = typer.Option(None, help="also copy the JSON report here"),
+    out: Optional[Path] = typer.Option(None, help="folder for clean/quarantine manifests (default: beside the manifest)"),
+    params: Path = PARAMS,
+):
+    """Run the Great Expectations gate; exit 1 when it fails, naming each bad row and expectation."""
+    import dataclasses
+    import shutil
+
+    from stepvideo.config import ValidateParams
+    from stepvideo.data.validation import ValidationFailed, format_report, validate
+
+    vp = _params(params).validate if params.is_file() else ValidateParams()
+    if policy:
+        vp = dataclasses.replace(vp, policy=policy)
+    try:
+        res = validate(manifest, vp, out)
+        rep = json.loads(res.report_path.read_text())
+        code = 0
+    except ValidationFailed as e:
+        rep, code = e.report, 1
+        typer.secho(f"validation failed: {e}", fg="red", err=True)
+    typer.echo(format_report(rep))
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        src = (out or manifest.parent / "validated") / "report.json"
+        if src.is_file():
+            shutil.copyfile(src, report)
+        else:
+            report.write_text(json.dumps(rep, indent=2, ensure_ascii=False))
+    raise typer.Exit(code)
+
+
+@data_app.command("version")
+@user_errors
+def data_version_cmd(
+    target: str = typer.Option("data", help="folder to track"),
+    push: bool = typer.Option(True, help="push to the default DVC remote"),
+):
+    """`dvc add` (and push) the data folder; prints the data version (DVC's hash)."""
+    from stepvideo.data.versioning import version_data
+
+    typer.echo(version_data(_root(), target, push=push))
+
+
+# ------------------------------------------------------------------ params
+
+@params_app.command("show")
+@user_errors
+def params_show(preset: Optional[str] = typer.Option(None, help="a preset instead of the params file"),
+                params: Path = PARAMS):
+    """Print the resolved parameters."""
+    from stepvideo.config import dump_params
+
+    typer.echo(dump_params(_params(params, preset)))
+
+
+@params_app.command("write")
+@user_errors
+def params_write(preset: str = typer.Option(..., help="demo | small | step-video-t2v"),
+                 out: Path = typer.Option(Path("params.yaml"), help="file to write")):
+    """Write a preset in full as a params file."""
+    from stepvideo.config import dump_params, preset as get_preset
+
+    out.write_text(dump_params(get_preset(preset)))
+    typer.echo(f"wrote {out}")
+
+
+# ------------------------------------------------------------------ stages and flow
+
+@app.command("stage")
+@user_errors
+def stage(name: str = typer.Argument(..., help="data | version | validate"), params: Path = PARAMS):
+    """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
+    from stepvideo import pipeline
+
+    if name not in pipeline.STAGES:
+        raise typer.BadParameter(f"unknown stage {name!r} (known: {', '.join(pipeline.STAGES)})")
+    from stepvideo.data.validation import ValidationFailed
+
+    p = _params(params)
+    try:
+        result = pipeline.STAGES[name](p, _root())
+    except ValidationFailed as e:
+        typer.secho(f"validation failed: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.get("summary") or json.dumps({k: v for k, v in result.items()}, indent=2, default=str))
+
+
+def prefect_env(root: Path) -> None:
+    """Local Prefect defaults: a project-local PREFECT_HOME and patience for the temporary server."""
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@flow_app.command("run")
+@user_errors
+def flow_run(
+    preset: Optional[str] = typer.Option(None, help="run a preset instead of the params file"),
+    params: Path = PARAMS,
+    source: str = typer.Option("synth", help="synth (the embedded data) | ingest (your clips)"),
+    videos: Optional[Path] = typer.Option(None, help="with --source ingest: the clips folder"),
+    captions: Optional[Path] = typer.Option(None, help="with --source ingest: the captions file"),
+    push: bool = typer.Option(True, help="push the data version to the DVC remote"),
+):
+    """Run the cascade flow locally (a temporary Prefect server starts when none is configured)."""
+    root = _root()
+    prefect_env(root)
+    from flows.cascade import cascade
+
+    result = cascade(root=str(root), params_file=str(params), preset=preset, source=source,
+                     videos=str(videos) if videos else None, captions=str(captions) if captions else None, push=push)
+    cached = ", ".join(f"{k}{' (cached)' if v else ''}" for k, v in result["cached"].items())
+    typer.echo(f"flow done: stages {cached}; data version {result['version']['data_version']}; "
+               f"MLflow run {result['run_id']}")
+
+
+# ------------------------------------------------------------------ compat
+
+@compat_app.command("verify")
+@user_errors
+def compat_verify(reference: Path = typer.Argument(..., help="an official golden .safetensors (JSON beside it)")):
+    """Load official weights into our module, run the reference inputs, compare outputs."""
+    from stepvideo.compat.verify import verify
+
+    kind, diffs = verify(reference)
+    ok = True
+    typer.echo(f"{reference.name} ({kind})")
+    for name, (diff, tol) in diffs.items():
+        passed = diff <= tol
+        ok &= passed
+        typer.echo(f"  {name:32s} max|diff| {diff:.3e}  tol {tol:.0e}  {'ok' if passed else 'FAIL'}")
+    if not ok:
+        typer.secho("parity FAILED", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo("parity ok")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
