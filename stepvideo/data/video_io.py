@@ -53,7 +53,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
         stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "flags": "+bitexact"}
         stream.codec_context.thread_count = 1
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+            # convert to a frame that owns its buffer: the encoder keeps frames for lookahead, and a
+            # frame viewing a numpy temporary makes the output depend on freed memory
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24").reformat(format="yuv420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
