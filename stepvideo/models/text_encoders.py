@@ -1,0 +1,696 @@
+"""Text encoders that condition the DiT: one interface for an LLM-style and a CLIP-style encoder.
+
+Step-Video-T2V conditions its DiT on two bilingual (English + Chinese) text encoders:
+
+* ``kind="llm"``  a causal decoder (official: Step-LLM, last hidden state, max 320 tokens, dim 6144);
+* ``kind="clip"`` a bidirectional encoder (official: HunyuanCLIP, a ``BertModel``, last hidden state,
+  max 77 tokens, dim 1024).
+
+Everything here goes through one interface, ``encode(texts) -> (hidden (B, L, D), mask (B, L) bool)``:
+
+``TextEncoder``
+    A transformers model + tokenizer loaded with ``AutoTokenizer``/``AutoModel`` from a local folder
+    (or a hub id the user has cached; nothing is downloaded when ``HF_HUB_OFFLINE=1``). The official
+    HunyuanCLIP layout (``<dir>/tokenizer`` + ``<dir>/clip_text_encoder``) is recognised.
+``PrecomputedTextEncoder``
+    Embeddings computed elsewhere (the official Step-LLM is custom code served separately) and
+    stored in a safetensors file, one tensor per text, keyed by :func:`text_key` (see its docstring
+    for the layout). ``PrecomputedTextEncoder.write`` / ``save_precomputed`` produce such files.
+``train_bilingual_tokenizer`` / ``build_tiny_text_encoders``
+    The embedded default: a byte-level BPE tokenizer trained on the captions and two tiny random,
+    seeded models (a ``LlamaModel`` and a ``BertModel``) saved with ``save_pretrained`` so that they
+    load through exactly the same ``TextEncoder.from_pretrained`` path as real encoders.
+
+Conventions of ``encode``: right padding, truncation to ``max_length`` (default 320 for ``llm``,
+77 for ``clip``, special tokens included), padding to the longest text in the batch (or to
+``max_length`` with ``padding="max_length"``, as the official pipeline does), hidden states at
+padded positions set to exactly zero, hidden states in the model's dtype (float32 unless ``dtype``
+was given); hidden and mask on the encoder's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "SPECIAL_TOKENS",
+    "TextEncoder",
+    "PrecomputedTextEncoder",
+    "text_key",
+    "save_precomputed",
+    "train_bilingual_tokenizer",
+    "build_tiny_text_encoders",
+    "sample_captions",
+]
+
+DEFAULT_MAX_LENGTH = {"llm": 320, "clip": 77}
+KINDS = tuple(DEFAULT_MAX_LENGTH)
+
+# Special tokens of the embedded tokenizer; their ids are 0..6 in this order.
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+
+# Files that define an encoder's outputs, hashed into ``TextEncoder.version``.
+_VERSION_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth", ".tiktoken")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    out = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(out, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return out
+
+
+def _transformers_major_minor() -> tuple[int, int]:
+    import transformers
+
+    parts = transformers.__version__.split(".")
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+    # transformers >= 4.56 calls it ``dtype`` (5.x deprecates ``torch_dtype``).
+    return {"dtype": dtype} if _transformers_major_minor() >= (4, 56) else {"torch_dtype": dtype}
+
+
+def _hash_files(files: Iterable[Path], root: Path, h: "hashlib._Hash") -> None:
+    for f in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+
+
+def _resolve_local_dir(path_or_id: str | os.PathLike) -> Path | None:
+    """Local folder for a path, or the cached snapshot of a hub id; None if neither is available."""
+    p = Path(path_or_id)
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path_or_id), local_files_only=True))
+    except Exception:
+        return None
+
+
+def text_key(text: str) -> str:
+    """Key of ``text`` in a precomputed-embeddings file: sha256 of its UTF-8 bytes, hex (64 chars)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _pad_batch(
+    items: Sequence[torch.Tensor], dim: int, pad_to: int | None, dtype: torch.dtype, device: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a list of (L_i, D) tensors to (B, L, D) with zeros + a (B, L) bool mask."""
+    L = max((t.shape[0] for t in items), default=0)
+    if pad_to is not None:
+        if pad_to < L:
+            raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({L})")
+        L = pad_to
+    hidden = torch.zeros(len(items), L, dim, dtype=dtype, device=device)
+    mask = torch.zeros(len(items), L, dtype=torch.bool, device=device)
+    for i, t in enumerate(items):
+        n = t.shape[0]
+        hidden[i, :n] = t.to(device=device, dtype=dtype)
+        mask[i, :n] = True
+    return hidden, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# TextEncoder: a transformers model + tokenizer
+# --------------------------------------------------------------------------------------------------
+
+
+class TextEncoder:
+    """A transformers text encoder (causal ``llm`` or bidirectional ``clip``) behind ``encode``.
+
+    Build it with :meth:`from_pretrained`, or directly from an already loaded ``model`` (anything
+    whose forward takes ``input_ids``/``attention_mask`` and returns ``last_hidden_state`` or a tuple
+    whose first element is it) and ``tokenizer`` (a transformers tokenizer).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        kind: str,
+        max_length: int | None = None,
+        name: str | None = None,
+        source_dirs: Sequence[str | os.PathLike] = (),
+        version: str | None = None,
+    ) -> None:
+        self.kind = _check_kind(kind)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length or DEFAULT_MAX_LENGTH[kind])
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        self._source_dirs = tuple(Path(d) for d in source_dirs)
+        if version is not None:
+            self.__dict__["version"] = version  # overrides the cached_property
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:  # many LLM tokenizers ship without one; mask covers it
+            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
+            if fallback is None:
+                raise ValueError(f"tokenizer of {self.name!r} has no pad, eos or unk token to pad with")
+            self.tokenizer.pad_token = fallback
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike,
+        kind: str = "llm",
+        max_length: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        *,
+        tokenizer_path: str | os.PathLike | None = None,
+        **model_kwargs: Any,
+    ) -> "TextEncoder":
+        """Load a tokenizer + model with ``AutoTokenizer``/``AutoModel``.
+
+        ``path_or_hub_id``: a local folder (``config.json`` + weights + tokenizer files), or a hub id
+        (works only when cached or online; set ``HF_HUB_OFFLINE=1`` to forbid downloads). A folder in
+        the official HunyuanCLIP layout (``tokenizer/`` + ``clip_text_encoder/`` subfolders) is
+        recognised. ``tokenizer_path`` loads the tokenizer from elsewhere. ``dtype`` defaults to
+        float32. Extra keyword arguments go to ``AutoModel.from_pretrained`` (e.g.
+        ``attn_implementation``, ``trust_remote_code``).
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        kind = _check_kind(kind)
+        torch_dtype = _as_dtype(dtype)
+        model_src: str | Path = path_or_hub_id
+        tok_src: str | Path = tokenizer_path if tokenizer_path is not None else path_or_hub_id
+        p = Path(path_or_hub_id)
+        if tokenizer_path is None and p.is_dir() and not (p / "config.json").exists():
+            if (p / "clip_text_encoder").is_dir() and (p / "tokenizer").is_dir():  # official HunyuanCLIP
+                model_src, tok_src = p / "clip_text_encoder", p / "tokenizer"
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
+        model = AutoModel.from_pretrained(str(model_src), **_dtype_kwarg(torch_dtype), **model_kwargs)
+        model = model.to(device=device, dtype=torch_dtype)
+        if getattr(getattr(model, "config", None), "use_cache", False):
+            model.config.use_cache = False  # one forward pass, no KV cache
+        dirs = [d for d in (_resolve_local_dir(model_src), _resolve_local_dir(tok_src)) if d is not None]
+        name = p.name if p.is_dir() else str(path_or_hub_id)
+        return cls(model, tokenizer, kind=kind, max_length=max_length, name=name, source_dirs=dirs)
+
+    # ---- properties ------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Width D of the hidden states."""
+        cfg = getattr(self.model, "config", None)
+        for attr in ("hidden_size", "d_model", "n_embd", "dim"):
+            if cfg is not None and getattr(cfg, attr, None):
+                return int(getattr(cfg, attr))
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @cached_property
+    def version(self) -> str:
+        """Identity of the outputs, for caching: 16 hex chars of a sha256 over the encoder's files
+        (config, weights, tokenizer; every byte, so big encoders take a while, once), ``kind``,
+        ``max_length`` and ``dtype``. For a model built in memory (no files), the state dict."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"kind": self.kind, "max_length": self.max_length, "dtype": str(self.dtype)}).encode())
+        dirs = sorted({d.resolve() for d in self._source_dirs})
+        if dirs:
+            for d in dirs:
+                # The folder's own files (HF folders are flat; the HunyuanCLIP subfolders are two dirs).
+                files = [f for f in d.iterdir() if f.is_file() and f.suffix in _VERSION_SUFFIXES]
+                _hash_files(files, d, h)
+        else:
+            for k, v in sorted(self.model.state_dict().items()):
+                h.update(k.encode() + b"\0")
+                h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            h.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "TextEncoder":
+        """Move/cast the model in place (``version`` follows ``dtype``); returns ``self``."""
+        if dtype is not None:
+            self.model.to(dtype=_as_dtype(dtype))
+            self.__dict__.pop("version", None)
+        if device is not None:
+            self.model.to(device=device)
+        return self
+
+    # ---- encoding --------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str], padding: str = "longest") -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("encode/tokenize take a list of texts, not a single string")
+        return self.tokenizer(
+            list(texts),
+            padding=padding,
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], padding: str = "longest") -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``texts`` -> ``(hidden (B, L, D), mask (B, L) bool)``; ``L`` is the longest
+        tokenized text (``padding="longest"``) or ``max_length`` (``padding="max_length"``)."""
+        if len(texts) == 0:
+            return torch.zeros(0, 0, self.dim, dtype=self.dtype), torch.zeros(0, 0, dtype=torch.bool)
+        batch = self.tokenize(texts, padding=padding)
+        input_ids = batch["input_ids"].to(self.device)
+        attn = batch["attention_mask"].to(self.device)
+        out = self.model(input_ids=input_ids, attention_mask=attn)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        mask = attn.bool()
+        hidden = hidden.masked_fill(~mask[..., None], 0.0)
+        return hidden, mask
+
+    __call__ = encode
+
+    def __repr__(self) -> str:
+        return f"TextEncoder(name={self.name!r}, kind={self.kind!r}, dim={self.dim}, max_length={self.max_length})"
+
+
+# --------------------------------------------------------------------------------------------------
+# PrecomputedTextEncoder: embeddings computed elsewhere
+# --------------------------------------------------------------------------------------------------
+
+
+class PrecomputedTextEncoder:
+    """Serve embeddings computed elsewhere through the ``encode`` interface.
+
+    File layout (one safetensors file, or several, e.g. shards; later files win on duplicates):
+
+    * one tensor per text, named :func:`text_key` ``(text)`` (sha256 hex of the UTF-8 text), of
+      shape ``(L_i, D)``: the hidden states of the text's valid (unpadded) tokens only, in order;
+    * metadata (all optional, strings): ``name``, ``version``, ``kind``, ``max_length``, ``dim``.
+
+    ``encode`` right-pads to the longest text of the batch (or ``max_length`` with
+    ``padding="max_length"``) with zeros and returns the mask; a text with no entry raises a
+    ``KeyError`` naming the text.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        name: str | None = None,
+    ) -> None:
+        from safetensors import safe_open
+
+        paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+        if not paths:
+            raise ValueError("no precomputed embedding files given")
+        self.paths = tuple(paths)
+        self._where: dict[str, int] = {}
+        self._handles: list[Any] | None = None
+        self._pid: int | None = None
+        meta: dict[str, str] = {}
+        for i, p in enumerate(self.paths):
+            if not p.is_file():
+                raise FileNotFoundError(f"precomputed text embeddings not found: {p}")
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                meta.update(f.metadata() or {})
+                for k in f.keys():
+                    self._where[k] = i
+        self.metadata = meta
+        self.kind = meta.get("kind") or None
+        self.max_length = int(meta["max_length"]) if meta.get("max_length") else None
+        self.name = name or meta.get("name") or self.paths[0].stem
+        self._device = torch.device(device)
+        self._dtype = _as_dtype(dtype) if dtype is not None else None
+        if meta.get("dim"):
+            self._dim = int(meta["dim"])
+        elif self._where:
+            k = next(iter(self._where))
+            self._dim = int(self._files()[self._where[k]].get_slice(k).get_shape()[-1])
+        else:
+            raise ValueError(f"{self.paths[0]}: no embeddings and no 'dim' metadata")
+
+    def _files(self) -> list[Any]:
+        from safetensors import safe_open
+
+        if self._handles is None or self._pid != os.getpid():  # (re-)open lazily, e.g. after a fork
+            self._handles = [safe_open(str(p), framework="pt", device="cpu") for p in self.paths]
+            self._pid = os.getpid()
+        return self._handles
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable (DataLoader workers): handles re-open
+        state = dict(self.__dict__)
+        state["_handles"] = state["_pid"] = None
+        return state
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @cached_property
+    def version(self) -> str:
+        """The ``version`` metadata when the producer recorded one, else 16 hex chars of a sha256
+        over the files' bytes."""
+        if self.metadata.get("version"):
+            return self.metadata["version"]
+        h = hashlib.sha256()
+        for p in self.paths:
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, text: str) -> bool:
+        return text_key(text) in self._where
+
+    def get(self, text: str) -> torch.Tensor:
+        """The (L, D) hidden states of one text."""
+        k = text_key(text)
+        if k not in self._where:
+            short = text if len(text) <= 200 else text[:200] + "..."
+            raise KeyError(
+                f"no precomputed embedding for text {short!r} (key {k}) in {', '.join(map(str, self.paths))}"
+            )
+        return self._files()[self._where[k]].get_tensor(k)
+
+    def encode(self, texts: Sequence[str], padding: str = "longest") -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts, not a single string")
+        items = [self.get(t) for t in texts]
+        dtype = self._dtype or (items[0].dtype if items else torch.float32)
+        pad_to = None
+        if padding == "max_length":
+            if self.max_length is None:
+                raise ValueError("padding='max_length' needs 'max_length' in the file's metadata")
+            pad_to = self.max_length
+        elif padding != "longest":
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        return _pad_batch(items, self.dim, pad_to, dtype, self._device)
+
+    __call__ = encode
+
+    @staticmethod
+    def write(
+        path: str | os.PathLike,
+        texts: Sequence[str],
+        hidden: torch.Tensor | Sequence[torch.Tensor],
+        mask: torch.Tensor | None = None,
+        *,
+        name: str = "",
+        version: str = "",
+        kind: str = "",
+        max_length: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Write embeddings in the layout above, atomically. ``hidden`` is a padded (B, L, D) batch
+        with its (B, L) ``mask`` (valid tokens must come first: right padding), or a list of (L_i, D)."""
+        from safetensors.torch import save_file
+
+        if mask is not None:
+            rows = [hidden[i][mask[i].bool()] for i in range(len(texts))]
+        else:
+            rows = list(hidden)
+        if len(rows) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(rows)} embeddings")
+        tensors: dict[str, torch.Tensor] = {}
+        for t, r in zip(texts, rows):
+            tensors[text_key(t)] = r.detach().to("cpu").contiguous().clone()
+        dims = {r.shape[-1] for r in rows}
+        if len(dims) > 1:
+            raise ValueError(f"embeddings of different widths {sorted(dims)}")
+        meta = {"format": "pt", "name": name, "version": version, "kind": kind}
+        if dims:
+            meta["dim"] = str(dims.pop())
+        if max_length:
+            meta["max_length"] = str(int(max_length))
+        meta.update(metadata or {})
+        meta = {k: str(v) for k, v in meta.items() if v not in ("", None)}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def __repr__(self) -> str:
+        return f"PrecomputedTextEncoder(name={self.name!r}, texts={len(self)}, dim={self.dim})"
+
+
+def save_precomputed(
+    encoder: TextEncoder, texts: Sequence[str], path: str | os.PathLike, batch_size: int = 32
+) -> Path:
+    """Run ``encoder`` over the unique ``texts`` and write them as a precomputed-embeddings file
+    (e.g. on the machine that serves Step-LLM), recording its name, version, kind and max_length."""
+    uniq = list(dict.fromkeys(texts))
+    rows: list[torch.Tensor] = []
+    for i in range(0, len(uniq), batch_size):
+        h, m = encoder.encode(uniq[i : i + batch_size])
+        rows.extend(h[j][m[j]].cpu() for j in range(h.shape[0]))
+    return PrecomputedTextEncoder.write(
+        path, uniq, rows, name=encoder.name, version=encoder.version, kind=encoder.kind,
+        max_length=encoder.max_length, metadata={"dim": str(encoder.dim)},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The embedded default: a bilingual tokenizer and two tiny seeded encoders
+# --------------------------------------------------------------------------------------------------
+
+
+def _train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int) -> Any:
+    """Byte-level BPE (GPT-2 style): every UTF-8 byte is in the base alphabet, so no text, Chinese
+    included, ever maps to <unk>, and decoding restores the exact input; merges learnt from the
+    captions make frequent Chinese characters and words single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Sorted: the result must not depend on the order the captions came in.
+    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    return tok
+
+
+def _wrap_tokenizer(tok: Any, kind: str) -> Any:
+    """Give a trained ``tokenizers.Tokenizer`` the special-token template of ``kind`` and wrap it in
+    a ``PreTrainedTokenizerFast`` (``llm``: ``<s> text``; ``clip``: ``[CLS] text [SEP]``, BERT-like)."""
+    import copy
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = copy.deepcopy(tok)
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS.values()}
+    if kind == "llm":
+        bos = SPECIAL_TOKENS["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, ids[bos])]
+        )
+    else:
+        cls_, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls_} $A {sep}", pair=f"{cls_} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls_, ids[cls_]), (sep, ids[sep])],
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=DEFAULT_MAX_LENGTH[kind],
+        padding_side="right",
+        truncation_side="right",
+        clean_up_tokenization_spaces=False,
+        **SPECIAL_TOKENS,
+    )
+
+
+def _save_tokenizer(tok: Any, folder: Path) -> None:
+    """``save_pretrained`` + name the class ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``
+    (transformers 5 writes ``TokenizersBackend``, its new name, which transformers 4.x cannot load)."""
+    tok.save_pretrained(str(folder))
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def train_bilingual_tokenizer(
+    texts: Sequence[str],
+    out_dir: str | os.PathLike,
+    vocab_size: int = 4096,
+    seed: int = 0,
+    *,
+    kind: str = "llm",
+    min_frequency: int = 2,
+) -> Any:
+    """Train a bilingual byte-level BPE tokenizer on ``texts``; save it to ``out_dir`` so that
+    ``AutoTokenizer.from_pretrained(out_dir)`` loads it; return the ``PreTrainedTokenizerFast``.
+
+    Special tokens (ids 0..6): ``<pad> <unk> <s> </s> [CLS] [SEP] [MASK]``. ``kind`` picks the
+    template: ``llm`` prepends ``<s>``, ``clip`` wraps in ``[CLS] ... [SEP]``. Byte-level: Chinese
+    (and anything else) never becomes ``<unk>`` and ``decode(encode(x)) == x``. Deterministic: BPE
+    training has no randomness (``seed`` is accepted for a uniform builder signature) and the
+    captions are de-duplicated and sorted first. ``vocab_size`` is an upper bound: a small corpus
+    stops earlier.
+    """
+    del seed  # BPE training is deterministic
+    tok = _wrap_tokenizer(_train_bpe(texts, vocab_size, min_frequency), _check_kind(kind))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_tokenizer(tok, out_dir)
+    return tok
+
+
+def build_tiny_text_encoders(
+    texts: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    llm_dim: int = 64,
+    clip_dim: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    vocab_size: int = 4096,
+    llm_max_length: int = DEFAULT_MAX_LENGTH["llm"],
+    clip_max_length: int = DEFAULT_MAX_LENGTH["clip"],
+) -> dict[str, Path]:
+    """Create two tiny random encoders with a tokenizer trained on ``texts``:
+
+    * ``out_dir/llm/``:  a causal ``LlamaModel`` (``llm_dim`` wide, ``layers`` layers, ``heads`` heads);
+    * ``out_dir/clip/``: a bidirectional ``BertModel`` (as HunyuanCLIP), ``clip_dim`` wide.
+
+    Each folder holds ``config.json`` + ``model.safetensors`` (``save_pretrained``) + the tokenizer,
+    and loads with ``TextEncoder.from_pretrained(path, kind=...)``. Weights come from ``seed``; the
+    same texts and seed give byte-identical folders. Returns ``{"llm": path, "clip": path}``.
+    """
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    if llm_dim % heads or clip_dim % heads:
+        raise ValueError(f"dims ({llm_dim}, {clip_dim}) must be divisible by heads={heads}")
+    out_dir = Path(out_dir)
+    bpe = _train_bpe(texts, vocab_size, min_frequency=2)
+    vocab = bpe.get_vocab_size()
+    pad_id = bpe.token_to_id(SPECIAL_TOKENS["pad_token"])
+    paths: dict[str, Path] = {}
+
+    def save(kind: str, model: torch.nn.Module) -> None:
+        folder = out_dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(folder), safe_serialization=True)
+        tok = _wrap_tokenizer(bpe, kind)
+        tok.model_max_length = llm_max_length if kind == "llm" else clip_max_length
+        _save_tokenizer(tok, folder)
+        paths[kind] = folder
+
+    llm_cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=llm_dim,
+        intermediate_size=2 * llm_dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max(llm_max_length, 512),
+        pad_token_id=pad_id,
+        bos_token_id=bpe.token_to_id(SPECIAL_TOKENS["bos_token"]),
+        eos_token_id=bpe.token_to_id(SPECIAL_TOKENS["eos_token"]),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    save("llm", LlamaModel(llm_cfg).eval())
+
+    clip_cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=clip_dim,
+        intermediate_size=2 * clip_dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max(clip_max_length, 128),
+        type_vocab_size=2,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(seed + 1)
+    save("clip", BertModel(clip_cfg).eval())
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Sample captions of the synthetic video domain (tests, demos, the default tokenizer corpus)
+# --------------------------------------------------------------------------------------------------
+
+_SHAPES = [("circle", "圆形"), ("square", "正方形"), ("triangle", "三角形"), ("star", "星形")]
+_COLORS = [("red", "红色"), ("green", "绿色"), ("blue", "蓝色"), ("yellow", "黄色"), ("white", "白色")]
+_MOTIONS = [
+    ("moves right", "向右移动"), ("moves left", "向左移动"), ("moves up", "向上移动"),
+    ("moves down", "向下移动"), ("rotates slowly", "缓慢旋转"), ("grows larger", "逐渐变大"),
+]
+_BACKGROUNDS = [("blue", "蓝色"), ("black", "黑色"), ("white", "白色"), ("gray", "灰色")]
+_SIZES = [("small", "小的"), ("large", "大的")]
+
+
+def sample_captions(n: int | None = None) -> list[str]:
+    """Deterministic bilingual captions of the synthetic shapes domain, English and Chinese
+    interleaved, e.g. "A small red circle moves right on a blue background." /
+    "蓝色背景上，一个小的红色圆形向右移动。" (``n``: how many; all 240 pairs = 480 by default)."""
+    out: list[str] = []
+    i = 0
+    for size in _SIZES:
+        for color in _COLORS:
+            for shape in _SHAPES:
+                for motion in _MOTIONS:
+                    bg = _BACKGROUNDS[i % len(_BACKGROUNDS)]
+                    if bg[0] == color[0]:
+                        bg = _BACKGROUNDS[(i + 1) % len(_BACKGROUNDS)]
+                    i += 1
+                    out.append(f"A {size[0]} {color[0]} {shape[0]} {motion[0]} on a {bg[0]} background.")
+                    out.append(f"{bg[1]}背景上，一个{size[1]}{color[1]}{shape[1]}{motion[1]}。")
+    return out[:n] if n is not None else out
