@@ -263,7 +263,15 @@ def render(attrs: dict, frames: int, height: int, width: int, rng: np.random.Gen
             c, s = np.cos(angle), np.sin(angle)
             mask = _inside(o["shape"], c * lx + s * ly, -s * lx + c * ly)
             img[mask] = COLORS[o["color"]][0]
-        img = img.reshape(height, ss, width, ss, 3).mean(axis=(1, 3))
+        # box-filter the supersamples with element-wise adds in a fixed order: numpy's SIMD reductions
+        # (mean/sum over an axis) can round differently with memory alignment, and one flipped
+        # pixel changes the mp4's bytes
+        img = img.reshape(height, ss, width, ss, 3)
+        acc = np.zeros((height, width, 3))
+        for i in range(ss):
+            for j in range(ss):
+                acc = acc + img[:, i, :, j]
+        img = acc / (ss * ss)
         out[f] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return out
 

@@ -38,9 +38,9 @@ def version_data(root: str | os.PathLike, target: str = "data", push: bool = Tru
     """`dvc add target` (incremental: unchanged files are not re-hashed) and optionally `dvc push`."""
     root = Path(root).resolve()
     with _repo(root) as repo:
-        repo.add(target)
+        repo.add(str(root / target))
         if push:
             if not repo.config.get("core", {}).get("remote"):
                 raise VersioningError(f"{root}: no default DVC remote configured (dvc remote add -d NAME URL)")
-            repo.push(targets=[f"{target}.dvc"])
+            repo.push(targets=[str(root / f"{target}.dvc")])
     return data_version(root / f"{target}.dvc")

@@ -1,0 +1,62 @@
+"""Test isolation: Prefect, MLflow and DVC stores live in temporary folders, never in the checkout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="stepvideo-tests-"))
+# Prefect reads its settings when first imported: set them before any test imports it.
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_TMP / 'mlflow.db'}"
+os.environ["STEPVIDEO_MLFLOW_ARTIFACTS"] = (_SESSION_TMP / "mlartifacts").as_uri()
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BIN = Path(sys.executable).parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A throwaway copy of the project's pipeline files (git + DVC repo, local remote), cwd inside it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    # dvc.yaml's code deps point at the package: link it in
+    (root / "stepvideo").symlink_to(REPO / "stepvideo", target_is_directory=True)
+    (root / ".gitignore").write_text("/data\n/outputs\n/.dvc-remote\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
+                   cwd=root, check=True)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("STEPVIDEO_ROOT", str(root))
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return root
+
+
+def tiny_params(root: Path, **data) -> Path:
+    """Shrink the dataset in a project's params.yaml."""
+    import yaml
+
+    path = root / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    p["data"].update({"clips": 6, "images": 4, **data})
+    path.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
+    return path
