@@ -159,9 +159,6 @@ def validate(manifest: str | os.PathLike, params: ValidateParams, out_dir: str |
     if not rows:
         raise ValidationFailed(f"{manifest}: manifest has no rows", {"manifest": str(manifest), "rows": 0})
     df = _facts(manifest, rows, progress)
-    present = [c for c in REQUIRED if any(c in r for r in rows)]
-    if len(present) < len(REQUIRED):
-        df = df.drop(columns=[c for c in REQUIRED if c not in present])
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)

@@ -95,7 +95,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoReadError(f"{path}: no video stream")
+                raise VideoReadError(f"{path}: no video stream (zero frames)")
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     except av.error.FFmpegError as e:
         raise VideoReadError(f"{path}: cannot decode ({e})") from e
