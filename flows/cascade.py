@@ -3,7 +3,7 @@
 Cache keys: `data` on its params section and the code version of `stepvideo.data`; `validate` on the
 data version (DVC's hash), its params section and the code version. `version` always runs: `dvc add`
 is incremental and is what tells the data version. A cached task whose outputs were deleted runs
-again (its key includes whether the outputs exist).
+again (the flow refreshes the cache entry when a stage's outputs are missing).
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ def _key(*parts: object) -> str:
 
 def _data_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    manifest = Path(args["root"]) / p.data.out / "manifest.jsonl"
-    return _key("data", p.section_hash("data"), tracking.code_version("stepvideo.data"), manifest.is_file())
+    return _key("data", args["root"], p.section_hash("data"), tracking.code_version("stepvideo.data"))
 
 
 def _validate_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    out = Path(args["root"]) / pipeline.OUTPUTS / "validated" / "clean.jsonl"
-    return _key("validate", args["data_version"], p.section_hash("validate"),
-                tracking.code_version("stepvideo.data"), out.is_file())
+    return _key("validate", args["root"], args["data_version"], p.section_hash("validate"), tracking.code_version("stepvideo.data"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -55,7 +52,9 @@ def validate_task(params: Params, root: str, data_version: str, parent_run_id: s
     return pipeline.stage_validate(params, Path(root), parent_run_id=parent_run_id)
 
 
-def _run(task_fn, cached: dict, name: str, **kwargs) -> dict[str, Any]:
+def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
+    if outputs is not None and not outputs.exists():
+        task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
     state = task_fn(return_state=True, **kwargs)
     cached[name] = state.name == "Cached"
     return state.result()  # raises the stage's exception when it failed
@@ -76,14 +75,16 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                       tags={"preset": params.preset, "driver": "prefect", "source": source}) as parent:
         pid = parent.info.run_id
         if source == "synth":
-            data = _run(data_task, cached, "data", params=params, root=str(root_path), parent_run_id=pid)
+            data = _run(data_task, cached, "data", root_path / params.data.out / "manifest.jsonl", params=params,
+                        root=str(root_path), parent_run_id=pid)
         else:
             data = _run(ingest_task, cached, "ingest", params=params, root=str(root_path), videos=videos,
                         captions=captions, parent_run_id=pid)
         version = _run(version_task, cached, "version", params=params, root=str(root_path), push=push,
                        parent_run_id=pid)
         tracking.set_tags({"data_version": version["data_version"]})
-        validated = _run(validate_task, cached, "validate", params=params, root=str(root_path),
+        validated = _run(validate_task, cached, "validate", root_path / pipeline.OUTPUTS / "validated" / "report.json",
+                         params=params, root=str(root_path),
                          data_version=version["data_version"], parent_run_id=pid)
         tracking.log_metrics({f"validate.{k}": v for k, v in validated["metrics"].items()})
         print(validated["summary"])

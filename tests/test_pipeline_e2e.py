@@ -1,0 +1,70 @@
+"""End to end: the Prefect cascade flow and `dvc repro` on a throwaway copy of the project."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import BIN, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
+    from mlflow.tracking import MlflowClient
+
+    from flows.cascade import cascade
+    from stepvideo import tracking
+
+    tiny_params(project)
+    first = cascade(root=str(project))
+    assert first["cached"] == {"data": False, "version": False, "validate": False}
+    assert (project / "data.dvc").is_file() and (project / ".dvc-remote").is_dir()
+    assert first["version"]["data_version"].endswith(".dir")
+    assert first["validate"]["metrics"]["rows"] == 2 * (6 + 4)
+
+    client = MlflowClient(tracking.tracking_uri())
+    parent = client.get_run(first["run_id"])
+    assert parent.data.tags["data_version"] == first["version"]["data_version"]
+    assert parent.data.tags["git_commit"] and parent.data.params["data.clips"] == "6"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{first['run_id']}'")
+    stages = {r.data.tags["stage"]: r for r in children}
+    assert set(stages) == {"data", "version", "validate"}
+    v = stages["validate"]
+    assert v.data.metrics["clean_fraction"] > 0.8 and v.data.metrics["rows"] == 20
+    assert v.data.tags["data_version"] == first["version"]["data_version"]
+    assert any(a.path == "validation" for a in client.list_artifacts(v.info.run_id))
+
+    second = cascade(root=str(project))
+    assert second["cached"]["data"] and second["cached"]["validate"]
+    assert second["version"]["data_version"] == first["version"]["data_version"]
+
+    # a changed params section busts exactly the stages that read it
+    tiny_params(project, seed=1)
+    third = cascade(root=str(project))
+    assert not third["cached"]["data"] and not third["cached"]["validate"]
+    assert third["version"]["data_version"] != first["version"]["data_version"]
+
+
+def test_dvc_repro_in_a_temporary_clone(project):
+    tiny_params(project)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)  # noqa: E731
+    assert run(str(BIN / "stepvideo"), "data", "synth").returncode == 0
+    assert run(str(BIN / "dvc"), "add", "data").returncode == 0
+    repro = run(str(BIN / "dvc"), "repro")
+    assert repro.returncode == 0, repro.stderr[-2000:]
+    report = json.loads((project / "outputs/validated/report.json").read_text())
+    assert report["rows"] == 20
+    assert (project / "dvc.lock").is_file()
+    again = run(str(BIN / "dvc"), "repro")
+    assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
+    dag = run(str(BIN / "dvc"), "dag")
+    assert "validate" in dag.stdout and "data.dvc" in dag.stdout
+    # a params change reruns the stage
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("min_clean_fraction: 0.8",
+                                                                                       "min_clean_fraction: 0.5"))
+    status = run(str(BIN / "dvc"), "status")
+    assert "validate" in status.stdout and "params.yaml" in status.stdout
