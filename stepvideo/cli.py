@@ -21,6 +21,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(params_app, name="params")
 app.add_typer(flow_app, name="flow")
 app.add_typer(compat_app, name="compat")
+model_app = typer.Typer(help="Model presets and facts.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
@@ -35,6 +37,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
+            if os.environ.get("STEPVIDEO_DEBUG"):
+                raise
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
 
@@ -236,11 +240,41 @@ def compat_verify(reference: Path = typer.Argument(..., help="an official golden
     for name, (diff, tol) in diffs.items():
         passed = diff <= tol
         ok &= passed
-        typer.echo(f"  {name:32s} max|diff| {diff:.3e}  tol {tol:.0e}  {'ok' if passed else 'FAIL'}")
+        typer.echo(f"  {name:46s} max|diff| {diff:.3e}  tol {tol:.0e}  {'ok' if passed else 'FAIL'}")
     if not ok:
         typer.secho("parity FAILED", fg="red", err=True)
         raise typer.Exit(1)
     typer.echo("parity ok")
+
+
+# ------------------------------------------------------------------ model
+
+@model_app.command("info")
+@user_errors
+def model_info_cmd(
+    preset: str = typer.Option("step-video-t2v", help="DiT preset: step-video-t2v | small | demo"),
+    frames: int = typer.Option(204, help="video frames (1 or a multiple of 17)"),
+    height: int = typer.Option(544, help="video height"),
+    width: int = typer.Option(992, help="video width"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+):
+    """Parameter count (built on the meta device), FLOPs per training step, training memory."""
+    from stepvideo.models.dit import DiTConfig, model_info
+
+    info = model_info(DiTConfig.preset(preset), frames=frames, height=height, width=width)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    gib = info["memory_gib"]
+    typer.echo(f"DiT preset {preset}: {info['num_parameters']:,} parameters ({info['num_parameters'] / 1e9:.2f} B), "
+               f"hidden {info['hidden_size']}")
+    typer.echo(f"video {frames}x{height}x{width} -> latent {info['latent_shape']} -> {info['tokens']:,} tokens "
+               f"(+{info['text_tokens']} text)")
+    typer.echo(f"FLOPs: forward {info['flops_forward']:.3e}; training step {info['flops_per_step']:.3e} "
+               f"({info['flops_per_step_with_checkpointing']:.3e} with per-block checkpointing)")
+    for k, v in info["flops_forward_breakdown"].items():
+        typer.echo(f"  forward {k:24s} {v:.3e}")
+    typer.echo("training memory (activations excluded): " + ", ".join(f"{k} {v:.1f} GiB" for k, v in gib.items()))
 
 
 def main() -> None:  # pragma: no cover
