@@ -29,7 +29,23 @@ def _data_key(ctx, args: dict) -> str:
 
 def _validate_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    return _key("validate", args["root"], args["data_version"], p.section_hash("validate"), tracking.code_version("stepvideo.data"))
+    return _key("validate", args["root"], args["data_version"], p.section_hash("validate"),
+                tracking.code_version("stepvideo.data"))
+
+
+def _clean(args: dict) -> Path:
+    return Path(args["root"]) / pipeline.OUTPUTS / "validated" / "clean.jsonl"
+
+
+def _text_encoders_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    return _key("text_encoders", args["root"], tracking.file_hash(_clean(args)), p.section_hash("text_encoders"),
+                tracking.code_version("stepvideo.models.text_encoders"))
+
+
+def _text_cache_key(ctx, args: dict) -> str:
+    return _key("text_cache", args["root"], tracking.file_hash(_clean(args)), args["encoder_versions"],
+                tracking.code_version("stepvideo.data.text_cache"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -52,6 +68,16 @@ def validate_task(params: Params, root: str, data_version: str, parent_run_id: s
     return pipeline.stage_validate(params, Path(root), parent_run_id=parent_run_id)
 
 
+@task(name="text_encoders", cache_key_fn=_text_encoders_key, persist_result=True)
+def text_encoders_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_text_encoders(params, Path(root), parent_run_id=parent_run_id)
+
+
+@task(name="text_cache", cache_key_fn=_text_cache_key, persist_result=True)
+def text_cache_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_text_cache(params, Path(root), parent_run_id=parent_run_id)
+
+
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
     if outputs is not None and not outputs.exists():
         task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
@@ -63,7 +89,7 @@ def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs
 @flow(name="stepvideo-cascade", log_prints=True)
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
-    """synth (or ingest) -> DVC add/push -> validate; more stages append here as they land."""
+    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> ..."""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -88,4 +114,11 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                          data_version=version["data_version"], parent_run_id=pid)
         tracking.log_metrics({f"validate.{k}": v for k, v in validated["metrics"].items()})
         print(validated["summary"])
-    return {"run_id": pid, "data": data, "version": version, "validate": validated, "cached": cached}
+        out = root_path / pipeline.OUTPUTS
+        encoders = _run(text_encoders_task, cached, "text_encoders", out / "text_encoders", params=params,
+                        root=str(root_path), parent_run_id=pid)
+        versions = ",".join(f"{k}={v}" for k, v in sorted(encoders["versions"].items()))
+        text_cache = _run(text_cache_task, cached, "text_cache", out / "text_cache" / "text_cache.safetensors",
+                          params=params, root=str(root_path), encoder_versions=versions, parent_run_id=pid)
+    return {"run_id": pid, "data": data, "version": version, "validate": validated, "text_encoders": encoders,
+            "text_cache": text_cache, "cached": cached}

@@ -56,6 +56,23 @@ class ValidateParams:
 
 
 @dataclass
+class TextEncoderParams:
+    """The two text encoders. Empty `llm`/`clip`: build the tiny embedded ones from the captions;
+    otherwise a local folder or hub id loaded with transformers (already on disk: nothing downloads)."""
+
+    llm: str = ""
+    clip: str = ""
+    llm_dim: int = 64
+    clip_dim: int = 32
+    layers: int = 2
+    heads: int = 2
+    vocab_size: int = 4096
+    seed: int = 0
+    llm_max_length: int = 320
+    clip_max_length: int = 77
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "stepvideo"
     register: bool = True
@@ -66,6 +83,7 @@ class Params:
     preset: str = "demo"
     data: DataParams = field(default_factory=DataParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
+    text_encoders: TextEncoderParams = field(default_factory=TextEncoderParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +105,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
         "data": {"clips": 10000, "images": 10000, "height": 544, "width": 992, "frames": 204, "fps": 25},
         "validate": {"max_height": 1088, "max_width": 1984},
+        # the released encoders: Step-LLM (served as precomputed embeddings) and HunyuanCLIP
+        "text_encoders": {"llm": "step_llm", "clip": "hunyuan_clip", "llm_dim": 6144, "clip_dim": 1024},
     },
 }
 

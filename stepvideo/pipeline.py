@@ -2,7 +2,7 @@
 `stepvideo stage NAME`) call these; each takes its params section and input paths, writes its
 outputs under the project, records itself in MLflow, and returns paths and metrics.
 
-    data (synth | ingest) -> version (DVC) -> validate -> ... (later stages append here)
+    data (synth | ingest) -> version (DVC) -> validate -> text_encoders -> text_cache -> ...
 """
 
 from __future__ import annotations
@@ -85,4 +85,64 @@ def stage_validate(params: Params, root: Path, manifest: Path | None = None, par
             "summary": format_report(json.loads(result.report_path.read_text()), limit=10)}
 
 
-STAGES = {"data": stage_data, "version": stage_version, "validate": stage_validate}
+def _clean_captions(root: Path) -> dict[str, str]:
+    from stepvideo.data.manifest import read_manifest
+
+    clean = root / OUTPUTS / "validated" / "clean.jsonl"
+    if not clean.is_file():
+        raise FileNotFoundError(f"{clean}: no validated manifest; run the validate stage first")
+    return {r["id"]: r["caption"] for r in read_manifest(clean)}
+
+
+def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
+    from stepvideo.models.text_encoders import TextEncoder
+
+    te = params.text_encoders
+    built = root / OUTPUTS / "text_encoders"
+    llm, clip = te.llm or built / "llm", te.clip or built / "clip"
+    return {"llm": TextEncoder.from_pretrained(str(llm), kind="llm", max_length=te.llm_max_length),
+            "clip": TextEncoder.from_pretrained(str(clip), kind="clip", max_length=te.clip_max_length)}
+
+
+def stage_text_encoders(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Build the tiny bilingual tokenizer + encoders from the clean captions (or take the user's),
+    and record their versions; registers the built folder as `stepvideo-text-encoders`."""
+    from stepvideo.models.text_encoders import build_tiny_text_encoders
+
+    te = params.text_encoders
+    out = root / OUTPUTS / "text_encoders"
+    with tracking.run("text_encoders", experiment=params.tracking.experiment,
+                      params={"text_encoders": dataclasses.asdict(te)},
+                      tags={"params_hash": params.section_hash("text_encoders")}, parent_run_id=parent_run_id):
+        if not (te.llm and te.clip):
+            texts = sorted(set(_clean_captions(root).values()))
+            build_tiny_text_encoders(texts, out, llm_dim=te.llm_dim, clip_dim=te.clip_dim, layers=te.layers,
+                                     heads=te.heads, seed=te.seed, vocab_size=te.vocab_size,
+                                     llm_max_length=te.llm_max_length, clip_max_length=te.clip_max_length)
+        encoders = _load_encoders(params, root)
+        versions = {k: e.version for k, e in encoders.items()}
+        tracking.set_tags({f"{k}_version": v for k, v in versions.items()})
+        tracking.log_metrics({f"{k}_dim": e.dim for k, e in encoders.items()})
+        if params.tracking.register and out.is_dir():
+            tracking.register_folder(out, "stepvideo-text-encoders", tags=versions)
+    return {"folder": str(out), "versions": versions}
+
+
+def stage_text_cache(params: Params, root: Path, parent_run_id: str | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Encode every clean caption once per (data version, encoder versions) into one safetensors file."""
+    from stepvideo.data.text_cache import build_text_cache, texts_version
+
+    texts = _clean_captions(root)
+    out = root / OUTPUTS / "text_cache" / "text_cache.safetensors"
+    with tracking.run("text_cache", experiment=params.tracking.experiment, parent_run_id=parent_run_id):
+        encoders = _load_encoders(params, root)
+        version = texts_version(texts)
+        path = build_text_cache(texts, encoders, out, progress=progress, data_version=version)
+        tracking.set_tags({"captions_version": version, **{f"{k}_version": e.version for k, e in encoders.items()}})
+        tracking.log_metrics({"captions": len(texts), "bytes": path.stat().st_size})
+    return {"cache": str(path), "captions": len(texts)}
+
+
+STAGES = {"data": stage_data, "version": stage_version, "validate": stage_validate,
+          "text_encoders": stage_text_encoders, "text_cache": stage_text_cache}

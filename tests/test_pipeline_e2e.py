@@ -19,7 +19,8 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
 
     tiny_params(project)
     first = cascade(root=str(project))
-    assert first["cached"] == {"data": False, "version": False, "validate": False}
+    assert first["cached"] == {"data": False, "version": False, "validate": False, "text_encoders": False,
+                               "text_cache": False}
     assert (project / "data.dvc").is_file() and (project / ".dvc-remote").is_dir()
     assert first["version"]["data_version"].endswith(".dir")
     assert first["validate"]["metrics"]["rows"] == 2 * (6 + 4)
@@ -31,14 +32,18 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{first['run_id']}'")
     stages = {r.data.tags["stage"]: r for r in children}
-    assert set(stages) == {"data", "version", "validate"}
+    assert set(stages) == {"data", "version", "validate", "text_encoders", "text_cache"}
+    te = stages["text_encoders"]
+    assert te.data.tags["llm_version"] == first["text_encoders"]["versions"]["llm"]
+    versions = client.search_model_versions("name = 'stepvideo-text-encoders'")
+    assert any(mv.run_id == te.info.run_id for mv in versions)
     v = stages["validate"]
     assert v.data.metrics["clean_fraction"] > 0.8 and v.data.metrics["rows"] == 20
     assert v.data.tags["data_version"] == first["version"]["data_version"]
     assert any(a.path == "validation" for a in client.list_artifacts(v.info.run_id))
 
     second = cascade(root=str(project))
-    assert second["cached"]["data"] and second["cached"]["validate"]
+    assert all(second["cached"][k] for k in ("data", "validate", "text_encoders", "text_cache"))
     assert second["version"]["data_version"] == first["version"]["data_version"]
 
     # a changed params section busts exactly the stages that read it
@@ -59,10 +64,12 @@ def test_dvc_repro_in_a_temporary_clone(project):
     report = json.loads((project / "outputs/validated/report.json").read_text())
     assert report["rows"] == 20
     assert (project / "dvc.lock").is_file()
+    assert (project / "outputs/text_encoders/llm/config.json").is_file()
+    assert (project / "outputs/text_cache/text_cache.safetensors").is_file()
     again = run(str(BIN / "dvc"), "repro")
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
     dag = run(str(BIN / "dvc"), "dag")
-    assert "validate" in dag.stdout and "data.dvc" in dag.stdout
+    assert all(s in dag.stdout for s in ("data.dvc", "validate", "text_encoders", "text_cache"))
     # a params change reruns the stage
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("min_clean_fraction: 0.8",
                                                                                        "min_clean_fraction: 0.5"))

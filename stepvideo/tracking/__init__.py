@@ -71,6 +71,17 @@ def code_version(*modules: str) -> str:
     return h.hexdigest()[:16]
 
 
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 (16 hex) of a file's bytes, or of a folder's files (names + bytes) in sorted order."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -127,3 +138,57 @@ def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+# ---------------------------------------------------------------- the model registry
+
+def register_folder(folder: str | os.PathLike, name: str, *, tags: dict | None = None,
+                    aliases: tuple[str, ...] = ()) -> str:
+    """Log a checkpoint folder (safetensors + config.json) as the active run's `model` artifact and
+    register it as a new version of `name`; returns the version. No pickle, no torch.export: the
+    version's files are the folder, loaded again by our `from_pretrained`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("register_folder needs an active run (inside tracking.run)")
+    mlflow.log_artifacts(str(folder), artifact_path="model")
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description=f"stepvideo {name}: a folder of safetensors + config.json")
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    mv = client.create_model_version(name, source=f"{active.info.artifact_uri}/model", run_id=active.info.run_id,
+                                     tags=tags)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, mv.version)
+    mlflow.set_tags({f"registered.{name}": mv.version})
+    return str(mv.version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """A local folder for `uri`: a path as is, or `models:/NAME@ALIAS` / `models:/NAME/VERSION` /
+    `runs:/...` downloaded from the registry."""
+    text = str(uri)
+    if "://" not in text and not text.startswith(("models:/", "runs:/")):
+        path = Path(text)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model folder not found")
+        return path
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(dst) if dst else None))
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{text}: cannot resolve in the MLflow registry ({e.message})") from e
