@@ -1,0 +1,626 @@
+"""Text-to-video inference: the Step-Video-T2V pipeline (prompts -> uint8 frames).
+
+Diffusers-style: the pipeline holds the models (DiT, VAE, two text encoders) and borrows the
+scheduler from :mod:`stepvideo.diffusion.sampler`; it never trains anything and imports no
+tracking/orchestration code.
+
+Bundle layout (everything one ``from_pretrained`` needs; each subfolder loads on its own with its
+class's ``from_pretrained``)::
+
+    bundle/model_index.json        component names/classes/paths, default sampler, free-form lineage
+    bundle/dit/                    StepVideoDiT.save_pretrained   (config.json + safetensors)
+    bundle/vae/                    VideoVAE.save_pretrained
+    bundle/text_encoders/llm/      transformers model + tokenizer (TextEncoder.from_pretrained, kind="llm")
+    bundle/text_encoders/clip/     transformers model + tokenizer (kind="clip")
+
+A text encoder given as a :class:`PrecomputedTextEncoder` is stored as its safetensors file(s)
+instead (``model_index.json`` records the class).
+
+Generation::
+
+    pipe = T2VPipeline.from_pretrained("bundle")                 # or T2VPipeline.random("demo")
+    video = pipe("A red circle moves right", num_frames=17, height=64, width=64, steps=50)
+    save_video(video[0], "out.mp4", fps=8, gif=True)
+
+``generate`` encodes the prompts with both encoders (the negative prompt for the unconditional
+CFG branch), draws float32 noise of the latent shape ``(B, T_lat, z, H/16, W/16)`` on the CPU from
+``seed`` (sample i uses ``seed + i``, so a batch equals the single-prompt runs and results do not
+depend on the device), integrates the flow ODE with Euler + time shift + CFG, decodes with the VAE
+and maps [-1, 1] to uint8 ``(B, T, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from stepvideo.data.video_io import IMAGE_SUFFIXES, write_image, write_video
+from stepvideo.diffusion.sampler import SamplerConfig, sample, sampler_preset
+from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.models.text_encoders import (
+    DEFAULT_MAX_LENGTH,
+    PrecomputedTextEncoder,
+    TextEncoder,
+    build_tiny_text_encoders,
+    sample_captions,
+)
+from stepvideo.models.vae import VAEConfig, VideoVAE
+
+__all__ = [
+    "MODEL_INDEX",
+    "FORMAT_VERSION",
+    "T2VPipeline",
+    "save_video",
+    "frames_to_uint8",
+]
+
+MODEL_INDEX = "model_index.json"
+FORMAT_VERSION = 1
+COMPONENT_PATHS = {"dit": "dit", "vae": "vae", "llm": "text_encoders/llm", "clip": "text_encoders/clip"}
+
+# VAE geometry used by T2VPipeline.random for each DiT preset
+_RANDOM_VAE = {"demo": VAEConfig.tiny, "small": VAEConfig.tiny, "step-video-t2v": VAEConfig.official}
+
+ProgressCallback = Callable[[int, int], Any]  # (steps done, total steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    out = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(out, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _texts(value: str | Sequence[str], name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.200}")
+
+
+def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """VAE output (B, T, C, H, W) in [-1, 1] -> uint8 numpy (B, T, H, W, C) (clamped, rounded)."""
+    x = ((video.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
+
+
+def _encoder_entry(enc: Any, kind: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": COMPONENT_PATHS[kind], "kind": kind, "dim": int(enc.dim)}
+    if isinstance(enc, PrecomputedTextEncoder):
+        entry.update(
+            {
+                "class": "PrecomputedTextEncoder",
+                "module": "stepvideo.models.text_encoders",
+                "files": [f"embeddings-{i:05d}.safetensors" for i in range(len(enc.paths))],
+                "max_length": enc.max_length,
+            }
+        )
+    else:
+        entry.update(
+            {
+                "class": "TextEncoder",
+                "module": "stepvideo.models.text_encoders",
+                "model_class": type(enc.model).__name__,
+                "max_length": int(enc.max_length),
+                "name": enc.name,
+            }
+        )
+    return entry
+
+
+def _save_text_encoder(enc: Any, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(enc, PrecomputedTextEncoder):
+        for i, p in enumerate(enc.paths):
+            shutil.copyfile(p, folder / f"embeddings-{i:05d}.safetensors")
+        return
+    if not isinstance(enc, TextEncoder):
+        raise TypeError(f"cannot save a text encoder of type {type(enc).__name__}")
+    enc.model.save_pretrained(str(folder), safe_serialization=True)
+    enc.tokenizer.save_pretrained(str(folder))
+    # transformers 5 names the fast tokenizer class "TokenizersBackend", which 4.x cannot load
+    cfg_path = folder / "tokenizer_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if cfg.get("tokenizer_class") == "TokenizersBackend":
+            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _load_text_encoder(
+    src: Any, kind: str, device, dtype, entry: Mapping[str, Any] | None = None
+) -> TextEncoder | PrecomputedTextEncoder:
+    """A text encoder from an object (returned as is), or a folder (transformers or precomputed)."""
+    if src is None or not isinstance(src, (str, os.PathLike)):
+        return src  # an encoder object (anything with ``encode`` and ``dim``)
+    folder = Path(src)
+    entry = dict(entry or {})
+    if entry.get("class") == "PrecomputedTextEncoder" or (
+        folder.is_dir() and not (folder / "config.json").exists() and list(folder.glob("embeddings-*.safetensors"))
+    ):
+        files = [folder / f for f in entry["files"]] if entry.get("files") else sorted(folder.glob("embeddings-*.safetensors"))
+        return PrecomputedTextEncoder(files, device=device, dtype=dtype)
+    if folder.is_file() and folder.suffix == ".safetensors":
+        return PrecomputedTextEncoder(folder, device=device, dtype=dtype)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"text encoder folder {folder} does not exist")
+    return TextEncoder.from_pretrained(folder, kind=kind, max_length=entry.get("max_length"), device=device, dtype=dtype)
+
+
+def _load_dit(src: Any, device, dtype) -> StepVideoDiT:
+    if isinstance(src, StepVideoDiT):
+        return src
+    return StepVideoDiT.from_pretrained(src, device=device, dtype=dtype)
+
+
+def _load_vae(src: Any, device, dtype) -> VideoVAE:
+    if isinstance(src, VideoVAE):
+        return src
+    vae = VideoVAE.from_pretrained(src, device=str(device))
+    return vae.to(dtype=dtype) if dtype is not None else vae
+
+
+# ----------------------------------------------------------------------------------------------
+# pipeline
+
+
+class T2VPipeline:
+    """Step-Video-T2V text-to-video inference: DiT + VAE + LLM and CLIP text encoders.
+
+    Components must agree: ``dit.config.in_channels == out_channels == vae.config.z_channels`` and
+    ``dit.config.caption_channels == [llm.dim, clip.dim]`` (``[llm.dim]`` with no CLIP encoder).
+    ``sampler`` is the default :class:`SamplerConfig` of :meth:`generate`; ``lineage`` is free-form
+    JSON-able metadata (data version, training run, ...) kept in ``model_index.json``.
+    """
+
+    def __init__(
+        self,
+        dit: StepVideoDiT,
+        vae: VideoVAE,
+        llm_encoder: TextEncoder | PrecomputedTextEncoder,
+        clip_encoder: TextEncoder | PrecomputedTextEncoder | None = None,
+        *,
+        sampler: SamplerConfig | str = "default",
+        lineage: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.dit = dit.eval()
+        self.vae = vae.eval()
+        self.llm_encoder = llm_encoder
+        self.clip_encoder = clip_encoder
+        self.sampler = sampler_preset(sampler) if isinstance(sampler, str) else sampler
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ValueError(f"sampler must be a SamplerConfig or preset name, got {sampler!r}")
+        self.lineage: dict[str, Any] = dict(lineage or {})
+        self._workdir: tempfile.TemporaryDirectory | None = None  # random(): keeps the encoders' files alive
+        self.check_components()
+
+    # ---- consistency -----------------------------------------------------------------------------
+
+    def check_components(self) -> None:
+        """Raise ValueError when the components' sizes do not fit together."""
+        dc, vc = self.dit.config, self.vae.config
+        errors = []
+        if dc.in_channels != vc.z_channels or dc.out_channels != vc.z_channels:
+            errors.append(
+                f"DiT in/out_channels ({dc.in_channels}, {dc.out_channels}) must equal VAE z_channels ({vc.z_channels})"
+            )
+        if self.llm_encoder is None:
+            errors.append("an LLM text encoder is required")
+        else:
+            dims = [int(self.llm_encoder.dim)]
+            if self.clip_encoder is not None:
+                dims.append(int(self.clip_encoder.dim))
+            if dims != list(dc.caption_channels):
+                errors.append(
+                    f"text encoder widths [llm, clip] = {dims} do not match DiT caption_channels {list(dc.caption_channels)}"
+                )
+        if errors:
+            raise ValueError("incompatible T2VPipeline components: " + "; ".join(errors))
+
+    # ---- properties ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.vae.config.spatial_factor * self.dit.config.patch_size
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        f = self.vae.config.spatial_factor
+        return (batch, self.vae.latent_frames(num_frames), self.vae.config.z_channels, height // f, width // f)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "T2VPipeline":
+        """Move/cast every component in place; returns ``self``."""
+        dtype = _as_dtype(dtype)
+        for m in (self.dit, self.vae):
+            m.to(device=device, dtype=dtype)
+        for enc in (self.llm_encoder, self.clip_encoder):
+            if isinstance(enc, TextEncoder):
+                enc.to(device=device, dtype=dtype)
+            elif isinstance(enc, PrecomputedTextEncoder):
+                if device is not None:
+                    enc._device = torch.device(device)
+                if dtype is not None:
+                    enc._dtype = dtype
+        return self
+
+    # ---- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_components(
+        cls,
+        dit: str | os.PathLike | StepVideoDiT,
+        vae: str | os.PathLike | VideoVAE,
+        text_encoders: str | os.PathLike | Mapping[str, Any] | None = None,
+        *,
+        llm: Any = None,
+        clip: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        sampler: SamplerConfig | str = "default",
+        lineage: Mapping[str, Any] | None = None,
+        _entries: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> "T2VPipeline":
+        """Assemble a pipeline from separate folders or already built objects.
+
+        ``text_encoders``: a folder holding ``llm/`` and ``clip/`` (as written by
+        ``build_tiny_text_encoders``), or a mapping ``{"llm": ..., "clip": ...}``; ``llm``/``clip``
+        give (or override) each one on its own. Each may be a folder, a precomputed-embeddings
+        ``.safetensors`` file, or an encoder object. Objects are used as they are (not moved/cast).
+        """
+        dtype = _as_dtype(dtype)
+        entries = dict(_entries or {})
+        srcs: dict[str, Any] = {"llm": None, "clip": None}
+        if isinstance(text_encoders, Mapping):
+            unknown = set(text_encoders) - set(srcs)
+            if unknown:
+                raise ValueError(f"text_encoders keys must be 'llm'/'clip', got {sorted(unknown)}")
+            srcs.update(text_encoders)
+        elif text_encoders is not None:
+            root = Path(text_encoders)
+            if not root.is_dir():
+                raise FileNotFoundError(f"text encoder folder {root} does not exist")
+            srcs["llm"] = root / "llm"
+            srcs["clip"] = root / "clip" if (root / "clip").exists() else None
+        if llm is not None:
+            srcs["llm"] = llm
+        if clip is not None:
+            srcs["clip"] = clip
+        if srcs["llm"] is None:
+            raise ValueError("an LLM text encoder is required (text_encoders=... or llm=...)")
+        llm_enc = _load_text_encoder(srcs["llm"], "llm", device, dtype, entries.get("llm"))
+        clip_enc = _load_text_encoder(srcs["clip"], "clip", device, dtype, entries.get("clip"))
+        return cls(
+            _load_dit(dit, device, dtype),
+            _load_vae(vae, device, dtype),
+            llm_enc,
+            clip_enc,
+            sampler=sampler,
+            lineage=lineage,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    ) -> "T2VPipeline":
+        """Load a bundle written by :meth:`save_pretrained`. ``dtype`` (default: as stored, float32
+        for the text encoders) applies to every component."""
+        folder = Path(folder)
+        index_path = folder / MODEL_INDEX
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path}: no {MODEL_INDEX}; is {folder} a T2VPipeline bundle?")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{index_path}: not valid JSON ({e})") from e
+        if index.get("_class_name") != cls.__name__:
+            raise ValueError(f"{index_path} describes a {index.get('_class_name')!r}, not a {cls.__name__}")
+        if int(index.get("format_version", 1)) > FORMAT_VERSION:
+            raise ValueError(f"{index_path}: format_version {index['format_version']} is newer than this code ({FORMAT_VERSION})")
+        comps = index.get("components", {})
+        for name in ("dit", "vae", "llm"):
+            if name not in comps:
+                raise ValueError(f"{index_path}: component {name!r} missing")
+        entries = {k: comps[k] for k in ("llm", "clip") if k in comps}
+        sampler = SamplerConfig(**index["sampler"]) if index.get("sampler") else "default"
+        return cls.from_components(
+            folder / comps["dit"]["path"],
+            folder / comps["vae"]["path"],
+            {k: folder / e["path"] for k, e in entries.items()},
+            device=device,
+            dtype=dtype,
+            sampler=sampler,
+            lineage=index.get("lineage"),
+            _entries=entries,
+        )
+
+    def model_index(self) -> dict[str, Any]:
+        """The ``model_index.json`` content of this pipeline."""
+        comps: dict[str, Any] = {
+            "dit": {
+                "class": "StepVideoDiT",
+                "module": "stepvideo.models.dit",
+                "path": COMPONENT_PATHS["dit"],
+                "num_parameters": self.dit.num_parameters(),
+            },
+            "vae": {
+                "class": "VideoVAE",
+                "module": "stepvideo.models.vae",
+                "path": COMPONENT_PATHS["vae"],
+                "num_parameters": self.vae.num_parameters(),
+            },
+            "llm": _encoder_entry(self.llm_encoder, "llm"),
+        }
+        if self.clip_encoder is not None:
+            comps["clip"] = _encoder_entry(self.clip_encoder, "clip")
+        return {
+            "_class_name": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "components": comps,
+            "sampler": dataclasses.asdict(self.sampler),
+            "lineage": self.lineage,
+        }
+
+    def save_pretrained(self, folder: str | os.PathLike, lineage: Mapping[str, Any] | None = None) -> Path:
+        """Write the bundle to ``folder`` atomically (a temp folder beside it, then renamed into
+        place; an existing bundle is replaced only once the new one is complete). ``lineage`` is
+        merged into :attr:`lineage` first."""
+        if lineage:
+            self.lineage.update(lineage)
+        index = self.model_index()
+        try:
+            text = json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        except TypeError as e:
+            raise ValueError(f"lineage must be JSON-serialisable ({e})") from e
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            self.dit.save_pretrained(tmp / COMPONENT_PATHS["dit"])
+            self.vae.save_pretrained(tmp / COMPONENT_PATHS["vae"])
+            _save_text_encoder(self.llm_encoder, tmp / COMPONENT_PATHS["llm"])
+            if self.clip_encoder is not None:
+                _save_text_encoder(self.clip_encoder, tmp / COMPONENT_PATHS["clip"])
+            (tmp / MODEL_INDEX).write_text(text, encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+        return folder
+
+    @classmethod
+    def random(
+        cls,
+        preset: str = "demo",
+        seed: int = 0,
+        texts: Sequence[str] | None = None,
+        workdir: str | os.PathLike | None = None,
+        *,
+        vae_config: VAEConfig | None = None,
+        text_layers: int = 2,
+        text_heads: int = 2,
+        vocab_size: int = 4096,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        sampler: SamplerConfig | str = "default",
+    ) -> "T2VPipeline":
+        """Random-weight components of matching sizes (demos and tests).
+
+        DiT: ``DiTConfig.preset(preset)`` with in/out_channels = the VAE's z_channels; VAE:
+        ``VAEConfig.tiny()`` for "demo"/"small", the official geometry for "step-video-t2v" (or
+        ``vae_config``); text encoders: ``build_tiny_text_encoders`` (a bilingual byte-level BPE
+        trained on ``texts``, default ``sample_captions()``) with widths = the DiT's
+        caption_channels, written under ``workdir`` (a temporary folder that lives as long as the
+        pipeline when None). The same arguments give identical weights; the global RNG is left as
+        it was.
+        """
+        dtype = _as_dtype(dtype)
+        if not _is_int(seed):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        vcfg = vae_config if vae_config is not None else _RANDOM_VAE.get(preset, VAEConfig.tiny)()
+        dcfg = DiTConfig.preset(preset, in_channels=vcfg.z_channels, out_channels=vcfg.z_channels)
+        tmp = None
+        if workdir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="stepvideo-t2v-random-")
+            workdir = tmp.name
+        with torch.random.fork_rng(devices=[]):
+            paths = build_tiny_text_encoders(
+                list(texts) if texts is not None else sample_captions(),
+                Path(workdir) / "text_encoders",
+                llm_dim=dcfg.llm_dim,
+                clip_dim=dcfg.clip_dim or 32,
+                layers=text_layers,
+                heads=text_heads,
+                seed=seed,
+                vocab_size=vocab_size,
+            )
+            torch.manual_seed(seed + 1000)
+            dit = StepVideoDiT(dcfg)
+            torch.manual_seed(seed + 2000)
+            vae = VideoVAE(vcfg)
+        llm = TextEncoder.from_pretrained(paths["llm"], kind="llm", device=device, dtype=dtype)
+        clip = TextEncoder.from_pretrained(paths["clip"], kind="clip", device=device, dtype=dtype) if dcfg.clip_dim else None
+        pipe = cls(
+            dit.to(device=device, dtype=dtype),
+            vae.to(device=device, dtype=dtype),
+            llm,
+            clip,
+            sampler=sampler,
+            lineage={"source": "random", "preset": preset, "seed": int(seed)},
+        )
+        pipe._workdir = tmp
+        return pipe
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        device = self.device
+        hidden, mask = self.llm_encoder.encode(texts)
+        out = {"llm_emb": hidden.to(device), "llm_mask": mask.to(device)}
+        if self.clip_encoder is not None:
+            hidden, mask = self.clip_encoder.encode(texts)
+            out.update({"clip_emb": hidden.to(device), "clip_mask": mask.to(device)})
+        return out
+
+    def check_inputs(self, num_frames: int, height: int, width: int, steps: int, cfg_scale: float, shift: float) -> None:
+        """Raise ValueError for a request the models cannot serve."""
+        chunk = self.vae.frame_chunk
+        if not _is_int(num_frames) or num_frames < 1 or not (num_frames == 1 or num_frames % chunk == 0):
+            raise ValueError(f"num_frames must be 1 (an image) or a positive multiple of {chunk}, got {num_frames!r}")
+        f = self.spatial_factor
+        for name, v in (("height", height), ("width", width)):
+            if not _is_int(v) or v < f or v % f:
+                raise ValueError(f"{name} must be a positive multiple of {f}, got {v!r}")
+        if not _is_int(steps) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] = "",
+        num_frames: int = 17,
+        height: int = 64,
+        width: int = 64,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        shift: float | None = None,
+        seed: int | Sequence[int] = 0,
+        progress: ProgressCallback | None = None,
+        *,
+        output_type: str = "np",
+    ) -> np.ndarray | torch.Tensor:
+        """Prompts -> uint8 video ``(B, T, H, W, 3)`` (numpy), B = number of prompts.
+
+        ``steps``/``cfg_scale``/``shift`` default to :attr:`sampler` (the "default" preset: 50, 9.0,
+        13.0). ``seed``: an int (sample i uses ``seed + i``) or one int per prompt. ``negative_prompt``
+        conditions the unconditional branch of CFG: one string for all, or one per prompt.
+        ``progress(done, total)`` is called after each denoising step. ``output_type="latent"``
+        returns the float32 latents ``(B, T_lat, z, H/16, W/16)`` instead of decoding them.
+        """
+        prompts = _texts(prompt, "prompt")
+        negatives = _texts(negative_prompt, "negative_prompt")
+        b = len(prompts)
+        if len(negatives) not in (1, b):
+            raise ValueError(f"negative_prompt must be one string or {b} strings (one per prompt), got {len(negatives)}")
+        steps = self.sampler.num_steps if steps is None else steps
+        cfg_scale = self.sampler.cfg_scale if cfg_scale is None else cfg_scale
+        shift = self.sampler.shift if shift is None else shift
+        self.check_inputs(num_frames, height, width, steps, cfg_scale, shift)
+        if _is_int(seed):
+            seeds = [int(seed) + i for i in range(b)]
+        elif isinstance(seed, (list, tuple)) and len(seed) == b and all(_is_int(s) for s in seed):
+            seeds = [int(s) for s in seed]
+        else:
+            raise ValueError(f"seed must be an int or a list of {b} ints, got {seed!r}")
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        if progress is not None and not callable(progress):
+            raise ValueError("progress must be None or a callable (done, total)")
+
+        cond = self._encode(prompts)
+        uncond = self._encode(negatives) if cfg_scale != 1.0 else None
+        shape = self.latent_shape(1, num_frames, height, width)[1:]
+        noise = torch.stack(
+            [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32) for s in seeds]
+        ).to(self.device)
+        config = SamplerConfig(num_steps=int(steps), shift=float(shift), cfg_scale=float(cfg_scale), reverse=self.sampler.reverse)
+        callback = None
+        if progress is not None:
+            def callback(i, n, t, x):  # noqa: E306
+                progress(i + 1, n)
+        latents = sample(self.dit, noise, cond, uncond, config, callback=callback)
+        if output_type == "latent":
+            return latents
+        vae_p = next(self.vae.parameters())
+        video = self.vae.decode(latents.to(device=vae_p.device, dtype=vae_p.dtype))
+        return frames_to_uint8(video)
+
+    def __call__(self, prompt: str | Sequence[str], *args: Any, **kwargs: Any) -> np.ndarray | torch.Tensor:
+        """Same as :meth:`generate`."""
+        return self.generate(prompt, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"T2VPipeline(dit={self.dit.num_parameters():,} params, vae z={self.vae.config.z_channels}, "
+            f"llm={self.llm_encoder!r}, clip={self.clip_encoder!r}, sampler={self.sampler})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+def save_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, gif: bool = False) -> Path:
+    """Write uint8 frames ``(T, H, W, 3)`` (or a batch of one, ``(1, T, H, W, 3)``) as H.264 mp4
+    through :func:`stepvideo.data.video_io.write_video`; a single frame may go to an image path
+    (``.png`` ...). With ``gif=True`` an animated GIF is written beside it (``path.with_suffix(".gif")``,
+    looping, 1000/fps ms per frame). Returns the video path; both writes are atomic."""
+    path = Path(path)
+    arr = np.asarray(frames)
+    if arr.ndim == 5:
+        if arr.shape[0] != 1:
+            raise ValueError(f"save_video writes one clip; got a batch of {arr.shape[0]} (pass frames[i])")
+        arr = arr[0]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
+    if not _is_int(fps) or fps < 1:
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if arr.shape[0] != 1:
+            raise ValueError(f"{path}: an image path takes a single frame, got {arr.shape[0]}")
+        write_image(path, arr[0])
+    else:
+        write_video(path, arr, fps=fps)
+    if gif:
+        from PIL import Image
+
+        gif_path = path.with_suffix(".gif")
+        tmp = gif_path.with_name(f".{gif_path.name}.tmp-{os.getpid()}.gif")
+        images = [Image.fromarray(f) for f in arr]
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0
+        )
+        os.replace(tmp, gif_path)
+    return path
