@@ -1,0 +1,557 @@
+"""Step-Video causal video VAE: 16x16 spatial, 8x temporal compression, dual-path resampling.
+
+Layouts (the DiT uses the same latent layout, and there is no latent scale or shift):
+
+* video  ``(B, T, C, H, W)``, values in [-1, 1]; ``T`` is 1 (an image) or a multiple of 17
+* latent ``(B, T_lat, z, H/16, W/16)``; every 17 frames become 3 latent frames, 1 frame -> 1
+
+Inference is streamed: :meth:`VideoVAE.encode` takes 17 frames at a time, :meth:`VideoVAE.decode`
+3 latent frames at a time, each chunk independently (causal padding restarts per chunk, as in the
+official model), so peak memory depends on the chunk (and tile) size, not on the clip length.
+Decoded chunks are joined with the official boundary ``mix``.
+
+Single images. Every layer of the official model is causal in time and frame 0 only ever meets
+zero padding, so a 1-frame input is valid for the official layers: it encodes to 1 latent frame
+and that latent decodes back to 1 frame. This is what ``T == 1`` does here. The image latent
+equals the first latent frame of any 17-frame clip that starts with that image (up to float
+rounding), and decoding it equals the first frame of a decoded chunk.
+
+Spatial tiling (``tile_size``, ``tile_overlap`` in pixels, multiples of 16) bounds memory for large
+frames. Tiles are blended with linear ramps over the overlap. It is an approximation: per-frame
+GroupNorm statistics and the frame-wide causal attention see only one tile, so tiled results
+differ from untiled ones (see ``TILING_NOTE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from stepvideo.models import io as model_io
+from stepvideo.models.vae_blocks import VideoDecoder, VideoEncoder
+
+TILING_NOTE = (
+    "Tiled and untiled results are not identical: per-frame GroupNorm statistics and the mid-block "
+    "causal attention see one tile instead of the whole frame, so every output pixel changes, not "
+    "only the seams. The difference depends on the weights. Measured with the random-init golden "
+    "reference weights (17x64x96 video, tile 48 px / overlap 16 px) and with a seeded default init "
+    "(17x32x48, tile 32 / overlap 16): relative RMS difference 0.47-0.77 on latents and decoded "
+    "frames. Trained weights may well do better, but that was not "
+    "measured here (no trained weights available). "
+    "Guaranteed: a tile that covers the whole frame gives bitwise the untiled result, and the "
+    "overlap blend is an exact partition of unity (a purely local function is reproduced exactly). "
+    "Use tiling only when an untiled frame does not fit in memory."
+)
+
+
+@dataclass
+class VAEConfig:
+    """Geometry of :class:`VideoVAE` (plain data; ``config.json`` of a saved model).
+
+    ``encoder_temporal_levels`` are the encoder levels whose downsampler is 3D (stride 2 in T, H,
+    W; the others are 2D); ``decoder_temporal_levels`` the decoder levels with a 3D upsampler.
+    ``patch_channels`` is the width at the 16x grid (official ``4 * z * 8``). ``dual_path``
+    switches the parameter-free shortcuts on (official) or off (first stage of training).
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    z_channels: int = 64
+    num_res_blocks: int = 2
+    encoder_ch: int = 32
+    encoder_ch_mult: tuple[int, ...] = (4, 8, 16, 16)
+    decoder_ch: int = 128
+    decoder_ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    encoder_temporal_levels: tuple[int, ...] = (1, 2)
+    decoder_temporal_levels: tuple[int, ...] = (2, 3)
+    norm_groups: int = 32
+    patch_channels: int | None = None
+    latent_chunk: int = 3
+    mix_keep: float = 0.6
+    logvar_range: tuple[float, float] = (-30.0, 20.0)
+    dual_path: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_ch_mult", "decoder_ch_mult", "encoder_temporal_levels", "decoder_temporal_levels"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.logvar_range = tuple(float(v) for v in self.logvar_range)  # type: ignore[assignment]
+        if self.patch_channels is None:
+            self.patch_channels = 32 * self.z_channels
+        self.validate()
+
+    # ---- presets -------------------------------------------------------------------------
+    @classmethod
+    def official(cls) -> "VAEConfig":
+        """Released Step-Video-T2V geometry (z=64, ~500M parameters)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "VAEConfig":
+        """CPU demo geometry (z=4, 2.2M parameters): the golden-reference file's geometry.
+
+        Every channel count is the official one divided by 16 and all shortcut group/repeat
+        ratios are kept.
+        """
+        return cls(
+            z_channels=4,
+            num_res_blocks=1,
+            encoder_ch=32,
+            encoder_ch_mult=(2, 1, 1, 1),
+            decoder_ch=32,
+            decoder_ch_mult=(1, 1, 1, 1),
+        )
+
+    # ---- derived geometry ----------------------------------------------------------------
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.encoder_ch_mult) - 1) * 2
+
+    @property
+    def frame_chunk(self) -> int:
+        """Frames per independently encoded chunk (17 for the official geometry)."""
+        return 2 ** (len(self.decoder_temporal_levels) + 1) * (self.latent_chunk - 1) + 1
+
+    @property
+    def decoder_trim(self) -> int:
+        """Leading frames the decoder output drops (3 for the official geometry: 20 -> 17)."""
+        return 2 ** len(self.decoder_temporal_levels) - 1
+
+    def validate(self) -> None:
+        """Raise ValueError for a geometry the model cannot be built with."""
+        errors = []
+        g = self.norm_groups
+        widths = [self.encoder_ch] + [self.encoder_ch * m for m in self.encoder_ch_mult]
+        widths += [self.decoder_ch * m for m in self.decoder_ch_mult]
+        if min(widths) <= 0 or any(w % g for w in widths):
+            errors.append(f"every channel width {sorted(set(widths))} must be a positive multiple of norm_groups={g}")
+        if self.num_res_blocks < 1:
+            errors.append("num_res_blocks must be >= 1")
+        if len(self.encoder_ch_mult) != len(self.decoder_ch_mult) or len(self.encoder_ch_mult) < 2:
+            errors.append("encoder_ch_mult and decoder_ch_mult need the same length (>= 2)")
+        if len(self.encoder_temporal_levels) != len(self.decoder_temporal_levels):
+            errors.append("encoder and decoder need the same number of temporal levels")
+        n = len(self.encoder_ch_mult)
+        if any(not 0 <= i < n - 1 for i in self.encoder_temporal_levels):
+            errors.append(f"encoder_temporal_levels must lie in [0, {n - 2}]")
+        if any(not 1 <= i < n for i in self.decoder_temporal_levels):
+            errors.append(f"decoder_temporal_levels must lie in [1, {n - 1}]")
+        pc = self.patch_channels
+        enc_top = self.encoder_ch * self.encoder_ch_mult[-1]
+        dec_top = self.decoder_ch * self.decoder_ch_mult[-1]
+        if pc % 8 or (enc_top * 8) % pc or pc % (2 * self.z_channels) or pc % self.z_channels or (dec_top * 8) % pc:
+            errors.append(
+                f"patch_channels={pc} must be divisible by 8 and 2*z, and divide 8x the top widths "
+                f"(encoder {enc_top}, decoder {dec_top})"
+            )
+        if self.latent_chunk < 1:
+            errors.append("latent_chunk must be >= 1")
+        if not 0.0 <= self.mix_keep <= 1.0:
+            errors.append("mix_keep must lie in [0, 1]")
+        if errors:
+            raise ValueError("invalid VAEConfig: " + "; ".join(errors))
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VAEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VAEConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+
+class DiagonalGaussian:
+    """Posterior N(mean, exp(logvar)) from moments ``(..., 2z, h, w)`` (channels on dim -3).
+
+    ``logvar`` is clamped to ``logvar_range`` (official: [-30, 20]).
+    """
+
+    def __init__(self, moments: torch.Tensor, logvar_range: tuple[float, float] = (-30.0, 20.0)):
+        self.moments = moments
+        self.mean, logvar = torch.chunk(moments, 2, dim=-3)
+        self.logvar = logvar.clamp(*logvar_range)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return torch.exp(self.logvar)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """mean + std * noise; noise drawn with ``generator`` (global RNG when None) unless given."""
+        if noise is None:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        elif noise.shape != self.mean.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(self.mean.shape)}")
+        return self.mean + self.std * noise
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per batch element, summed over all latent elements."""
+        kl = 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar)
+        return kl.flatten(1).sum(1)
+
+
+def mix_chunk_boundaries(x: torch.Tensor, frame_chunk: int, keep: float = 0.6) -> torch.Tensor:
+    """Official boundary blend of decoded chunks, out of place; x is (B, T, C, H, W).
+
+    For each boundary (front = last frame of a chunk, back = first frame of the next):
+    ``back' = keep*back + (1-keep)*front`` and then ``front' = keep*front + (1-keep)*back'``
+    (the official update is sequential, so front uses the already-updated back frame).
+    """
+    t = x.shape[1]
+    if t <= frame_chunk:
+        return x
+    front = torch.arange(frame_chunk - 1, t - 1, frame_chunk, device=x.device)
+    back = front + 1
+    xb, xf = x.index_select(1, back), x.index_select(1, front)
+    new_back = keep * xb + (1.0 - keep) * xf
+    new_front = keep * xf + (1.0 - keep) * new_back
+    return x.index_copy(1, back, new_back).index_copy(1, front, new_front)
+
+
+def _ramp(length: int, start: int, stop: int, overlap: int) -> torch.Tensor:
+    """1-D blend weight of a tile covering [start, stop) of ``length``; ramps over ``overlap``."""
+    w = torch.ones(stop - start)
+    if overlap > 0:
+        i = torch.arange(stop - start, dtype=torch.float32)
+        if start > 0:
+            w = torch.minimum(w, (i + 1) / (overlap + 1))
+        if stop < length:
+            w = torch.minimum(w, (stop - start - i) / (overlap + 1))
+    return w
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map released-checkpoint names to module names: ``decoder.conv_out.*`` -> ``decoder.conv_out.conv.*``.
+
+    Names already in module form are kept, so this works on both the release and module dumps.
+    Tensors whose names start with ``__`` (reference inputs/outputs) are dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name.startswith("__"):
+            continue
+        if name.startswith("decoder.conv_out.") and not name.startswith("decoder.conv_out.conv."):
+            name = "decoder.conv_out.conv." + name[len("decoder.conv_out.") :]
+        out[name] = t
+    return out
+
+
+class VideoVAE(nn.Module):
+    """Causal 3D-conv video VAE with the official Step-Video (version 2) parameter names."""
+
+    def __init__(self, config: VAEConfig | None = None):
+        super().__init__()
+        # a private copy: set_dual_path() changes it and must not touch the caller's object
+        self.config = config = dataclasses.replace(config) if config is not None else VAEConfig()
+        common = dict(
+            z_channels=config.z_channels,
+            num_res_blocks=config.num_res_blocks,
+            groups=config.norm_groups,
+            patch_channels=config.patch_channels,
+        )
+        self.encoder = VideoEncoder(
+            in_channels=config.in_channels,
+            ch=config.encoder_ch,
+            ch_mult=config.encoder_ch_mult,
+            temporal_levels=config.encoder_temporal_levels,
+            **common,
+        )
+        self.decoder = VideoDecoder(
+            out_channels=config.out_channels,
+            ch=config.decoder_ch,
+            ch_mult=config.decoder_ch_mult,
+            temporal_levels=config.decoder_temporal_levels,
+            **common,
+        )
+        self.set_dual_path(config.dual_path)
+
+    # ---- geometry --------------------------------------------------------------------------
+    @property
+    def dual_path(self) -> bool:
+        return self.encoder.use_shortcut
+
+    def set_dual_path(self, enabled: bool) -> None:
+        """Switch the parameter-free shortcuts of both encoder and decoder on or off."""
+        self.encoder.use_shortcut = self.decoder.use_shortcut = bool(enabled)
+        self.config.dual_path = bool(enabled)
+
+    @property
+    def frame_chunk(self) -> int:
+        return self.config.frame_chunk
+
+    @property
+    def latent_chunk(self) -> int:
+        return self.config.latent_chunk
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for a valid frame count (1 -> 1, 17k -> 3k)."""
+        return 1 if frames == 1 else frames // self.frame_chunk * self.latent_chunk
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Frames decoded from a valid latent frame count (1 -> 1, 3k -> 17k)."""
+        return 1 if latent_frames == 1 else latent_frames // self.latent_chunk * self.frame_chunk
+
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    # ---- input checks ------------------------------------------------------------------------
+    def check_video(self, video: torch.Tensor) -> None:
+        """Raise ValueError unless ``video`` is a finite float (B, T, C, H, W) the VAE can encode."""
+        c = self.config
+        if not isinstance(video, torch.Tensor):
+            raise ValueError(f"video must be a torch.Tensor, got {type(video).__name__}")
+        if video.ndim != 5:
+            raise ValueError(f"video must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+        b, t, ch, h, w = video.shape
+        if not video.is_floating_point():
+            raise ValueError(f"video must be a float tensor in [-1, 1], got {video.dtype}")
+        if ch != c.in_channels:
+            raise ValueError(f"video has {ch} channels on dim 2, expected {c.in_channels} (layout B, T, C, H, W)")
+        if b < 1 or not (t == 1 or (t > 0 and t % self.frame_chunk == 0)):
+            raise ValueError(f"video frame count T={t} must be 1 (an image) or a multiple of {self.frame_chunk}")
+        f = c.spatial_factor
+        if h < f or w < f or h % f or w % f:
+            raise ValueError(f"video height/width {h}x{w} must be positive multiples of {f}")
+        if not bool(torch.isfinite(video).all()):
+            raise ValueError("video contains NaN or Inf values")
+
+    def check_latent(self, latent: torch.Tensor) -> None:
+        """Raise ValueError unless ``latent`` is a finite float (B, T_lat, z, h, w) the VAE can decode."""
+        if not isinstance(latent, torch.Tensor):
+            raise ValueError(f"latent must be a torch.Tensor, got {type(latent).__name__}")
+        if latent.ndim != 5:
+            raise ValueError(f"latent must be (B, T_lat, z, h, w), got shape {tuple(latent.shape)}")
+        b, t, ch, h, w = latent.shape
+        if not latent.is_floating_point():
+            raise ValueError(f"latent must be a float tensor, got {latent.dtype}")
+        if ch != self.config.z_channels:
+            raise ValueError(f"latent has {ch} channels on dim 2, expected z_channels={self.config.z_channels}")
+        if b < 1 or h < 1 or w < 1 or not (t == 1 or (t > 0 and t % self.latent_chunk == 0)):
+            raise ValueError(f"latent frame count {t} must be 1 or a multiple of {self.latent_chunk}")
+        if not bool(torch.isfinite(latent).all()):
+            raise ValueError("latent contains NaN or Inf values")
+
+    @staticmethod
+    def _check_tiling(tile_size: int | None, tile_overlap: int, factor: int) -> None:
+        if tile_size is None:
+            return
+        if tile_size < factor or tile_size % factor or tile_overlap < 0 or tile_overlap % factor:
+            raise ValueError(f"tile_size and tile_overlap must be multiples of {factor} (tile_size >= {factor})")
+        if tile_overlap >= tile_size:
+            raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
+
+    # ---- chunk-level paths (B, C, T, H, W) -----------------------------------------------------
+    def _chunks(self, t: int, size: int) -> Iterator[slice]:
+        if t == 1:
+            yield slice(0, 1)
+            return
+        for s in range(0, t, size):
+            yield slice(s, s + size)
+
+    def _decode_chunk(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, z, t_lat, h, w) -> (B, C, frames, H, W) including the leading-frame trim."""
+        return self.decoder(z)[:, :, self.config.decoder_trim :]
+
+    def _tiled(self, fn, x: torch.Tensor, factor_in: int, factor_out: int, tile: int, overlap: int) -> torch.Tensor:
+        """Run ``fn`` on overlapping spatial tiles of ``x`` (B, C, T, H, W) and blend the outputs.
+
+        ``tile`` and ``overlap`` are in units of x's grid; outputs are ``factor_out/factor_in``
+        times larger spatially. Blend weights ramp linearly across each overlap.
+        """
+        _, _, _, h, w = x.shape
+        scale_num, scale_den = factor_out, factor_in
+        out = weight = None
+        for y0 in _tile_starts(h, tile, overlap):
+            y1 = min(y0 + tile, h)
+            for x0 in _tile_starts(w, tile, overlap):
+                x1 = min(x0 + tile, w)
+                piece = fn(x[:, :, :, y0:y1, x0:x1])
+                if out is None:
+                    b, c, t = piece.shape[:3]
+                    H, W = h * scale_num // scale_den, w * scale_num // scale_den
+                    out = piece.new_zeros(b, c, t, H, W)
+                    weight = piece.new_zeros(1, 1, 1, H, W)
+                Y0, Y1 = y0 * scale_num // scale_den, y1 * scale_num // scale_den
+                X0, X1 = x0 * scale_num // scale_den, x1 * scale_num // scale_den
+                ov = overlap * scale_num // scale_den
+                wy = _ramp(H, Y0, Y1, ov).to(piece)
+                wx = _ramp(W, X0, X1, ov).to(piece)
+                wt = (wy[:, None] * wx[None, :])[None, None, None]
+                out[:, :, :, Y0:Y1, X0:X1] += piece * wt
+                weight[:, :, :, Y0:Y1, X0:X1] += wt
+        return out / weight
+
+    # ---- public inference API ------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_moments(
+        self, video: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = 0
+    ) -> torch.Tensor:
+        """Raw encoder output (B, T_lat, 2z, h, w), 17 frames at a time: [mean | logvar]."""
+        self.check_video(video)
+        f = self.config.spatial_factor
+        self._check_tiling(tile_size, tile_overlap, f)
+        p = self._param()
+        b, t, _, h, w = video.shape
+        moments = torch.empty(
+            b, self.latent_frames(t), 2 * self.config.z_channels, h // f, w // f, dtype=p.dtype, device=video.device
+        )
+        for k, sl in enumerate(self._chunks(t, self.frame_chunk)):
+            x = video[:, sl].to(device=p.device, dtype=p.dtype).permute(0, 2, 1, 3, 4).contiguous()
+            if tile_size is None or (h <= tile_size and w <= tile_size):
+                m = self.encoder(x)
+            else:
+                m = self._tiled(self.encoder, x, f, 1, tile_size, tile_overlap)
+            n = m.shape[2]
+            moments[:, k * n : (k + 1) * n] = m.permute(0, 2, 1, 3, 4).to(moments.device)
+        return moments
+
+    def posterior(
+        self, video: torch.Tensor, *, tile_size: int | None = None, tile_overlap: int = 0
+    ) -> DiagonalGaussian:
+        """The diagonal Gaussian posterior q(z | video) (no gradients)."""
+        moments = self.encode_moments(video, tile_size=tile_size, tile_overlap=tile_overlap)
+        return DiagonalGaussian(moments, self.config.logvar_range)
+
+    def encode(
+        self,
+        video: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int = 0,
+    ) -> torch.Tensor:
+        """Video (B, T, C, H, W) in [-1, 1] -> latent (B, T_lat, z, H/16, W/16).
+
+        Returns the posterior mean, or with ``sample=True`` a sample drawn with ``generator``
+        (the official ``encode`` always samples, from the global RNG).
+        """
+        post = self.posterior(video, tile_size=tile_size, tile_overlap=tile_overlap)
+        return post.sample(generator) if sample else post.mode()
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latent: torch.Tensor,
+        *,
+        mix: bool = True,
+        tile_size: int | None = None,
+        tile_overlap: int = 0,
+    ) -> torch.Tensor:
+        """Latent (B, T_lat, z, h, w) -> video (B, T, C, 16h, 16w), 3 latent frames at a time.
+
+        ``mix`` applies the official chunk-boundary blend. ``tile_size``/``tile_overlap`` are in
+        output pixels (multiples of 16).
+        """
+        self.check_latent(latent)
+        f = self.config.spatial_factor
+        self._check_tiling(tile_size, tile_overlap, f)
+        p = self._param()
+        b, t, _, h, w = latent.shape
+        fc = self.frame_chunk
+        out = torch.empty(
+            b, self.video_frames(t), self.config.out_channels, h * f, w * f, dtype=p.dtype, device=latent.device
+        )
+        keep = self.config.mix_keep
+        for k, sl in enumerate(self._chunks(t, self.latent_chunk)):
+            z = latent[:, sl].to(device=p.device, dtype=p.dtype).permute(0, 2, 1, 3, 4).contiguous()
+            if tile_size is None or (h * f <= tile_size and w * f <= tile_size):
+                x = self._decode_chunk(z)
+            else:
+                x = self._tiled(self._decode_chunk, z, 1, f, tile_size // f, tile_overlap // f)
+            n = x.shape[2]
+            out[:, k * n : (k + 1) * n] = x.permute(0, 2, 1, 3, 4).to(out.device)
+            if mix and k > 0:  # boundary between chunk k-1 (front) and chunk k (back)
+                front, back = k * fc - 1, k * fc
+                out[:, back] = keep * out[:, back] + (1.0 - keep) * out[:, front]
+                out[:, front] = keep * out[:, front] + (1.0 - keep) * out[:, back]
+        return out
+
+    # ---- differentiable path for training ---------------------------------------------------
+    def forward(
+        self,
+        video: torch.Tensor,
+        *,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+        mix: bool = True,
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Reconstruct ``video`` with gradients: returns (reconstruction, posterior).
+
+        Chunks are processed as in :meth:`encode`/:meth:`decode` but kept in the autograd graph,
+        so memory grows with the clip length; use :meth:`encode`/:meth:`decode` for inference.
+        """
+        self.check_video(video)
+        x = video.permute(0, 2, 1, 3, 4)
+        t = video.shape[1]
+        moments = torch.cat([self.encoder(x[:, :, sl]) for sl in self._chunks(t, self.frame_chunk)], dim=2)
+        post = DiagonalGaussian(moments.permute(0, 2, 1, 3, 4), self.config.logvar_range)
+        z = (post.sample(generator) if sample else post.mode()).permute(0, 2, 1, 3, 4)
+        chunks = [self._decode_chunk(z[:, :, sl]) for sl in self._chunks(z.shape[2], self.latent_chunk)]
+        recon = torch.cat(chunks, dim=2).permute(0, 2, 1, 3, 4)
+        if mix:
+            recon = mix_chunk_boundaries(recon, self.frame_chunk, self.config.mix_keep)
+        return recon, post
+
+    # ---- weights --------------------------------------------------------------------------------
+    def load_official_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True):
+        """Load an official state dict (released-checkpoint or module names)."""
+        return self.load_state_dict(convert_official_state_dict(state), strict=strict)
+
+    @classmethod
+    def from_official_checkpoint(
+        cls, path: str | os.PathLike, config: VAEConfig | None = None, device: str = "cpu"
+    ) -> "VideoVAE":
+        """Build the (official by default) VAE and load a released ``.safetensors`` checkpoint."""
+        from safetensors.torch import load_file
+
+        model = cls(config if config is not None else VAEConfig.official())
+        model.load_official_state_dict(load_file(str(path), device=device))
+        return model.to(device)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> os.PathLike:
+        """Write ``config.json`` + safetensors weights to ``folder`` (atomically)."""
+        return model_io.save_folder(folder, self.state_dict(), self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu") -> "VideoVAE":
+        """Load a folder written by :meth:`save_pretrained`."""
+        model = cls(VAEConfig.from_dict(model_io.read_config(folder)))
+        model.load_state_dict(model_io.load_state_dict(folder, device=device), strict=True)
+        return model.to(device)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = [
+    "TILING_NOTE",
+    "VAEConfig",
+    "DiagonalGaussian",
+    "VideoVAE",
+    "convert_official_state_dict",
+    "mix_chunk_boundaries",
+]

@@ -1,0 +1,531 @@
+"""Video-VAE training: one readable loop (torchtitan style).
+
+The trainer knows nothing about experiment tracking or orchestration: the caller passes
+``log_fn(step, metrics)`` and gets a metrics dict back.
+
+Data are clips as numpy ``uint8`` arrays ``(T, H, W, 3)`` (any indexable sequence of them, so a
+lazy dataset works too). Every step draws one batch, either of 17-frame video crops or of 1-frame
+images (a still, or one frame of a clip) with probability ``image_prob``: mixed image/video
+training. Clips shorter than 17 frames only give images.
+
+Losses: ``l1_weight * L1 + kl_weight * KL`` (KL averaged over latent elements), plus optionally
+
+* a perceptual loss, only when ``perceptual_backbone_path`` names a local TorchScript feature
+  extractor (``(N, 3, H, W)`` in [-1, 1] -> tensor or list of tensors); nothing is downloaded;
+* a 3D patch discriminator with hinge loss, switched on at ``disc_start_step``.
+
+Dual-path recipe: ``dual_path_start_step`` keeps the parameter-free shortcuts off before that step
+(a plain conv VAE); ``trainable_phases`` = ``((start_step, name_prefixes), ...)`` chooses which
+parameters train from each step on (``""`` matches all), e.g. :func:`dual_path_recipe`.
+
+Checkpoints: ``out_dir/checkpoints/step-XXXXXX/`` = ``save_pretrained`` folder + ``training_state.pt``
+(optimizer(s), step, RNG states, discriminator), and ``out_dir/checkpoints/latest.json`` naming the
+newest complete one; every file is written atomically. With ``resume=True`` a run continues from it
+and reproduces an uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stepvideo.models.vae import VAEConfig, VideoVAE
+
+CLIP_FRAMES = 17
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class VAETrainConfig:
+    """Everything that defines a VAE training run (plain data, JSON-serialisable via ``to_dict``)."""
+
+    model: dict[str, Any] = field(default_factory=lambda: VAEConfig.tiny().to_dict())
+    init_from: str | None = None  # a save_pretrained folder to start from (e.g. the stage-1 VAE)
+    steps: int = 1000
+    batch_size: int = 2
+    crop_size: int = 64  # spatial crop (multiple of 16); clips smaller than this use their own size
+    image_prob: float = 0.5
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    kl_weight: float = 1e-4
+    sample_posterior: bool = True
+    perceptual_weight: float = 0.0
+    perceptual_backbone_path: str | None = None
+    disc_weight: float = 0.0  # 0 disables the discriminator
+    disc_start_step: int = 0
+    disc_lr: float = 1e-4
+    disc_channels: int = 32
+    dual_path_start_step: int = 0
+    trainable_phases: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_max_items: int = 8
+    eval_size: int = 64  # held-out clips are centre-cropped to at most this (multiple of 16)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, VAEConfig):
+            self.model = self.model.to_dict()
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.trainable_phases = tuple((int(s), tuple(p)) for s, p in self.trainable_phases)
+        errors = []
+        if self.crop_size % 16 or self.crop_size < 16 or self.eval_size % 16 or self.eval_size < 16:
+            errors.append("crop_size and eval_size must be positive multiples of 16")
+        if not 0.0 <= self.image_prob <= 1.0:
+            errors.append("image_prob must lie in [0, 1]")
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            errors.append("steps >= 0, batch_size >= 1, checkpoint_every >= 1 and log_every >= 1 are required")
+        if self.perceptual_weight > 0 and not self.perceptual_backbone_path:
+            errors.append("perceptual_weight > 0 needs perceptual_backbone_path (a local TorchScript file)")
+        if errors:
+            raise ValueError("invalid VAETrainConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VAETrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VAETrainConfig fields {unknown}")
+        return cls(**dict(d))
+
+
+DUAL_PATH_MODULES = (
+    "encoder.conv_patchify",
+    "encoder.conv_out",
+    "decoder.conv_in",
+    "decoder.conv_unpatchify",
+)
+
+
+def dual_path_recipe(plain_steps: int, adapt_steps: int, mid_steps: int, total_steps: int, **kw) -> VAETrainConfig:
+    """The report's recipe as one config.
+
+    1. steps [0, plain_steps): plain VAE (no shortcut), everything trains;
+    2. shortcuts on; for ``adapt_steps`` only the dual-path modules train;
+    3. then the mid blocks unfreeze too, for ``mid_steps``;
+    4. then everything trains until ``total_steps``.
+    """
+    s1 = plain_steps
+    s2 = s1 + adapt_steps
+    s3 = s2 + mid_steps
+    phases = (
+        (0, ("",)),
+        (s1, DUAL_PATH_MODULES),
+        (s2, DUAL_PATH_MODULES + ("encoder.mid", "decoder.mid", "encoder.norm_out")),
+        (s3, ("",)),
+    )
+    return VAETrainConfig(steps=total_steps, dual_path_start_step=s1, trainable_phases=phases, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+
+def load_clips(
+    manifest_rows: Sequence[Mapping[str, Any]],
+    data_root: str | os.PathLike,
+    max_items: int | None = None,
+    split: str | None = None,
+) -> list[np.ndarray]:
+    """Decode the media of manifest rows (one per ``clip_id``, first row wins) to uint8 (T, H, W, 3).
+
+    ``split`` keeps only rows of that split ('train' or 'heldout'); ``max_items`` caps the count.
+    """
+    from stepvideo.data.video_io import read_video
+
+    root = Path(data_root)
+    seen: set[str] = set()
+    clips: list[np.ndarray] = []
+    for row in manifest_rows:
+        if split is not None and row.get("split") != split:
+            continue
+        key = str(row.get("clip_id") if row.get("clip_id") is not None else row["path"])
+        if key in seen:
+            continue
+        seen.add(key)
+        clips.append(read_video(root / row["path"]))
+        if max_items is not None and len(clips) >= max_items:
+            break
+    return clips
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def _floor16(n: int) -> int:
+    return n // 16 * 16
+
+
+def _check_items(items: Sequence[np.ndarray], what: str) -> None:
+    if len(items) == 0:
+        raise ValueError(f"{what}: no clips")
+
+
+def _draw_batch(items: Sequence[np.ndarray], cfg: VAETrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """One (B, T, 3, s, s) batch; T = 17 (video) or 1 (image), chosen per batch."""
+    idx = rng.integers(0, len(items), size=cfg.batch_size)
+    clips = [items[int(i)] for i in idx]
+    video = rng.random() >= cfg.image_prob and all(c.shape[0] >= CLIP_FRAMES for c in clips)
+    size = min([cfg.crop_size] + [_floor16(min(c.shape[1], c.shape[2])) for c in clips])
+    if size < 16:
+        raise ValueError("every clip must be at least 16x16 pixels")
+    out = []
+    for c in clips:
+        t = CLIP_FRAMES if video else 1
+        t0 = int(rng.integers(0, c.shape[0] - t + 1))
+        y0 = int(rng.integers(0, c.shape[1] - size + 1))
+        x0 = int(rng.integers(0, c.shape[2] - size + 1))
+        out.append(_to_tensor(c[t0 : t0 + t, y0 : y0 + size, x0 : x0 + size]))
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and metrics
+# ------------------------------------------------------------------------------------------------
+
+
+class PatchDiscriminator3D(nn.Module):
+    """Small 3D PatchGAN: strided (1, 2, 2) causal-free convs; works on 1-frame and 17-frame clips."""
+
+    def __init__(self, in_channels: int = 3, channels: int = 32, layers: int = 3):
+        super().__init__()
+        mods: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(layers):
+            c_out = channels * 2**i
+            mods += [nn.Conv3d(c_in, c_out, (3, 4, 4), stride=(1, 2, 2), padding=(1, 1, 1))]
+            if i > 0:
+                mods += [nn.GroupNorm(min(8, c_out), c_out)]
+            mods += [nn.LeakyReLU(0.2)]
+            c_in = c_out
+        mods += [nn.Conv3d(c_in, 1, 3, padding=1)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) -> patch logits
+        return self.net(video.permute(0, 2, 1, 3, 4))
+
+
+class PerceptualLoss(nn.Module):
+    """Feature distance under a user-supplied, local TorchScript backbone (never downloaded)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"perceptual backbone {path} not found (weights are never downloaded)")
+        self.backbone = torch.jit.load(str(path), map_location="cpu").eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx, fy = self.backbone(x.flatten(0, 1)), self.backbone(y.flatten(0, 1))
+        fx = fx if isinstance(fx, (list, tuple)) else [fx]
+        fy = fy if isinstance(fy, (list, tuple)) else [fy]
+        loss = x.new_zeros(())
+        for a, b in zip(fx, fy):
+            a = a / (a.norm(dim=1, keepdim=True) + 1e-8)
+            b = b / (b.norm(dim=1, keepdim=True) + 1e-8)
+            loss = loss + (a - b).pow(2).sum(1).mean()
+        return loss
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    mse = float((x - y).pow(2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM of (N, C, H, W) images in [0, 1] (Gaussian window, Wang et al. 2004 constants)."""
+    c = x.shape[1]
+    g = torch.exp(-((torch.arange(window, dtype=x.dtype) - window // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+    win = min(window, x.shape[-1], x.shape[-2])
+    if win < window:  # tiny images: shrink the window so the valid region is not empty
+        k = k[..., :win, :win] / k[..., :win, :win].sum(dim=(-1, -2), keepdim=True)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, k, groups=c)
+
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def _eval_clip(clip: np.ndarray, size: int) -> torch.Tensor:
+    """Centre crop of a held-out clip: 17*k frames (or 1), square side <= size, as (1, T, 3, s, s)."""
+    t = clip.shape[0] // CLIP_FRAMES * CLIP_FRAMES or 1
+    s = min(size, _floor16(min(clip.shape[1], clip.shape[2])))
+    y0, x0 = (clip.shape[1] - s) // 2, (clip.shape[2] - s) // 2
+    return _to_tensor(clip[:t, y0 : y0 + s, x0 : x0 + s])[None]
+
+
+@torch.no_grad()
+def evaluate(model: VideoVAE, items: Sequence[np.ndarray], cfg: VAETrainConfig) -> tuple[dict[str, float], Any]:
+    """Held-out PSNR/SSIM/L1 on posterior-mean reconstructions; also returns the first pair."""
+    was_training = model.training
+    model.eval()
+    totals = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
+    first = None
+    n = min(len(items), cfg.eval_max_items)
+    for i in range(n):
+        clip = items[i]
+        x = _eval_clip(clip, cfg.eval_size)
+        rec = model.decode(model.encode(x)).clamp(-1, 1)
+        a, b = (x[0] + 1) / 2, (rec[0] + 1) / 2
+        totals["psnr"] += psnr(a, b)
+        totals["ssim"] += ssim(a, b)
+        totals["l1"] += float((x - rec).abs().mean())
+        if first is None:
+            first = (x[0], rec[0])
+    model.train(was_training)
+    return {f"heldout_{k}": v / max(n, 1) for k, v in totals.items()}, first
+
+
+def _save_sample(pair: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> Path:
+    """Side-by-side (original | reconstruction) mp4 (GIF when the mp4 writer is unavailable)."""
+    x, rec = pair
+    frames = torch.cat([x, rec], dim=-1)  # (T, 3, H, 2W)
+    arr = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    try:
+        from stepvideo.data.video_io import write_video
+
+        if arr.shape[0] > 1:
+            return write_video(out_dir / "reconstruction.mp4", arr, fps=8)
+    except Exception:  # noqa: BLE001 - fall back to a GIF if PyAV/x264 is unusable here
+        pass
+    from PIL import Image
+
+    path = out_dir / "reconstruction.gif"
+    imgs = [Image.fromarray(f) for f in arr]
+    imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=125, loop=0)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(out_dir: Path, step: int, model: VideoVAE, state: dict, keep: int) -> Path:
+    ckpt_root = out_dir / CKPT_DIR
+    folder = model.save_pretrained(ckpt_root / f"step-{step:06d}")
+    _atomic_torch_save(state, Path(folder) / STATE_FILE)
+    _atomic_write_text(ckpt_root / LATEST, json.dumps({"step": step, "folder": Path(folder).name}) + "\n")
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != Path(folder).name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return Path(folder)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    pointer = Path(out_dir) / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / json.loads(pointer.read_text())["folder"]
+    return folder if (folder / STATE_FILE).is_file() else None
+
+
+def _set_trainable(model: nn.Module, cfg: VAETrainConfig, step: int) -> None:
+    prefixes: tuple[str, ...] = ("",)
+    for start, pre in cfg.trainable_phases:
+        if step >= start:
+            prefixes = pre
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train_vae(
+    cfg: VAETrainConfig,
+    train_items: Sequence[np.ndarray],
+    heldout_items: Sequence[np.ndarray],
+    out_dir: str | os.PathLike,
+    *,
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train a VideoVAE; returns final metrics (held-out PSNR/SSIM, losses, paths)."""
+    from tqdm.auto import tqdm
+
+    _check_items(train_items, "train_items")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    # -- build everything from the seed ------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        model = VideoVAE.from_pretrained(cfg.init_from)
+    else:
+        model = VideoVAE(VAEConfig.from_dict(cfg.model))
+    model.train()
+    disc = PatchDiscriminator3D(model.config.out_channels, cfg.disc_channels) if cfg.disc_weight > 0 else None
+    perceptual = PerceptualLoss(cfg.perceptual_backbone_path) if cfg.perceptual_weight > 0 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_d = (
+        torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=0.0) if disc else None
+    )
+    data_rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    step = 0
+    history: list[float] = []
+
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        loaded = VideoVAE.from_pretrained(ckpt)
+        model.load_state_dict(loaded.state_dict())
+        opt.load_state_dict(state["optimizer"])
+        if disc is not None and state.get("disc") is not None:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["disc_optimizer"])
+        data_rng.bit_generator.state = state["data_rng"]
+        noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        history = list(state.get("history", []))
+
+    # -- loop ---------------------------------------------------------------------------------
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae", dynamic_ncols=True)
+    last_ckpt: Path | None = ckpt
+    while step < cfg.steps:
+        model.set_dual_path(step >= cfg.dual_path_start_step)
+        _set_trainable(model, cfg, step)
+        x = _draw_batch(train_items, cfg, data_rng)
+
+        recon, post = model(x, sample=cfg.sample_posterior, generator=noise_gen)
+        l1 = (recon - x).abs().mean()
+        kl = (0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar)).mean()
+        loss = cfg.l1_weight * l1 + cfg.kl_weight * kl
+        metrics = {"loss_l1": l1.item(), "loss_kl": kl.item()}
+        if perceptual is not None:
+            p_loss = perceptual(recon, x)
+            loss = loss + cfg.perceptual_weight * p_loss
+            metrics["loss_perceptual"] = p_loss.item()
+        gan_on = disc is not None and step >= cfg.disc_start_step
+        if gan_on:
+            for p in disc.parameters():
+                p.requires_grad_(False)
+            g_loss = -disc(recon).mean()
+            loss = loss + cfg.disc_weight * g_loss
+            metrics["loss_g"] = g_loss.item()
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in model.parameters() if p.grad is not None]
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if params else 0.0
+        opt.step()
+
+        if gan_on:
+            for p in disc.parameters():
+                p.requires_grad_(True)
+            d_loss = F.relu(1.0 - disc(x)).mean() + F.relu(1.0 + disc(recon.detach())).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            metrics["loss_d"] = d_loss.item()
+
+        metrics["loss"] = loss.item()
+        history.append(l1.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.4f}")
+        if log_fn is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            log_fn(step, {**metrics, "frames": float(x.shape[1]), "dual_path": float(model.dual_path)})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            state = {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "disc": disc.state_dict() if disc is not None else None,
+                "disc_optimizer": opt_d.state_dict() if opt_d is not None else None,
+                "data_rng": data_rng.bit_generator.state,
+                "noise_rng": noise_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "train_config": cfg.to_dict(),
+            }
+            last_ckpt = _save_checkpoint(out, step, model, state, cfg.keep_checkpoints)
+    bar.close()
+
+    # -- final model + held-out evaluation ------------------------------------------------------
+    model.set_dual_path(step >= cfg.dual_path_start_step)
+    final = Path(model.save_pretrained(out / "final"))
+    result: dict[str, Any] = {
+        "step": step,
+        "train_l1_first": history[0] if history else float("nan"),
+        "train_l1_last": float(np.mean(history[-5:])) if history else float("nan"),
+        "model_dir": str(final),
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+    }
+    if len(heldout_items):
+        metrics, pair = evaluate(model, heldout_items, cfg)
+        result.update(metrics)
+        result["sample_path"] = str(_save_sample(pair, out))
+        if log_fn is not None:
+            log_fn(step, metrics)
+    _atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+__all__ = [
+    "VAETrainConfig",
+    "dual_path_recipe",
+    "load_clips",
+    "train_vae",
+    "evaluate",
+    "psnr",
+    "ssim",
+    "latest_checkpoint",
+    "PatchDiscriminator3D",
+    "PerceptualLoss",
+]
