@@ -247,6 +247,52 @@ def compat_verify(reference: Path = typer.Argument(..., help="an official golden
     typer.echo("parity ok")
 
 
+# ------------------------------------------------------------------ generate
+
+@app.command("generate")
+@user_errors
+def generate_cmd(
+    prompt: str = typer.Argument(..., help="the text (English or Chinese)"),
+    out: Path = typer.Option(Path("video.mp4"), help="output mp4"),
+    model: Optional[str] = typer.Option(None, help="a pipeline folder or MLflow URI (models:/NAME@ALIAS); "
+                                                   "omitted: a random-weight demo pipeline"),
+    negative_prompt: str = typer.Option("", help="text for the unconditional branch of CFG"),
+    seed: int = typer.Option(0, help="noise seed"),
+    steps: Optional[int] = typer.Option(None, help="Euler steps [pipeline default: 50]"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="classifier-free guidance scale [default: 9]"),
+    shift: Optional[float] = typer.Option(None, help="time shift [default: 13]"),
+    frames: int = typer.Option(17, help="1 or a multiple of 17"),
+    height: int = typer.Option(64, help="multiple of 16"),
+    width: int = typer.Option(64, help="multiple of 16"),
+    fps: int = typer.Option(8, help="frames per second of the mp4"),
+    gif: bool = typer.Option(False, help="also write a GIF beside the mp4"),
+):
+    """Sample a video from text and write it as mp4 (and optionally GIF)."""
+    from tqdm import tqdm
+
+    from stepvideo.generation import T2VPipeline, save_video
+
+    if model is None:
+        typer.secho("note: no --model given, sampling from a random-weight demo pipeline", fg="yellow", err=True)
+        pipe = T2VPipeline.random(preset="demo", seed=seed)
+    else:
+        from stepvideo.tracking import resolve_model
+
+        pipe = T2VPipeline.from_pretrained(resolve_model(model))
+    bar = tqdm(desc="sampling", unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    video = pipe.generate(prompt, negative_prompt=negative_prompt, num_frames=frames, height=height, width=width,
+                          steps=steps, cfg_scale=cfg, shift=shift, seed=seed, progress=progress)
+    bar.close()
+    path = save_video(video[0], out, fps=fps, gif=gif)
+    typer.echo(f"wrote {path}")
+
+
 # ------------------------------------------------------------------ model
 
 @model_app.command("info")

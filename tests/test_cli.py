@@ -10,7 +10,7 @@ from stepvideo.cli import app
 runner = CliRunner()
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "ingest"], ["data", "validate"], ["data", "version"],
             ["params", "show"], ["params", "write"], ["stage"], ["flow", "run"], ["compat", "verify"],
-            ["model", "info"]]
+            ["model", "info"], ["generate"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
@@ -51,4 +51,16 @@ def test_compat_verify_rejects_a_non_reference(tmp_path):
     f.write_bytes(b"")
     (tmp_path / "x.json").write_text('{"what": "nothing"}')
     res = runner.invoke(app, ["compat", "verify", str(f)])
+    assert res.exit_code == 2
+
+
+def test_generate_writes_a_decodable_mp4_of_the_requested_shape(tmp_path):
+    from stepvideo.data.video_io import read_video
+
+    out = tmp_path / "v.mp4"
+    res = runner.invoke(app, ["generate", "A small red circle moves right on a gray background.", "--out", str(out),
+                              "--steps", "2", "--frames", "17", "--height", "32", "--width", "48"])
+    assert res.exit_code == 0, res.output
+    assert read_video(out).shape == (17, 32, 48, 3)
+    res = runner.invoke(app, ["generate", "x", "--out", str(out), "--frames", "16"])
     assert res.exit_code == 2
