@@ -48,6 +48,13 @@ def _text_cache_key(ctx, args: dict) -> str:
                 tracking.code_version("stepvideo.data.text_cache"))
 
 
+def _vae_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    return _key("train_vae", args["root"], tracking.file_hash(_clean(args)), p.section_hash("vae"),
+                tracking.code_version("stepvideo.models.vae", "stepvideo.models.vae_blocks",
+                                      "stepvideo.training.vae_trainer"))
+
+
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
 def data_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
     return pipeline.stage_data(params, Path(root), parent_run_id=parent_run_id)
@@ -78,6 +85,11 @@ def text_cache_task(params: Params, root: str, encoder_versions: str, parent_run
     return pipeline.stage_text_cache(params, Path(root), parent_run_id=parent_run_id)
 
 
+@task(name="train_vae", cache_key_fn=_vae_key, persist_result=True, retries=1, retry_delay_seconds=5)
+def vae_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_vae(params, Path(root), parent_run_id=parent_run_id)
+
+
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
     if outputs is not None and not outputs.exists():
         task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
@@ -89,7 +101,7 @@ def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs
 @flow(name="stepvideo-cascade", log_prints=True)
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
-    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> ..."""
+    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE -> ..."""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -120,5 +132,9 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         versions = ",".join(f"{k}={v}" for k, v in sorted(encoders["versions"].items()))
         text_cache = _run(text_cache_task, cached, "text_cache", out / "text_cache" / "text_cache.safetensors",
                           params=params, root=str(root_path), encoder_versions=versions, parent_run_id=pid)
+        vae = _run(vae_task, cached, "train_vae", out / "vae" / "config.json", params=params, root=str(root_path),
+                   parent_run_id=pid)
+        print(f"VAE: held-out PSNR {vae['metrics'].get('heldout_psnr', float('nan')):.2f} dB, "
+              f"SSIM {vae['metrics'].get('heldout_ssim', float('nan')):.4f}")
     return {"run_id": pid, "data": data, "version": version, "validate": validated, "text_encoders": encoders,
-            "text_cache": text_cache, "cached": cached}
+            "text_cache": text_cache, "vae": vae, "cached": cached}

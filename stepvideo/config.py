@@ -73,6 +73,29 @@ class TextEncoderParams:
 
 
 @dataclass
+class VAEParams:
+    """`train_vae`: model geometry (a VAEConfig preset, or a folder to fine-tune) and the recipe."""
+
+    model: str = "tiny"  # tiny | official
+    init_from: str = ""  # a VAE folder (ours or converted official weights) to start from
+    steps: int = 300
+    batch_size: int = 2
+    crop_size: int = 32
+    image_prob: float = 0.5
+    lr: float = 1.0e-3
+    kl_weight: float = 1.0e-6
+    disc_weight: float = 0.0
+    disc_start_step: int = 0
+    perceptual_weight: float = 0.0
+    perceptual_backbone_path: str = ""
+    dual_path_start_step: int = 0
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_max_items: int = 8
+    eval_size: int = 64
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "stepvideo"
     register: bool = True
@@ -84,6 +107,7 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     text_encoders: TextEncoderParams = field(default_factory=TextEncoderParams)
+    vae: VAEParams = field(default_factory=VAEParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "small": {
         "data": {"clips": 512, "images": 512, "height": 128, "width": 128, "frames": 34},
+        "vae": {"steps": 3000, "crop_size": 64, "batch_size": 4},
     },
     "step-video-t2v": {
         # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
@@ -107,6 +132,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "validate": {"max_height": 1088, "max_width": 1984},
         # the released encoders: Step-LLM (served as precomputed embeddings) and HunyuanCLIP
         "text_encoders": {"llm": "step_llm", "clip": "hunyuan_clip", "llm_dim": 6144, "clip_dim": 1024},
+        "vae": {"model": "official", "steps": 100000, "crop_size": 256, "batch_size": 1, "lr": 1.0e-4,
+                "disc_weight": 0.1, "disc_start_step": 20000},
     },
 }
 

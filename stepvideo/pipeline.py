@@ -2,7 +2,7 @@
 `stepvideo stage NAME`) call these; each takes its params section and input paths, writes its
 outputs under the project, records itself in MLflow, and returns paths and metrics.
 
-    data (synth | ingest) -> version (DVC) -> validate -> text_encoders -> text_cache -> ...
+    data (synth | ingest) -> version (DVC) -> validate -> text_encoders -> text_cache -> train_vae -> ...
 """
 
 from __future__ import annotations
@@ -144,5 +144,66 @@ def stage_text_cache(params: Params, root: Path, parent_run_id: str | None = Non
     return {"cache": str(path), "captions": len(texts)}
 
 
+def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or fine-tune) the Video-VAE on the clean clips; held-out PSNR/SSIM and a side-by-side
+    sample to MLflow; the folder registered as `stepvideo-vae` (alias `candidate`) with lineage tags.
+
+    Checkpoints live in `.cache/vae/<run key>/` (outside DVC's outs, which it deletes before a run),
+    so an interrupted run resumes from its last checkpoint whichever driver restarts it."""
+    import shutil
+
+    from stepvideo.data.manifest import read_manifest
+    from stepvideo.models.vae import VAEConfig
+    from stepvideo.training.vae_trainer import VAETrainConfig, load_clips, train_vae
+
+    vp = params.vae
+    clean = root / OUTPUTS / "validated" / "clean.jsonl"
+    rows = read_manifest(clean) if clean.is_file() else None
+    if not rows:
+        raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
+    presets = {"tiny": VAEConfig.tiny, "official": VAEConfig.official}
+    if vp.model not in presets:
+        raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
+    cfg = VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
+                         batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
+                         kl_weight=vp.kl_weight, disc_weight=vp.disc_weight, disc_start_step=vp.disc_start_step,
+                         perceptual_weight=vp.perceptual_weight,
+                         perceptual_backbone_path=vp.perceptual_backbone_path or None,
+                         dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,
+                         checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items, eval_size=vp.eval_size)
+    captions_version = tracking.file_hash(clean)
+    work = root / ".cache" / "vae" / f"{params.section_hash('vae')}-{captions_version}"
+    out = root / OUTPUTS / "vae"
+    version = _data_version(params, root)
+    lineage = {"data_version": version, "clean_manifest": captions_version, "params_hash": params.section_hash("vae"),
+               "git_commit": tracking.git_commit(root)}
+    with tracking.run("train_vae", experiment=params.tracking.experiment, params={"vae": dataclasses.asdict(vp)},
+                      tags=lineage, parent_run_id=parent_run_id):
+        train = load_clips(rows, clean.parent, split="train")
+        heldout = load_clips(rows, clean.parent, split="heldout", max_items=vp.eval_max_items)
+        result = train_vae(cfg, train, heldout, work, log_fn=lambda step, m: tracking.log_metrics(m, step=step),
+                           progress=progress)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(result["model_dir"], tmp)
+        (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        tracking.log_metrics(metrics)
+        if result.get("sample_path"):
+            tracking.log_artifact(result["sample_path"], "samples")
+        registered = None
+        if params.tracking.register:
+            registered = tracking.register_folder(out, "stepvideo-vae", tags=lineage, aliases=("candidate",))
+    return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
+
+
+def _data_version(params: Params, root: Path) -> str:
+    dvc_file = root / f"{params.data.out}.dvc"
+    return data_version(dvc_file) if dvc_file.is_file() else "untracked"
+
+
 STAGES = {"data": stage_data, "version": stage_version, "validate": stage_validate,
-          "text_encoders": stage_text_encoders, "text_cache": stage_text_cache}
+          "text_encoders": stage_text_encoders, "text_cache": stage_text_cache, "train_vae": stage_vae}

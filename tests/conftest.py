@@ -58,5 +58,6 @@ def tiny_params(root: Path, **data) -> Path:
     path = root / "params.yaml"
     p = yaml.safe_load(path.read_text())
     p["data"].update({"clips": 6, "images": 4, **data})
+    p["vae"].update({"steps": 2, "eval_max_items": 2, "checkpoint_every": 1, "eval_size": 32})
     path.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     return path

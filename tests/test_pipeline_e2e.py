@@ -20,7 +20,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     tiny_params(project)
     first = cascade(root=str(project))
     assert first["cached"] == {"data": False, "version": False, "validate": False, "text_encoders": False,
-                               "text_cache": False}
+                               "text_cache": False, "train_vae": False}
     assert (project / "data.dvc").is_file() and (project / ".dvc-remote").is_dir()
     assert first["version"]["data_version"].endswith(".dir")
     assert first["validate"]["metrics"]["rows"] == 2 * (6 + 4)
@@ -32,7 +32,15 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{first['run_id']}'")
     stages = {r.data.tags["stage"]: r for r in children}
-    assert set(stages) == {"data", "version", "validate", "text_encoders", "text_cache"}
+    assert set(stages) == {"data", "version", "validate", "text_encoders", "text_cache", "train_vae"}
+    vae_run = stages["train_vae"]
+    assert vae_run.data.tags["data_version"] == first["version"]["data_version"]
+    assert "heldout_psnr" in vae_run.data.metrics and "loss_l1" in vae_run.data.metrics
+    mv = client.get_model_version_by_alias("stepvideo-vae", "candidate")
+    assert mv.run_id == vae_run.info.run_id and mv.tags["data_version"] == first["version"]["data_version"]
+    from stepvideo.models.vae import VideoVAE
+
+    VideoVAE.from_pretrained(tracking.resolve_model("models:/stepvideo-vae@candidate", project / "dl"))
     te = stages["text_encoders"]
     assert te.data.tags["llm_version"] == first["text_encoders"]["versions"]["llm"]
     versions = client.search_model_versions("name = 'stepvideo-text-encoders'")
@@ -43,7 +51,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     assert any(a.path == "validation" for a in client.list_artifacts(v.info.run_id))
 
     second = cascade(root=str(project))
-    assert all(second["cached"][k] for k in ("data", "validate", "text_encoders", "text_cache"))
+    assert all(second["cached"][k] for k in ("data", "validate", "text_encoders", "text_cache", "train_vae"))
     assert second["version"]["data_version"] == first["version"]["data_version"]
 
     # a changed params section busts exactly the stages that read it
@@ -66,10 +74,11 @@ def test_dvc_repro_in_a_temporary_clone(project):
     assert (project / "dvc.lock").is_file()
     assert (project / "outputs/text_encoders/llm/config.json").is_file()
     assert (project / "outputs/text_cache/text_cache.safetensors").is_file()
+    assert (project / "outputs/vae/config.json").is_file() and (project / "outputs/vae/lineage.json").is_file()
     again = run(str(BIN / "dvc"), "repro")
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
     dag = run(str(BIN / "dvc"), "dag")
-    assert all(s in dag.stdout for s in ("data.dvc", "validate", "text_encoders", "text_cache"))
+    assert all(s in dag.stdout for s in ("data.dvc", "validate", "text_encoders", "text_cache", "train_vae"))
     # a params change reruns the stage
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("min_clean_fraction: 0.8",
                                                                                        "min_clean_fraction: 0.5"))

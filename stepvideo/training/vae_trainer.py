@@ -18,7 +18,7 @@ Dual-path recipe: ``dual_path_start_step`` keeps the parameter-free shortcuts of
 (a plain conv VAE); ``trainable_phases`` = ``((start_step, name_prefixes), ...)`` chooses which
 parameters train from each step on (``""`` matches all), e.g. :func:`dual_path_recipe`.
 
-Checkpoints: ``out_dir/checkpoints/step-XXXXXX/`` = ``save_pretrained`` folder + ``training_state.pt``
+Checkpoints: ``out_dir/checkpoints/step-000100/`` = ``save_pretrained`` folder + ``training_state.pt``
 (optimizer(s), step, RNG states, discriminator), and ``out_dir/checkpoints/latest.json`` naming the
 newest complete one; every file is written atomically. With ``resume=True`` a run continues from it
 and reproduces an uninterrupted run exactly on CPU.
