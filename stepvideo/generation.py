@@ -53,6 +53,7 @@ from stepvideo.models.text_encoders import (
     build_tiny_text_encoders,
     sample_captions,
 )
+from stepvideo.models.io import parse_dtype, replace_folder
 from stepvideo.models.vae import VAEConfig, VideoVAE
 
 __all__ = [
@@ -78,14 +79,7 @@ ProgressCallback = Callable[[int, int], Any]  # (steps done, total steps)
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    out = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(out, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return out
+    return parse_dtype(dtype)
 
 
 def _is_int(x: Any) -> bool:
@@ -416,14 +410,7 @@ class T2VPipeline:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-        return folder
+        return replace_folder(tmp, folder)
 
     @classmethod
     def random(

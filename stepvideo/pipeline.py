@@ -153,6 +153,7 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     import shutil
 
     from stepvideo.data.manifest import read_manifest
+    from stepvideo.models.io import replace_folder
     from stepvideo.models.vae import VAEConfig
     from stepvideo.training.vae_trainer import VAETrainConfig, load_clips, train_vae
 
@@ -188,8 +189,7 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
         shutil.copytree(result["model_dir"], tmp)
         (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        replace_folder(tmp, out)
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
         tracking.log_metrics(metrics)
         if result.get("sample_path"):

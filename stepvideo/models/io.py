@@ -71,14 +71,37 @@ def save_folder(
     (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
+    return replace_folder(tmp, folder)
+
+
+def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Move a fully written `tmp` folder to `folder`, replacing what was there only once `tmp` is complete."""
+    tmp, folder = Path(tmp), Path(folder)
     if folder.exists():
-        old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
         folder.rename(old)
         tmp.rename(folder)
         shutil.rmtree(old)
     else:
         tmp.rename(folder)
     return folder
+
+
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def parse_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None = None) -> torch.dtype | None:
+    """`torch.bfloat16`, "bf16", "torch.float16", ... -> a torch dtype; None -> `default`."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    out = getattr(torch, _DTYPE_ALIASES.get(name, name), None)
+    if not isinstance(out, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return out
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from stepvideo.models.io import parse_dtype
+
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "SPECIAL_TOKENS",
@@ -76,16 +78,7 @@ def _check_kind(kind: str) -> str:
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    out = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(out, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return out
+    return parse_dtype(dtype, default=torch.float32)
 
 
 def _transformers_major_minor() -> tuple[int, int]:
