@@ -64,3 +64,18 @@ def test_generate_writes_a_decodable_mp4_of_the_requested_shape(tmp_path):
     assert read_video(out).shape == (17, 32, 48, 3)
     res = runner.invoke(app, ["generate", "x", "--out", str(out), "--frames", "16"])
     assert res.exit_code == 2
+
+
+def test_generate_from_an_mlflow_model_uri(tmp_path):
+    from stepvideo import tracking
+    from stepvideo.data.video_io import read_video
+    from stepvideo.generation import T2VPipeline
+
+    bundle = T2VPipeline.random(preset="demo", seed=1, workdir=tmp_path / "work").save_pretrained(tmp_path / "bundle")
+    with tracking.run("unit", experiment="unit-tests"):
+        tracking.register_folder(bundle, "unit-t2v", aliases=("production",))
+    out = tmp_path / "v.mp4"
+    res = runner.invoke(app, ["generate", "一个红色的圆形向右移动", "--model", "models:/unit-t2v@production",
+                              "--out", str(out), "--steps", "1", "--height", "32", "--width", "32", "--frames", "1"])
+    assert res.exit_code == 0, res.output
+    assert read_video(out).shape == (1, 32, 32, 3)
