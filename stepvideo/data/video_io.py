@@ -36,7 +36,10 @@ def _atomic_target(path: Path) -> Path:
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), deterministically."""
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), deterministically.
+
+    x264's `ultrafast` preset: with slower presets the same frames gave different bytes now and then
+    (seen in 1 of ~50 encodes under CPU load, single-threaded), which would break `data.dvc`."""
     import av
 
     path = Path(path)
@@ -50,16 +53,22 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "flags": "+bitexact"}
+        stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1", "flags": "+bitexact"}
         stream.codec_context.thread_count = 1
-        for f in frames:
-            # convert to a frame that owns its buffer: the encoder keeps frames for lookahead, and a
-            # frame viewing a numpy temporary makes the output depend on freed memory
+        # The encoder keeps references to frames for its lookahead, but the memory behind a PyAV
+        # frame is freed with the Python object: keep every frame alive until the flush, or the
+        # bytes written depend on reused memory (nondeterministic output).
+        alive = []
+        for i, f in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)  # x264's rate control reads timestamps
+            frame.pict_type = av.video.frame.PictureType.NONE
+            alive.append(frame)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        del alive
     os.replace(tmp, path)
     return path
 
