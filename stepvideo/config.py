@@ -76,14 +76,15 @@ class TextEncoderParams:
 class VAEParams:
     """`train_vae`: model geometry (a VAEConfig preset, or a folder to fine-tune) and the recipe."""
 
-    model: str = "tiny"  # tiny | official
+    model: str = "demo"  # demo | tiny | official (VAEConfig presets)
     init_from: str = ""  # a VAE folder (ours or converted official weights) to start from
-    steps: int = 300
+    steps: int = 250
     batch_size: int = 2
-    crop_size: int = 32
+    crop_size: int = 64
     image_prob: float = 0.5
     lr: float = 1.0e-3
     kl_weight: float = 1.0e-6
+    sample_posterior: bool = False
     disc_weight: float = 0.0
     disc_start_step: int = 0
     perceptual_weight: float = 0.0
@@ -133,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the released encoders: Step-LLM (served as precomputed embeddings) and HunyuanCLIP
         "text_encoders": {"llm": "step_llm", "clip": "hunyuan_clip", "llm_dim": 6144, "clip_dim": 1024},
         "vae": {"model": "official", "steps": 100000, "crop_size": 256, "batch_size": 1, "lr": 1.0e-4,
-                "disc_weight": 0.1, "disc_start_step": 20000},
+                "sample_posterior": True, "disc_weight": 0.1, "disc_start_step": 20000},
     },
 }
 

@@ -162,12 +162,12 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     rows = read_manifest(clean) if clean.is_file() else None
     if not rows:
         raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
-    presets = {"tiny": VAEConfig.tiny, "official": VAEConfig.official}
+    presets = {"demo": VAEConfig.demo, "tiny": VAEConfig.tiny, "official": VAEConfig.official}
     if vp.model not in presets:
         raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
     cfg = VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
                          batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
-                         kl_weight=vp.kl_weight, disc_weight=vp.disc_weight, disc_start_step=vp.disc_start_step,
+                         kl_weight=vp.kl_weight, sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight, disc_start_step=vp.disc_start_step,
                          perceptual_weight=vp.perceptual_weight,
                          perceptual_backbone_path=vp.perceptual_backbone_path or None,
                          dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,

@@ -158,3 +158,24 @@ def test_perceptual_loss_uses_local_backbone_only(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         train_vae(_cfg(steps=1, perceptual_weight=0.5, perceptual_backbone_path=str(tmp_path / "missing.pt")),
                   TRAIN, [], tmp_path / "run2", progress=False)
+
+
+def test_demo_preset_is_a_trainable_small_geometry():
+    """``VAEConfig.demo()``: official layer math, small widths, per-frame layer norm (norm_groups=1).
+
+    The golden-reference ``tiny`` geometry has one channel per GroupNorm group (instance norm per
+    frame), which strips per-frame channel means (colour/brightness) before the latent; from-scratch
+    training of it stalls near the mean-colour prediction, so demos train ``demo`` instead.
+    """
+    cfg = VAEConfig.demo()
+    assert cfg.norm_groups == 1 and cfg.z_channels == 16 and cfg.spatial_factor == 16
+    assert VAEConfig.from_dict(cfg.to_dict()) == cfg
+    model = VideoVAE(cfg)
+    assert model.num_parameters() < 4_000_000
+    with torch.no_grad():
+        for t in (1, 17):
+            recon, post = model(torch.zeros(1, t, 3, 32, 32), sample=False)
+            assert recon.shape == (1, t, 3, 32, 32)
+            assert post.mean.shape == (1, model.latent_frames(t), 16, 2, 2)
+    tcfg = VAETrainConfig(model=cfg)
+    assert VAEConfig.from_dict(tcfg.model) == cfg
