@@ -84,3 +84,25 @@ def test_dvc_repro_in_a_temporary_clone(project):
                                                                                        "min_clean_fraction: 0.5"))
     status = run(str(BIN / "dvc"), "status")
     assert "validate" in status.stdout and "params.yaml" in status.stdout
+
+
+def test_flow_runs_on_ingested_user_clips(project, tmp_path):
+    """The same cascade on a user's own clips: bad files are quarantined, the rest flows on."""
+    import numpy as np
+
+    from flows.cascade import cascade
+    from stepvideo.data.synth import SynthConfig, generate
+
+    tiny_params(project)
+    src = generate(SynthConfig(clips=6, images=0), tmp_path / "theirs", progress=False).parent
+    (src / "videos" / "broken.mp4").write_bytes(b"not a video")
+    captions = ["A red circle moves right on a gray background.", "蓝色背景上，一个小的绿色正方形向上移动。"]
+    lines = ["path,caption"] + [f"clip_{i:05d}.mp4,{captions[i % 2]}" for i in range(6)] + ["broken.mp4,A clip"]
+    (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cascade(root=str(project), source="ingest", videos=str(src / "videos"),
+                     captions=str(tmp_path / "captions.csv"))
+    assert "ingest" in result["cached"] and "data" not in result["cached"]
+    metrics = result["validate"]["metrics"]
+    assert metrics["rows"] == 7 and metrics["bad_rows"] == 1
+    quarantine = (project / "outputs/validated/quarantine.jsonl").read_text()
+    assert "broken" in quarantine and np.isfinite(result["vae"]["metrics"]["train_l1_last"])
