@@ -59,8 +59,7 @@ def stage_validate(params: Params, root: Path, manifest: Path | None = None, par
                    progress: bool = True) -> dict[str, Any]:
     """The Great Expectations gate; writes outputs/validated/{clean,quarantine}.jsonl and report.json."""
     manifest = Path(manifest) if manifest else root / params.data.out / "manifest.jsonl"
-    dvc_file = root / f"{params.data.out}.dvc"
-    version = data_version(dvc_file) if dvc_file.is_file() else "untracked"
+    version = _data_version(params, root)
     out = root / OUTPUTS / "validated"
     with tracking.run("validate", experiment=params.tracking.experiment,
                       params={"validate": dataclasses.asdict(params.validate)},
@@ -167,8 +166,8 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
         raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
     cfg = VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
                          batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
-                         kl_weight=vp.kl_weight, sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight, disc_start_step=vp.disc_start_step,
-                         perceptual_weight=vp.perceptual_weight,
+                         kl_weight=vp.kl_weight, sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
+                         disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
                          perceptual_backbone_path=vp.perceptual_backbone_path or None,
                          dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,
                          checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items, eval_size=vp.eval_size)
