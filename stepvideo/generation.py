@@ -53,7 +53,7 @@ from stepvideo.models.text_encoders import (
     build_tiny_text_encoders,
     sample_captions,
 )
-from stepvideo.models.io import parse_dtype, replace_folder
+from stepvideo.models.io import parse_dtype, replace_folder, temp_folder_for
 from stepvideo.models.vae import VAEConfig, VideoVAE
 
 __all__ = [
@@ -395,11 +395,7 @@ class T2VPipeline:
         except TypeError as e:
             raise ValueError(f"lineage must be JSON-serialisable ({e})") from e
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = temp_folder_for(folder)
         try:
             self.dit.save_pretrained(tmp / COMPONENT_PATHS["dit"])
             self.vae.save_pretrained(tmp / COMPONENT_PATHS["vae"])

@@ -50,11 +50,7 @@ def save_folder(
 ) -> Path:
     """Write ``state`` and ``config`` to ``folder`` atomically; returns the folder path."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temp_folder_for(folder)
     shards = _shards(state, max_shard_bytes)
     if len(shards) == 1:
         save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -72,6 +68,17 @@ def save_folder(
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
     return replace_folder(tmp, folder)
+
+
+def temp_folder_for(folder: str | os.PathLike) -> Path:
+    """An empty hidden folder beside `folder`, to write into and then `replace_folder` into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
 
 
 def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
