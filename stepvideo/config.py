@@ -83,6 +83,8 @@ class VAEParams:
     crop_size: int = 64
     image_prob: float = 0.5
     lr: float = 1.0e-3
+    lr_schedule: str = "cosine"  # constant | cosine
+    warmup_steps: int = 20
     kl_weight: float = 1.0e-6
     sample_posterior: bool = False
     disc_weight: float = 0.0
@@ -93,6 +95,7 @@ class VAEParams:
     seed: int = 0
     checkpoint_every: int = 100
     eval_max_items: int = 8
+    eval_every: int = 100  # held-out PSNR/SSIM every N steps as well as at the end (0: end only)
     eval_size: int = 64
 
 

@@ -153,24 +153,14 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
 
     from stepvideo.data.manifest import read_manifest
     from stepvideo.models.io import replace_folder
-    from stepvideo.models.vae import VAEConfig
-    from stepvideo.training.vae_trainer import VAETrainConfig, load_clips, train_vae
+    from stepvideo.training.vae_trainer import load_clips, train_vae
 
     vp = params.vae
     clean = root / OUTPUTS / "validated" / "clean.jsonl"
     rows = read_manifest(clean) if clean.is_file() else None
     if not rows:
         raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
-    presets = {"demo": VAEConfig.demo, "tiny": VAEConfig.tiny, "official": VAEConfig.official}
-    if vp.model not in presets:
-        raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
-    cfg = VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
-                         batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
-                         kl_weight=vp.kl_weight, sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
-                         disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
-                         perceptual_backbone_path=vp.perceptual_backbone_path or None,
-                         dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,
-                         checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items, eval_size=vp.eval_size)
+    cfg = vae_train_config(params)
     captions_version = tracking.file_hash(clean)
     work = root / ".cache" / "vae" / f"{params.section_hash('vae')}-{captions_version}"
     out = root / OUTPUTS / "vae"
@@ -197,6 +187,26 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
         if params.tracking.register:
             registered = tracking.register_folder(out, "stepvideo-vae", tags=lineage, aliases=("candidate",))
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
+
+
+def vae_train_config(params: Params) -> "VAETrainConfig":
+    """The trainer's config for the `vae` section of `params` (the stage and bench/bench_vae_recon.py)."""
+    from stepvideo.models.vae import VAEConfig
+    from stepvideo.training.vae_trainer import VAETrainConfig
+
+    vp = params.vae
+    presets = {"demo": VAEConfig.demo, "tiny": VAEConfig.tiny, "official": VAEConfig.official}
+    if vp.model not in presets:
+        raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
+    return VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
+                          batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
+                          lr_schedule=vp.lr_schedule, warmup_steps=vp.warmup_steps, kl_weight=vp.kl_weight,
+                          sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
+                          disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
+                          perceptual_backbone_path=vp.perceptual_backbone_path or None,
+                          dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,
+                          checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items,
+                          eval_every=vp.eval_every, eval_size=vp.eval_size)
 
 
 def _data_version(params: Params, root: Path) -> str:

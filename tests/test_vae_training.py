@@ -15,8 +15,10 @@ from stepvideo.training.vae_trainer import (
     DUAL_PATH_MODULES,
     VAETrainConfig,
     dual_path_recipe,
+    _draw_batch,
     evaluate,
     load_clips,
+    lr_factor,
     psnr,
     ssim,
     train_vae,
@@ -69,7 +71,7 @@ def _cfg(**kw) -> VAETrainConfig:
 
 
 def test_training_lowers_reconstruction_loss(tmp_path):
-    cfg = _cfg()
+    cfg = _cfg(eval_every=10, lr_schedule="cosine", warmup_steps=5)
     torch.manual_seed(cfg.seed)
     before, _ = evaluate(VideoVAE(VAEConfig.from_dict(MICRO)), HELDOUT, cfg)
     logged: list[tuple[int, dict]] = []
@@ -78,6 +80,9 @@ def test_training_lowers_reconstruction_loss(tmp_path):
     assert result["heldout_l1"] < 0.8 * before["heldout_l1"], (before, result)
     assert np.isfinite(result["heldout_psnr"]) and 0 < result["heldout_ssim"] <= 1
     assert Path(result["sample_path"]).is_file()
+    assert [p["step"] for p in result["heldout_curve"]] == [10, 20]
+    assert result["heldout_curve"][-1]["heldout_psnr"] == result["heldout_psnr"]
+    assert [s for s, m in logged if "heldout_psnr" in m] == [10, 20]
     assert {1.0, 17.0} <= {m["frames"] for _, m in logged if "frames" in m}  # mixed image/video batches
     assert VideoVAE.from_pretrained(result["model_dir"]).config.z_channels == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 20
@@ -115,6 +120,28 @@ def test_dual_path_recipe_and_gan(tmp_path):
     for k in s2:
         changed = not torch.equal(s2[k], s4[k])
         assert changed == k.startswith(DUAL_PATH_MODULES), k
+
+
+def test_lr_schedule():
+    cfg = _cfg(steps=100, lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    f = [lr_factor(cfg, s) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up
+    assert f[10] == pytest.approx(1.0) and f[55] == pytest.approx(0.55) and f[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then monotone decay
+    assert [lr_factor(_cfg(steps=5), s) for s in range(5)] == [1.0] * 5
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _cfg(lr_schedule="step")
+
+
+def test_batches_follow_image_prob_with_stills_in_the_pool():
+    """Half the items are stills; video batches must still come at rate 1 - image_prob."""
+    items = [_clip(17, 0.0), _clip(1, 1.0), _clip(17, 2.0), _clip(1, 3.0)]
+    cfg = _cfg(batch_size=4, image_prob=0.25)
+    rng = np.random.default_rng(0)
+    frames = [_draw_batch(items, [0, 2], cfg, rng).shape[1] for _ in range(400)]
+    share = frames.count(17) / len(frames)
+    assert 0.68 < share < 0.82, share
+    assert {_draw_batch(items, [], cfg, rng).shape[1] for _ in range(20)} == {1}  # no clips: images only
 
 
 def test_metrics():

@@ -295,6 +295,18 @@ def _rng(seed: int, kind: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, kind, index])
 
 
+def _render_clip(cfg: SynthConfig, index: int) -> tuple[np.random.Generator, dict, np.ndarray]:
+    rng = _rng(cfg.seed, 0, index)
+    attrs = sample_attributes(rng, video=True)
+    return rng, attrs, render(attrs, cfg.frames, cfg.height, cfg.width, rng)
+
+
+def clean_clip(cfg: SynthConfig, index: int) -> np.ndarray:
+    """Clip ``index`` as rendered, (T, H, W, 3) uint8: before any degradation and before the
+    lossy mp4 encoding (what a perfect codec would give back)."""
+    return _render_clip(cfg, index)[2]
+
+
 def generate(cfg: SynthConfig, out: str | os.PathLike, progress: bool = True) -> Path:
     """Write `out/` (videos/, images/, manifest.jsonl) atomically; returns the manifest path."""
     cfg.check()
@@ -312,9 +324,7 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, progress: bool = True) ->
     degraded = {int(i): DEGRADATIONS[k % len(DEGRADATIONS)] for k, i in enumerate(order[n_heldout:n_heldout + n_degraded])}
     bar = tqdm(total=cfg.clips + cfg.images, desc="synth", unit="item", disable=not progress)
     for i in range(cfg.clips):
-        rng = _rng(cfg.seed, 0, i)
-        attrs = sample_attributes(rng, video=True)
-        frames = render(attrs, cfg.frames, cfg.height, cfg.width, rng)
+        rng, attrs, frames = _render_clip(cfg, i)
         kind = degraded.get(i, "none")
         caption_attrs = attrs
         if kind != "none":

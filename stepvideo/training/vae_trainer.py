@@ -6,7 +6,8 @@ The trainer knows nothing about experiment tracking or orchestration: the caller
 Data are clips as numpy ``uint8`` arrays ``(T, H, W, 3)`` (any indexable sequence of them, so a
 lazy dataset works too). Every step draws one batch, either of 17-frame video crops or of 1-frame
 images (a still, or one frame of a clip) with probability ``image_prob``: mixed image/video
-training. Clips shorter than 17 frames only give images.
+training. Clips shorter than 17 frames only give images. The learning rate warms up linearly for
+``warmup_steps`` and then stays constant or follows a cosine down to ``min_lr_ratio * lr``.
 
 Losses: ``l1_weight * L1 + kl_weight * KL`` (KL averaged over latent elements), plus optionally
 
@@ -43,6 +44,7 @@ from torch import nn
 from stepvideo.models.vae import VAEConfig, VideoVAE
 
 CLIP_FRAMES = 17
+LR_SCHEDULES = ("constant", "cosine")
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
 STATE_FILE = "training_state.pt"
@@ -59,6 +61,9 @@ class VAETrainConfig:
     crop_size: int = 64  # spatial crop (multiple of 16); clips smaller than this use their own size
     image_prob: float = 0.5
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio * lr at `steps`)
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps
+    min_lr_ratio: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -78,6 +83,7 @@ class VAETrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     eval_max_items: int = 8
+    eval_every: int = 0  # also evaluate the held-out split every N steps (0: only at the end)
     eval_size: int = 64  # held-out clips are centre-cropped to at most this (multiple of 16)
     threads: int | None = None
 
@@ -91,8 +97,14 @@ class VAETrainConfig:
             errors.append("crop_size and eval_size must be positive multiples of 16")
         if not 0.0 <= self.image_prob <= 1.0:
             errors.append("image_prob must lie in [0, 1]")
+        if self.lr_schedule not in LR_SCHEDULES:
+            errors.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            errors.append("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             errors.append("steps >= 0, batch_size >= 1, checkpoint_every >= 1 and log_every >= 1 are required")
+        if self.eval_every < 0:
+            errors.append("eval_every must be >= 0")
         if self.perceptual_weight > 0 and not self.perceptual_backbone_path:
             errors.append("perceptual_weight > 0 needs perceptual_backbone_path (a local TorchScript file)")
         if errors:
@@ -173,7 +185,7 @@ def load_clips(
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2)
     return x / 127.5 - 1.0
 
 
@@ -186,22 +198,37 @@ def _check_items(items: Sequence[np.ndarray], what: str) -> None:
         raise ValueError(f"{what}: no clips")
 
 
-def _draw_batch(items: Sequence[np.ndarray], cfg: VAETrainConfig, rng: np.random.Generator) -> torch.Tensor:
-    """One (B, T, 3, s, s) batch; T = 17 (video) or 1 (image), chosen per batch."""
-    idx = rng.integers(0, len(items), size=cfg.batch_size)
-    clips = [items[int(i)] for i in idx]
-    video = rng.random() >= cfg.image_prob and all(c.shape[0] >= CLIP_FRAMES for c in clips)
+def _draw_batch(
+    items: Sequence[np.ndarray], videos: Sequence[int], cfg: VAETrainConfig, rng: np.random.Generator
+) -> torch.Tensor:
+    """One (B, T, 3, s, s) batch: a video batch (T = 17) with probability ``1 - image_prob``, else
+    an image batch (T = 1: a still, or one frame of a clip). Video batches draw only from
+    ``videos`` (indices of clips of at least 17 frames); with none, every batch is an image batch."""
+    video = bool(videos) and rng.random() >= cfg.image_prob
+    pool = videos if video else range(len(items))
+    clips = [items[int(pool[int(j)])] for j in rng.integers(0, len(pool), size=cfg.batch_size)]
     size = min([cfg.crop_size] + [_floor16(min(c.shape[1], c.shape[2])) for c in clips])
     if size < 16:
         raise ValueError("every clip must be at least 16x16 pixels")
+    t = CLIP_FRAMES if video else 1
     out = []
     for c in clips:
-        t = CLIP_FRAMES if video else 1
         t0 = int(rng.integers(0, c.shape[0] - t + 1))
         y0 = int(rng.integers(0, c.shape[1] - size + 1))
         x0 = int(rng.integers(0, c.shape[2] - size + 1))
         out.append(_to_tensor(c[t0 : t0 + t, y0 : y0 + size, x0 : x0 + size]))
     return torch.stack(out)
+
+
+def lr_factor(cfg: VAETrainConfig, step: int) -> float:
+    """Multiplier of ``cfg.lr`` at ``step`` (0-based): linear warm-up, then constant or cosine decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,9 +443,11 @@ def train_vae(
         torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=0.0) if disc else None
     )
     data_rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    videos = [i for i in range(len(train_items)) if train_items[i].shape[0] >= CLIP_FRAMES]
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step = 0
     history: list[float] = []
+    history_eval: list[dict[str, float]] = []
 
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -434,6 +463,7 @@ def train_vae(
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         history = list(state.get("history", []))
+        history_eval = list(state.get("history_eval", []))
 
     # -- loop ---------------------------------------------------------------------------------
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae", dynamic_ncols=True)
@@ -441,7 +471,9 @@ def train_vae(
     while step < cfg.steps:
         model.set_dual_path(step >= cfg.dual_path_start_step)
         _set_trainable(model, cfg, step)
-        x = _draw_batch(train_items, cfg, data_rng)
+        x = _draw_batch(train_items, videos, cfg, data_rng)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step)
 
         recon, post = model(x, sample=cfg.sample_posterior, generator=noise_gen)
         l1 = (recon - x).abs().mean()
@@ -481,7 +513,13 @@ def train_vae(
         bar.update(1)
         bar.set_postfix(l1=f"{l1.item():.4f}")
         if log_fn is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            log_fn(step, {**metrics, "frames": float(x.shape[1]), "dual_path": float(model.dual_path)})
+            log_fn(step, {**metrics, "frames": float(x.shape[1]), "dual_path": float(model.dual_path),
+                          "lr": opt.param_groups[0]["lr"]})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and len(heldout_items):
+            curve = evaluate(model, heldout_items, cfg)[0]
+            history_eval.append({"step": step, **curve})
+            if log_fn is not None:
+                log_fn(step, curve)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             state = {
                 "step": step,
@@ -492,6 +530,7 @@ def train_vae(
                 "noise_rng": noise_gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
+                "history_eval": history_eval,
                 "train_config": cfg.to_dict(),
             }
             last_ckpt = _save_checkpoint(out, step, model, state, cfg.keep_checkpoints)
@@ -510,6 +549,7 @@ def train_vae(
     if len(heldout_items):
         metrics, pair = evaluate(model, heldout_items, cfg)
         result.update(metrics)
+        result["heldout_curve"] = history_eval + [{"step": step, **metrics}]
         result["sample_path"] = str(_save_sample(pair, out))
         if log_fn is not None:
             log_fn(step, metrics)
@@ -522,6 +562,7 @@ __all__ = [
     "dual_path_recipe",
     "load_clips",
     "train_vae",
+    "lr_factor",
     "evaluate",
     "psnr",
     "ssim",
