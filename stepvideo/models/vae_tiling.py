@@ -1,0 +1,421 @@
+"""Exact spatial tiling of the Step-Video VAE ("layer-streamed" tiling).
+
+The blend tiling of :class:`~stepvideo.models.vae.VideoVAE` runs the whole network on each tile
+and is approximate: per-frame GroupNorm statistics and the mid-block attention need the whole
+frame. Here the network runs *layer by layer over the whole frame* instead:
+
+* **Storage and compute.** Every activation between two ops is a full ``(B, C, T, H, W)`` tensor
+  on the *storage device*, the device of the input chunk (e.g. host memory). Each tile of an op is
+  computed on the *compute device*, the device of the module's parameters.
+* **Local ops, tile by tile.** Causal 3x3x3 and 1x1x1 convs, the 2D/3D down- and upsamplers and
+  the pixel (un)shuffles of the dual-path modules are computed per output tile: the input slice
+  plus the halo the op needs is copied to the compute device, zero-padded only where it crosses
+  the true frame border (the zero padding of the untiled op), the op runs without spatial padding
+  and the tile is written back. Time is never tiled (every tile holds all frames of the chunk).
+* **FrameGroupNorm.** While an op writes its tiles it accumulates per-(batch, group, frame) sum
+  and sum of squares in float64. The normalisation (and the SiLU after it, where the block has
+  one) is applied to each input slice inside the *next* op's tile computation, before the zero
+  padding, just as the untiled model normalises and then pads.
+* **Mid-block attention.** It is raster-causal over every token of the chunk and cannot be tiled:
+  the module runs unchanged on the whole tensor, moved to the compute device. It sits on the
+  coarsest feature grid (8x downsampled), so it is the smallest activation of the network.
+* **Alignment.** ``tile_size`` (pixels) is a multiple of the spatial factor (16); a tensor at scale
+  ``1/2^k`` is cut every ``tile_size/2^k`` cells, so tile edges coincide at every level and
+  stride-2 / x2 ops always start on even cells.
+
+The result equals the untiled chunk up to float rounding (per-tile conv kernels and the order of
+the statistics sums differ); ``TILING_NOTE`` in :mod:`stepvideo.models.vae` gives measured numbers.
+
+Memory: with storage on the host and compute on a GPU, GPU memory holds one tile (input with halo
+and output) of one op, the mid-block attention on the 8x-downsampled tensor, and the weights;
+host RAM holds up to four whole activations at once (a residual block's input, intermediate and
+output; the upsampled input in :class:`UpsampleResBlock3D`), and every op's input and output
+crosses host <-> GPU once per layer. On a CPU-only machine storage and compute are the same device
+and nothing is saved: the mode is then only exact, and no faster than untiled (many small convs,
+extra copies; measured 1.0x (encode) and 1.3x (decode) the untiled time, tiny model, 17x128x128, tile 32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stepvideo.models.vae_blocks import (
+    CausalConv3d,
+    Downsample2D,
+    Downsample3D,
+    FrameGroupNorm,
+    ResnetBlock3D,
+    Upsample2D,
+    Upsample3D,
+    VideoDecoder,
+    VideoEncoder,
+    _per_frame,
+    pad_time_front,
+    pixel_shuffle_3d,
+    pixel_unshuffle_3d,
+)
+
+Need = Callable[[int, int], "tuple[int, int]"]
+"""Maps an output tile's [start, stop) along H or W to the input [start, stop) it reads."""
+
+
+# --------------------------------------------------------------------------------------------
+# Activations on the storage device, with a pending FrameGroupNorm (+ SiLU)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(2, B, G, T) float64 sum and sum of squares of x (B, C, T, h, w) per (batch, group, frame)."""
+    b, c, t, h, w = x.shape
+    xg = x.reshape(b, groups, c // groups, t, h, w).to(torch.float64)
+    return torch.stack([xg.sum(dim=(2, 4, 5)), xg.square().sum(dim=(2, 4, 5))])
+
+
+@dataclass
+class Act:
+    """A full activation on the storage device; ``read`` returns slices on the compute device.
+
+    ``sums`` are the frame statistics accumulated while it was written (None if not needed);
+    ``norm`` / ``silu`` are applied to every slice that is read (see :meth:`normed`).
+    """
+
+    data: torch.Tensor
+    sums: torch.Tensor | None = None
+    norm: FrameGroupNorm | None = None
+    silu: bool = False
+    mean: torch.Tensor | None = None
+    rstd: torch.Tensor | None = None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.data.shape[-2], self.data.shape[-1]
+
+    def normed(self, norm: FrameGroupNorm, silu: bool) -> "Act":
+        """This activation seen through ``norm`` (whole-frame statistics) and optionally SiLU."""
+        if self.sums is None or self.sums.shape[2] != norm.num_groups:
+            raise RuntimeError("frame statistics with the norm's group count were not accumulated")
+        b, c, t, h, w = self.data.shape
+        n = (c // norm.num_groups) * h * w
+        mean = self.sums[0] / n
+        var = (self.sums[1] / n - mean.square()).clamp_min(0.0)
+        rstd = torch.rsqrt(var + norm.eps)
+        shape = (b, norm.num_groups, 1, t, 1, 1)
+        dtype = self.data.dtype
+        return Act(self.data, self.sums, norm, silu, mean.to(dtype).view(shape), rstd.to(dtype).view(shape))
+
+    def read(self, ys: tuple[int, int], xs: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Rows ``ys``, columns ``xs`` (may reach past the frame) on ``device``, normalised, zero-padded."""
+        (y0, y1), (x0, x1) = ys, xs
+        h, w = self.hw
+        win = self.data[..., max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)].to(device)
+        if self.norm is not None:
+            win = self._normalise(win)
+        if self.silu:
+            win = F.silu(win)
+        pad = (max(-x0, 0), max(x1 - w, 0), max(-y0, 0), max(y1 - h, 0))
+        return F.pad(win, pad) if any(pad) else win
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Same op order as :class:`FrameGroupNorm`, with the whole-frame mean and 1/std."""
+        b, c, t, h, w = x.shape
+        g = self.norm.num_groups
+        y = ((x.reshape(b, g, c // g, t, h, w) - self.mean) * self.rstd).reshape(b, c, t, h, w)
+        if self.norm.affine:
+            y = torch.addcmul(self.norm.bias.view(1, c, 1, 1, 1), y, self.norm.weight.view(1, c, 1, 1, 1))
+        return y
+
+
+# --------------------------------------------------------------------------------------------
+# The tile loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Compute device, norm group count and the tiling of one chunk (tile and frame on the root grid)."""
+
+    device: torch.device
+    groups: int
+    tile: int
+    root_h: int
+
+    def tile_for(self, h: int) -> int:
+        """Tile size on a grid of height ``h`` (same pixel edges at every level)."""
+        return max(self.tile * h // self.root_h, 1)
+
+
+def _local_op(
+    run: _Run,
+    fn: Callable[..., torch.Tensor],
+    srcs: Sequence[tuple[Act, Need]],
+    out_hw: tuple[int, int],
+    stats: bool = True,
+) -> Act:
+    """Compute ``fn(*windows)`` for every output tile and write it to a new storage tensor.
+
+    ``srcs`` pairs every input with the :data:`Need` of the op; ``fn`` gets one window per
+    input and must return exactly the output tile. With ``stats`` the frame sums are accumulated.
+    """
+    storage = srcs[0][0].data.device
+    H, W = out_hw
+    step = run.tile_for(H)
+    out = sums = None
+    for y0 in range(0, H, step):
+        ys = (y0, min(y0 + step, H))
+        for x0 in range(0, W, step):
+            xs = (x0, min(x0 + step, W))
+            piece = fn(*(a.read(need(*ys), need(*xs), run.device) for a, need in srcs))
+            if piece.shape[-2:] != (ys[1] - ys[0], xs[1] - xs[0]):
+                raise RuntimeError(f"tile {ys}x{xs} came out {tuple(piece.shape[-2:])}: halo bug")
+            if out is None:
+                out = torch.empty(*piece.shape[:3], H, W, dtype=piece.dtype, device=storage)
+            out[..., ys[0] : ys[1], xs[0] : xs[1]] = piece.to(storage)
+            if stats:
+                tile_sums = _frame_sums(piece, run.groups)
+                sums = tile_sums if sums is None else sums + tile_sums
+    return Act(out, sums)
+
+
+def _whole(run: _Run, module: nn.Module, x: Act) -> Act:
+    """Run ``module`` unchanged on the whole tensor on the compute device (the mid-block attention)."""
+    if x.norm is not None:
+        raise RuntimeError("_whole expects a raw activation")
+    y = module(x.data.to(run.device))
+    return Act(y.to(x.data.device), _frame_sums(y, run.groups))
+
+
+# ---- the Need of each op (output tile -> input range) ----------------------------------------
+
+
+def _same(o0: int, o1: int) -> tuple[int, int]:
+    return o0, o1
+
+
+def _coarse(f: int) -> Need:
+    """The output grid is ``f`` x the input grid (upsampling, pixel shuffle): tile edges on the grid."""
+
+    def need(o0: int, o1: int) -> tuple[int, int]:
+        if o0 % f or o1 % f:
+            raise ValueError(f"tile edges on a {f}x-upsampled grid must be multiples of {f}, got [{o0}, {o1})")
+        return o0 // f, o1 // f
+
+    return need
+
+
+def _fine(f: int) -> Need:
+    """The output grid is ``1/f`` x the input grid (pixel unshuffle)."""
+    return lambda o0, o1: (f * o0, f * o1)
+
+
+def _then(first: Need, second: Need) -> Need:
+    """Compose Needs: ``second`` maps the output range back one step, ``first`` the rest of the way."""
+    return lambda o0, o1: first(*second(o0, o1))
+
+
+def _conv_need(conv: nn.Conv2d | nn.Conv3d) -> Need:
+    """Output cell o reads input cells [s*o - p, s*o - p + k) of a (k, stride s, padding p) conv."""
+    k, s, p = conv.kernel_size[-1], conv.stride[-1], conv.padding[-1]
+    return lambda o0, o1: (s * o0 - p, s * (o1 - 1) - p + k)
+
+
+def _crop(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Drop ``n`` cells on every spatial side (the halo, for a shortcut that has none)."""
+    return x[..., n:-n, n:-n] if n else x
+
+
+def _conv3d(m: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
+    """:class:`CausalConv3d` without spatial padding (the window already holds the halo)."""
+    c = m.conv
+    return F.conv3d(pad_time_front(x, m.time_pad), c.weight, c.bias, stride=c.stride)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _conv(run: _Run, m: CausalConv3d, x: Act, stats: bool = True) -> Act:
+    s = m.conv.stride[-1]
+    h, w = x.hw
+    return _local_op(run, lambda win: _conv3d(m, win), [(x, _conv_need(m.conv))], (h // s, w // s), stats)
+
+
+def _resnet(run: _Run, block: ResnetBlock3D, x: Act) -> Act:
+    """conv1(silu(norm1(x))), then conv2(silu(norm2(h))) + (x or nin_shortcut(x))."""
+    h = _conv(run, block.conv1, x.normed(block.norm1, silu=True))
+
+    def second(hw: torch.Tensor, xw: torch.Tensor) -> torch.Tensor:
+        skip = xw if block.nin_shortcut is None else _conv3d(block.nin_shortcut, xw)
+        return _conv3d(block.conv2, hw) + skip
+
+    srcs = [(h.normed(block.norm2, silu=True), _conv_need(block.conv2.conv)), (x, _same)]
+    return _local_op(run, second, srcs, x.hw)
+
+
+def _downsample(run: _Run, m: nn.Module, x: Act) -> Act:
+    h, w = x.hw
+    if isinstance(m, Downsample3D):
+        return _conv(run, m.conv, x)
+    if isinstance(m, Downsample2D):  # pad right/bottom by 1 = zero halo past the frame
+        need = lambda o0, o1: (2 * o0, 2 * o1 + 1)  # noqa: E731
+        return _local_op(run, lambda win: _per_frame(win, m.conv), [(x, need)], (h // 2, w // 2))
+    raise TypeError(f"unsupported downsampler {type(m).__name__}")
+
+
+def _upsample2d(run: _Run, m: Upsample2D, x: Act) -> Act:
+    """Nearest x2 then a 3x3 conv: read one input cell of halo, upsample, keep one cell of halo."""
+    conv = m.conv
+
+    def fn(win: torch.Tensor) -> torch.Tensor:
+        def frame(f: torch.Tensor) -> torch.Tensor:
+            up = F.interpolate(f, scale_factor=2.0, mode="nearest")[..., 1:-1, 1:-1]
+            return F.conv2d(up, conv.weight, conv.bias)
+
+        return _per_frame(win, frame)
+
+    h, w = x.hw
+    halo = lambda i0, i1: (i0 - 1, i1 + 1)  # noqa: E731  (one input cell = the conv's halo after x2)
+    return _local_op(run, fn, [(x, _then(halo, _coarse(2)))], (2 * h, 2 * w))
+
+
+def _upsample3d(run: _Run, m: Upsample3D, x: Act) -> Act:
+    """Nearest x2 in T, H, W, then conv -> norm -> silu -> conv -> norm and silu(h + u) + u."""
+    up = lambda win: F.interpolate(win, scale_factor=2.0, mode="nearest")  # noqa: E731
+    u = _local_op(run, up, [(x, _coarse(2))], (2 * x.hw[0], 2 * x.hw[1]), stats=False)
+    res = m.conv3d
+    h = _conv(run, res.conv2, _conv(run, res.conv1, u).normed(res.norm1, silu=True))
+    out = lambda hw, uw: F.silu(hw + uw) + uw  # noqa: E731
+    return _local_op(run, out, [(h.normed(res.norm2, silu=False), _same), (u, _same)], u.hw)
+
+
+def _upsample(run: _Run, m: nn.Module, x: Act) -> Act:
+    if isinstance(m, Upsample3D):
+        return _upsample3d(run, m, x)
+    if isinstance(m, Upsample2D):
+        return _upsample2d(run, m, x)
+    raise TypeError(f"unsupported upsampler {type(m).__name__}")
+
+
+def _mid(run: _Run, mid: nn.Module, x: Act) -> Act:
+    h = _resnet(run, mid.block_1, x)
+    h = _whole(run, mid.attn_1, h)
+    return _resnet(run, mid.block_2, h)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder / decoder
+# --------------------------------------------------------------------------------------------
+
+
+def _make_run(module: nn.Module, x: torch.Tensor, tile_size: int, factor: int, root_scale: int) -> _Run:
+    """Check the tiling and describe it; ``root_scale`` = pixels per cell of x's grid."""
+    h, w = x.shape[-2] * root_scale, x.shape[-1] * root_scale
+    if tile_size < factor or tile_size % factor or h % factor or w % factor:
+        raise ValueError(f"tile_size ({tile_size}) and frame size {h}x{w} must be multiples of {factor}")
+    p = next(module.parameters())
+    groups = next(m.num_groups for m in module.modules() if isinstance(m, FrameGroupNorm))
+    return _Run(device=p.device, groups=groups, tile=tile_size // root_scale, root_h=x.shape[-2])
+
+
+def _spatial_factor(levels: nn.ModuleList) -> int:
+    """Pixels per latent cell: 2 per resampling level, and 2 for the (un)patchify."""
+    return 2 ** (sum(level.resample is not None for level in levels) + 1)
+
+
+@torch.no_grad()
+def encode_chunk(encoder: VideoEncoder, x: torch.Tensor, tile_size: int) -> torch.Tensor:
+    """Exact tiled ``encoder(x)``: x (B, C, T, H, W) on the storage device -> moments there.
+
+    ``tile_size`` is in pixels, a multiple of the spatial factor (16).
+    """
+    x = x.to(dtype=next(encoder.parameters()).dtype)
+    run = _make_run(encoder, x, tile_size, _spatial_factor(encoder.down), 1)
+    h = _conv(run, encoder.conv_in, Act(x))
+    for level in encoder.down:
+        for block in level.block:
+            h = _resnet(run, block, h)
+        if level.resample is not None:
+            h = _downsample(run, level.resample, h)
+    h = _mid(run, encoder.mid, h).normed(encoder.norm_out, silu=True)
+    return _encoder_out(run, encoder, _patchify(run, encoder, h)).data
+
+
+def _patchify(run: _Run, enc: VideoEncoder, h: Act) -> Act:
+    """conv_patchify(h) (+ shortcut_pathify(h)): conv then 2x pixel-unshuffle to the latent grid."""
+    conv = enc.conv_patchify
+    pad = conv.conv.conv.padding[-1]
+
+    def fn(win: torch.Tensor) -> torch.Tensor:
+        p = pixel_unshuffle_3d(_conv3d(conv.conv, win), conv.factor)
+        if enc.use_shortcut:
+            p = p + enc.shortcut_pathify(_crop(win, pad))
+        return p
+
+    f = conv.factor
+    hh, ww = h.hw
+    return _local_op(run, fn, [(h, _then(_conv_need(conv.conv.conv), _fine(f)))], (hh // f, ww // f), stats=False)
+
+
+def _encoder_out(run: _Run, enc: VideoEncoder, p: Act) -> Act:
+    """conv_out(p) (+ shortcut_out(p))."""
+    pad = enc.conv_out.conv.padding[-1]
+
+    def fn(win: torch.Tensor) -> torch.Tensor:
+        out = _conv3d(enc.conv_out, win)
+        return out + enc.shortcut_out(_crop(win, pad)) if enc.use_shortcut else out
+
+    return _local_op(run, fn, [(p, _conv_need(enc.conv_out.conv))], p.hw, stats=False)
+
+
+@torch.no_grad()
+def decode_chunk(decoder: VideoDecoder, z: torch.Tensor, tile_size: int) -> torch.Tensor:
+    """Exact tiled ``decoder(z)`` (before the trim): z (B, z, t, h, w) on the storage device.
+
+    ``tile_size`` is in output pixels, a multiple of the spatial factor (16).
+    """
+    z = z.to(dtype=next(decoder.parameters()).dtype)
+    factor = _spatial_factor(decoder.up)
+    run = _make_run(decoder, z, tile_size, factor, factor)
+    h = _decoder_in(run, decoder, Act(z))
+    h = _unpatchify(run, decoder, h)
+    h = _mid(run, decoder.mid, h)
+    for level in reversed(decoder.up):
+        for block in level.block:
+            h = _resnet(run, block, h)
+        if level.resample is not None:
+            h = _upsample(run, level.resample, h)
+    out = _conv(run, decoder.conv_out, h.normed(decoder.norm_out, silu=True), stats=False)
+    return out.data
+
+
+def _decoder_in(run: _Run, dec: VideoDecoder, z: Act) -> Act:
+    """conv_in(z) (+ shortcut_in(z))."""
+    pad = dec.conv_in.conv.padding[-1]
+
+    def fn(win: torch.Tensor) -> torch.Tensor:
+        h = _conv3d(dec.conv_in, win)
+        return h + dec.shortcut_in(_crop(win, pad)) if dec.use_shortcut else h
+
+    return _local_op(run, fn, [(z, _conv_need(dec.conv_in.conv))], z.hw, stats=False)
+
+
+def _unpatchify(run: _Run, dec: VideoDecoder, h: Act) -> Act:
+    """conv_unpatchify(h) (+ shortcut_unpathify(h)): conv then 2x pixel-shuffle."""
+    conv = dec.conv_unpatchify
+    pad = conv.conv.conv.padding[-1]
+
+    def fn(win: torch.Tensor) -> torch.Tensor:
+        u = pixel_shuffle_3d(_conv3d(conv.conv, win), conv.factor)
+        return u + dec.shortcut_unpathify(_crop(win, pad)) if dec.use_shortcut else u
+
+    f = conv.factor
+    hh, ww = h.hw
+    return _local_op(run, fn, [(h, _then(_conv_need(conv.conv.conv), _coarse(f)))], (f * hh, f * ww))
+
+
+__all__ = ["Act", "decode_chunk", "encode_chunk"]
