@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from stepvideo.data.manifest import read_manifest
     from stepvideo.data.synth import SynthConfig, generate
     from stepvideo.pipeline import vae_train_config
-    from stepvideo.training.vae_trainer import load_clips, train_vae
+    from stepvideo.training.vae_trainer import load_clips, train_vae, train_vae_recipe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", help="params preset (demo | small | ...)")
@@ -78,15 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         generate(synth, data)
         print(f"dataset: {d.clips} clips + {d.images} stills at {d.height}x{d.width}, {time.time() - t0:.0f} s")
     rows = read_manifest(data / "manifest.jsonl")
-    cfg = vae_train_config(params)
+    stage1, cfg = vae_train_config(params)
     train = load_clips(rows, data, split="train")
     heldout = load_clips(rows, data, split="heldout", max_items=cfg.eval_max_items)
     t0 = time.time()
-    result = train_vae(cfg, train, heldout, work / "run", progress=True)
+    if stage1 is None:
+        result = train_vae(cfg, train, heldout, work / "run", progress=True)
+    else:
+        result = train_vae_recipe(stage1, cfg, train, heldout, work / "run", progress=True)
     wall = time.time() - t0
     floor_psnr, floor_ssim, n = _stored_vs_clean(synth, rows, data)
 
-    print(f"\npreset {name}: model {params.vae.model}, {cfg.steps} steps, batch {cfg.batch_size}, crop "
+    recipe = f"{stage1.steps} stage-1 steps (4x8x8) + " if stage1 is not None else ""
+    print(f"\npreset {name}: model {params.vae.model}, {recipe}{cfg.steps} steps, batch {cfg.batch_size}, crop "
           f"{cfg.crop_size}, lr {cfg.lr} ({cfg.lr_schedule}), {len(train)} train / {len(heldout)} held-out items")
     print(f"training wall time: {wall:.0f} s ({args.threads} threads; resumed runs count only this process)")
     print("step   held-out PSNR (dB)   SSIM")

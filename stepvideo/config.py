@@ -92,6 +92,12 @@ class VAEParams:
     perceptual_weight: float = 0.0
     perceptual_backbone_path: str = ""
     dual_path_start_step: int = 0
+    # the report's two-stage recipe (off at 0): `stage1_steps` of the 4x8x8 VAE without the dual path,
+    # then `steps` of the full model grown from it: dual-path modules only for `adapt_steps`, then
+    # also the mid blocks for `mid_steps`, then everything
+    stage1_steps: int = 0
+    adapt_steps: int = 0
+    mid_steps: int = 0
     seed: int = 0
     checkpoint_every: int = 100
     eval_max_items: int = 8

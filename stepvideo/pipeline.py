@@ -153,14 +153,14 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
 
     from stepvideo.data.manifest import read_manifest
     from stepvideo.models.io import replace_folder
-    from stepvideo.training.vae_trainer import load_clips, train_vae
+    from stepvideo.training.vae_trainer import load_clips, train_vae, train_vae_recipe
 
     vp = params.vae
     clean = root / OUTPUTS / "validated" / "clean.jsonl"
     rows = read_manifest(clean) if clean.is_file() else None
     if not rows:
         raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
-    cfg = vae_train_config(params)
+    stage1, cfg = vae_train_config(params)
     captions_version = tracking.file_hash(clean)
     work = root / ".cache" / "vae" / f"{params.section_hash('vae')}-{captions_version}"
     out = root / OUTPUTS / "vae"
@@ -171,8 +171,11 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
                       tags=lineage, parent_run_id=parent_run_id):
         train = load_clips(rows, clean.parent, split="train")
         heldout = load_clips(rows, clean.parent, split="heldout", max_items=vp.eval_max_items)
-        result = train_vae(cfg, train, heldout, work, log_fn=lambda step, m: tracking.log_metrics(m, step=step),
-                           progress=progress)
+        log = lambda step, m: tracking.log_metrics(m, step=step)  # noqa: E731
+        if stage1 is None:
+            result = train_vae(cfg, train, heldout, work, log_fn=log, progress=progress)
+        else:  # stage-1 metrics are logged with a `stage1_` prefix
+            result = train_vae_recipe(stage1, cfg, train, heldout, work, log_fn=log, progress=progress)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(result["model_dir"], tmp)
@@ -189,24 +192,31 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
 
 
-def vae_train_config(params: Params) -> "VAETrainConfig":
-    """The trainer's config for the `vae` section of `params` (the stage and bench/bench_vae_recon.py)."""
+def vae_train_config(params: Params) -> "tuple[VAETrainConfig | None, VAETrainConfig]":
+    """The trainer configs for the `vae` section of `params`: (stage 1 or None, the main run).
+
+    Used by the stage and by bench/bench_vae_recon.py."""
     from stepvideo.models.vae import VAEConfig
-    from stepvideo.training.vae_trainer import VAETrainConfig
+    from stepvideo.training.vae_trainer import VAETrainConfig, two_stage_recipe
 
     vp = params.vae
     presets = {"demo": VAEConfig.demo, "tiny": VAEConfig.tiny, "official": VAEConfig.official}
     if vp.model not in presets:
         raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
-    return VAETrainConfig(model=presets[vp.model]().to_dict(), init_from=vp.init_from or None, steps=vp.steps,
-                          batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
-                          lr_schedule=vp.lr_schedule, warmup_steps=vp.warmup_steps, kl_weight=vp.kl_weight,
-                          sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
-                          disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
-                          perceptual_backbone_path=vp.perceptual_backbone_path or None,
-                          dual_path_start_step=vp.dual_path_start_step, seed=vp.seed,
-                          checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items,
-                          eval_every=vp.eval_every, eval_size=vp.eval_size)
+    model = presets[vp.model]()
+    common = dict(batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
+                  lr_schedule=vp.lr_schedule, warmup_steps=vp.warmup_steps, kl_weight=vp.kl_weight,
+                  sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
+                  disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
+                  perceptual_backbone_path=vp.perceptual_backbone_path or None, seed=vp.seed,
+                  checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items,
+                  eval_every=vp.eval_every, eval_size=vp.eval_size)
+    if vp.stage1_steps > 0:
+        if vp.init_from:
+            raise ValueError("vae.stage1_steps > 0 trains from scratch: leave vae.init_from empty")
+        return two_stage_recipe(model, vp.stage1_steps, vp.adapt_steps, vp.mid_steps, vp.steps, **common)
+    return None, VAETrainConfig(model=model.to_dict(), init_from=vp.init_from or None, steps=vp.steps,
+                                dual_path_start_step=vp.dual_path_start_step, **common)
 
 
 def _data_version(params: Params, root: Path) -> str:

@@ -207,6 +207,35 @@ def test_save_load_round_trip(vae, tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
+def test_stage1_geometry_and_growth():
+    """The recipe's first-stage VAE: 4x8x8 latent, no dual-path modules; its weights seed the full model."""
+    full = VAEConfig.tiny()
+    s1 = full.stage1()
+    assert (s1.spatial_factor, s1.temporal_factor, s1.frame_chunk, s1.latent_chunk) == (8, 4, 17, 5)
+    assert s1.stage2() == full and full.stage2() == full and s1.stage1() == s1
+    torch.manual_seed(0)
+    m1 = VideoVAE(s1).eval()
+    assert not any("patchify" in k or k.startswith(("encoder.conv_out", "decoder.conv_in")) for k in m1.state_dict())
+    for t, lat in ((1, 1), (17, 5), (34, 10)):
+        z = m1.encode(_video(t, 32, 48))
+        assert z.shape == (1, lat, 4, 4, 6)
+        assert m1.decode(z).shape == (1, t, 3, 32, 48)
+    with pytest.raises(ValueError, match="no dual path"):
+        m1.set_dual_path(True)
+    m2 = VideoVAE(full)
+    missing = m2.load_stage1_weights(m1)
+    assert missing and all(k.startswith(
+        ("encoder.conv_patchify", "encoder.conv_out", "decoder.conv_in", "decoder.conv_unpatchify")) for k in missing)
+    shared = m1.state_dict()
+    for k, v in m2.state_dict().items():
+        if k not in missing:
+            assert torch.equal(v, shared[k]), k
+    with pytest.raises(ValueError, match="patchify=False VAE"):
+        m2.load_stage1_weights(m2)
+    with pytest.raises(ValueError, match="z_channels"):
+        VideoVAE(VAEConfig.demo()).load_stage1_weights(m1)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="norm_groups"):
         VAEConfig(encoder_ch=24)

@@ -50,7 +50,7 @@ def _check_chunk(model: VideoVAE, t: int, h: int, w: int, tile: int) -> None:
         x = _video(t, h, w).permute(0, 2, 1, 3, 4)
         assert_exact(vae_tiling.encode_chunk(model.encoder, x, tile), model.encoder(x))
         f = model.config.spatial_factor
-        z = _latent(model, 1 if t == 1 else 3, h // f, w // f).permute(0, 2, 1, 3, 4)
+        z = _latent(model, model.latent_frames(t), h // f, w // f).permute(0, 2, 1, 3, 4)
         assert_exact(vae_tiling.decode_chunk(model.decoder, z, tile), model.decoder(z))
 
 
@@ -122,8 +122,9 @@ THREE_LEVELS = VAEConfig(  # spatial factor 8
         (VAEConfig.tiny(), False, 16),
         (WIDE, True, 16),
         (THREE_LEVELS, True, 8),
+        (VAEConfig.tiny().stage1(), False, 8),
     ],
-    ids=["demo-16", "demo-32", "single-path", "wide-2res", "three-levels"],
+    ids=["demo-16", "demo-32", "single-path", "wide-2res", "three-levels", "stage1-4x8x8"],
 )
 def test_exact_other_geometries(config, dual_path, tile):
     model = _model(config, dual_path)

@@ -14,7 +14,8 @@ from stepvideo.models.vae import VAEConfig, VideoVAE
 from stepvideo.training.vae_trainer import (
     DUAL_PATH_MODULES,
     VAETrainConfig,
-    dual_path_recipe,
+    train_vae_recipe,
+    two_stage_recipe,
     _draw_batch,
     evaluate,
     load_clips,
@@ -102,24 +103,49 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert again["step"] == 6
 
 
-def test_dual_path_recipe_and_gan(tmp_path):
-    cfg = dual_path_recipe(
-        plain_steps=2,
-        adapt_steps=2,
-        mid_steps=0,
-        total_steps=4,
-        **{k: v for k, v in _cfg().__dict__.items() if k not in ("steps", "dual_path_start_step", "trainable_phases")}
-        | {"checkpoint_every": 2, "keep_checkpoints": 3, "disc_weight": 0.1, "disc_start_step": 1, "image_prob": 1.0},
-    )
-    logged: dict[int, dict] = {}
-    train_vae(cfg, TRAIN, [], tmp_path, log_fn=lambda s, m: logged.setdefault(s, m), progress=False)
-    assert [logged[s]["dual_path"] for s in (1, 2, 3, 4)] == [0.0, 0.0, 1.0, 1.0]
-    assert "loss_d" not in logged[1] and "loss_d" in logged[2]
-    s2 = load_state_dict(tmp_path / "checkpoints/step-000002")
-    s4 = load_state_dict(tmp_path / "checkpoints/step-000004")
-    for k in s2:
-        changed = not torch.equal(s2[k], s4[k])
-        assert changed == k.startswith(DUAL_PATH_MODULES), k
+def test_two_stage_recipe_and_gan(tmp_path):
+    """Stage 1 (4x8x8, no dual path), then the full model grown from it with progressive unfreezing."""
+    shared = {k: v for k, v in _cfg().__dict__.items() if k not in ("model", "steps", "trainable_phases")}
+    shared |= {"checkpoint_every": 2, "keep_checkpoints": 3, "disc_weight": 0.1, "disc_start_step": 1}
+    s1, s2 = two_stage_recipe(VAEConfig.from_dict(MICRO), stage1_steps=2, adapt_steps=2, mid_steps=0,
+                              total_steps=4, **shared)
+    logged: list[tuple[int, dict]] = []
+    result = train_vae_recipe(s1, s2, TRAIN, HELDOUT, tmp_path, log_fn=lambda s, m: logged.append((s, m)),
+                              progress=False)
+    stage1 = VideoVAE.from_pretrained(tmp_path / "stage1/final")
+    assert not stage1.config.patchify and stage1.config.spatial_factor == 8
+    assert VideoVAE.from_pretrained(result["model_dir"]).config.patchify
+    assert "stage1_heldout_psnr" in result and np.isfinite(result["heldout_psnr"])
+    stage1_logs = [m for _, m in logged if "stage1_loss" in m]
+    stage2_logs = {s: m for s, m in logged if "loss" in m}
+    assert len(stage1_logs) == 2 and "stage1_loss_d" in stage1_logs[1]  # GAN on from step 1
+    assert "loss_d" not in stage2_logs[1] and "loss_d" in stage2_logs[2]
+    # stage 2 starts from stage 1's shared weights; for adapt_steps only the dual-path modules move
+    s1_final = load_state_dict(tmp_path / "stage1/final")
+    s2_step2 = load_state_dict(tmp_path / "stage2/checkpoints/step-000002")
+    s2_step4 = load_state_dict(tmp_path / "stage2/checkpoints/step-000004")
+    for k, v in s2_step2.items():
+        if k.startswith(DUAL_PATH_MODULES):
+            assert k not in s1_final
+        else:
+            assert torch.equal(v, s1_final[k]), k
+    assert all(not torch.equal(v, s2_step4[k]) for k, v in s2_step2.items())  # then everything trains
+
+
+def test_params_select_the_two_stage_recipe():
+    from stepvideo.config import preset
+    from stepvideo.pipeline import vae_train_config
+
+    params = preset("demo")
+    first, main = vae_train_config(params)
+    assert first is None and main.steps == params.vae.steps and VAEConfig.from_dict(main.model).patchify
+    params.vae.stage1_steps, params.vae.adapt_steps, params.vae.mid_steps = 30, 10, 5
+    first, main = vae_train_config(params)
+    assert first.steps == 30 and not VAEConfig.from_dict(first.model).patchify
+    assert [s for s, _ in main.trainable_phases] == [0, 10, 15] and main.lr == first.lr == params.vae.lr
+    params.vae.init_from = "some/folder"
+    with pytest.raises(ValueError, match="init_from"):
+        vae_train_config(params)
 
 
 def test_lr_schedule():

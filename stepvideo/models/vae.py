@@ -75,7 +75,10 @@ class VAEConfig:
     ``encoder_temporal_levels`` are the encoder levels whose downsampler is 3D (stride 2 in T, H,
     W; the others are 2D); ``decoder_temporal_levels`` the decoder levels with a 3D upsampler.
     ``patch_channels`` is the width at the 16x grid (official ``4 * z * 8``). ``dual_path``
-    switches the parameter-free shortcuts on (official) or off (first stage of training).
+    switches the parameter-free shortcuts on (official) or off. ``patchify=False`` is the training
+    recipe's first-stage VAE (:meth:`stage1`): the latent sits on the feature grid before the
+    dual-path patchify (4x8x8 compression for the official levels), through ``encoder.stage1_out``
+    / ``decoder.stage1_in`` convs, and the dual-path modules do not exist.
     """
 
     in_channels: int = 3
@@ -94,6 +97,7 @@ class VAEConfig:
     mix_keep: float = 0.6
     logvar_range: tuple[float, float] = (-30.0, 20.0)
     dual_path: bool = True
+    patchify: bool = True
 
     def __post_init__(self) -> None:
         for name in ("encoder_ch_mult", "decoder_ch_mult", "encoder_temporal_levels", "decoder_temporal_levels"):
@@ -151,15 +155,33 @@ class VAEConfig:
             patch_channels=64,
         )
 
+    def stage1(self) -> "VAEConfig":
+        """The first-stage VAE of the report's recipe for this geometry: same widths, no dual-path
+        patchify (latent 2x finer in T, H and W: 4x8x8 for the official levels), 5 latent frames
+        per 17-frame chunk. Its weights initialise every shared module of the full model."""
+        if not self.patchify:
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, patchify=False, dual_path=False, latent_chunk=2 * self.latent_chunk - 1)
+
+    def stage2(self) -> "VAEConfig":
+        """The full (dual-path, 8x16x16) geometry a :meth:`stage1` config grows into."""
+        if self.patchify:
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, patchify=True, dual_path=True, latent_chunk=(self.latent_chunk + 1) // 2)
+
     # ---- derived geometry ----------------------------------------------------------------
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.encoder_ch_mult) - 1) * 2
+        return 2 ** (len(self.encoder_ch_mult) - 1) * (2 if self.patchify else 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** (len(self.decoder_temporal_levels) + (1 if self.patchify else 0))
 
     @property
     def frame_chunk(self) -> int:
         """Frames per independently encoded chunk (17 for the official geometry)."""
-        return 2 ** (len(self.decoder_temporal_levels) + 1) * (self.latent_chunk - 1) + 1
+        return self.temporal_factor * (self.latent_chunk - 1) + 1
 
     @property
     def decoder_trim(self) -> int:
@@ -178,6 +200,8 @@ class VAEConfig:
             errors.append("num_res_blocks must be >= 1")
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult) or len(self.encoder_ch_mult) < 2:
             errors.append("encoder_ch_mult and decoder_ch_mult need the same length (>= 2)")
+        if not self.patchify and self.dual_path:
+            errors.append("dual_path=True needs patchify=True (the stage-1 VAE has no dual-path modules)")
         if len(self.encoder_temporal_levels) != len(self.decoder_temporal_levels):
             errors.append("encoder and decoder need the same number of temporal levels")
         n = len(self.encoder_ch_mult)
@@ -316,6 +340,7 @@ class VideoVAE(nn.Module):
             num_res_blocks=config.num_res_blocks,
             groups=config.norm_groups,
             patch_channels=config.patch_channels,
+            patchify=config.patchify,
         )
         self.encoder = VideoEncoder(
             in_channels=config.in_channels,
@@ -333,6 +358,23 @@ class VideoVAE(nn.Module):
         )
         self.set_dual_path(config.dual_path)
 
+    def load_stage1_weights(self, stage1: "VideoVAE") -> list[str]:
+        """Initialise from a first-stage VAE (``config.stage1()`` of this geometry): every shared
+        module is copied; returns the parameter names left at their initial values (the dual-path
+        modules, to be trained next)."""
+        mine, theirs = self.config.stage1().to_dict(), stage1.config.stage1().to_dict()
+        diff = sorted(k for k in mine if mine[k] != theirs[k])
+        if stage1.config.patchify or diff:
+            raise ValueError(
+                "load_stage1_weights needs a patchify=False VAE of the same geometry"
+                + (f"; config fields differ: {diff}" if diff else "; got a full (patchify=True) VAE")
+            )
+        shared = {k: v for k, v in stage1.state_dict().items() if ".stage1_" not in k}
+        missing, unexpected = self.load_state_dict(shared, strict=False)
+        if unexpected:
+            raise ValueError(f"stage-1 weights without a place in this model: {unexpected}")
+        return list(missing)
+
     # ---- geometry --------------------------------------------------------------------------
     @property
     def dual_path(self) -> bool:
@@ -340,6 +382,8 @@ class VideoVAE(nn.Module):
 
     def set_dual_path(self, enabled: bool) -> None:
         """Switch the parameter-free shortcuts of both encoder and decoder on or off."""
+        if enabled and not self.config.patchify:
+            raise ValueError("a stage-1 VAE (patchify=False) has no dual path to switch on")
         self.encoder.use_shortcut = self.decoder.use_shortcut = bool(enabled)
         self.config.dual_path = bool(enabled)
 

@@ -334,9 +334,11 @@ class VideoEncoder(nn.Module):
         temporal_levels: Sequence[int],
         groups: int,
         patch_channels: int,
+        patchify: bool = True,
     ):
         super().__init__()
         self.use_shortcut = True
+        self.patchify = patchify
         self.conv_in = CausalConv3d(in_channels, ch, 3)
         widths = [ch] + [ch * m for m in ch_mult]
         self.down = nn.ModuleList()
@@ -355,10 +357,13 @@ class VideoEncoder(nn.Module):
         top = widths[-1]
         self.mid = _Mid(top, groups)
         self.norm_out = FrameGroupNorm(groups, top)
-        self.conv_patchify = ConvPixelUnshuffle3D(top, patch_channels, 2)
-        self.shortcut_pathify = PixelUnshuffleChannelAveraging3D(top, patch_channels, 2)
-        self.conv_out = CausalConv3d(patch_channels, 2 * z_channels, 3)
-        self.shortcut_out = PixelUnshuffleChannelAveraging3D(patch_channels, 2 * z_channels, 1)
+        if patchify:
+            self.conv_patchify = ConvPixelUnshuffle3D(top, patch_channels, 2)
+            self.shortcut_pathify = PixelUnshuffleChannelAveraging3D(top, patch_channels, 2)
+            self.conv_out = CausalConv3d(patch_channels, 2 * z_channels, 3)
+            self.shortcut_out = PixelUnshuffleChannelAveraging3D(patch_channels, 2 * z_channels, 1)
+        else:  # the recipe's first-stage VAE: latent on the feature grid (4x8x8), no dual path
+            self.stage1_out = CausalConv3d(top, 2 * z_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.conv_in(x)
@@ -368,6 +373,8 @@ class VideoEncoder(nn.Module):
             if level.resample is not None:
                 h = level.resample(h)
         h = F.silu(self.norm_out(self.mid(h)))
+        if not self.patchify:
+            return self.stage1_out(h)
         p = self.conv_patchify(h)
         if self.use_shortcut:
             p = p + self.shortcut_pathify(h)
@@ -394,15 +401,20 @@ class VideoDecoder(nn.Module):
         temporal_levels: Sequence[int],
         groups: int,
         patch_channels: int,
+        patchify: bool = True,
     ):
         super().__init__()
         self.use_shortcut = True
+        self.patchify = patchify
         widths = [ch * m for m in ch_mult]
         top = widths[-1]
-        self.conv_in = CausalConv3d(z_channels, patch_channels, 3)
-        self.shortcut_in = ChannelDuplicatingPixelShuffle3D(z_channels, patch_channels, 1)
-        self.conv_unpatchify = ConvPixelShuffle3D(patch_channels, top, 2)
-        self.shortcut_unpathify = ChannelDuplicatingPixelShuffle3D(patch_channels, top, 2)
+        if patchify:
+            self.conv_in = CausalConv3d(z_channels, patch_channels, 3)
+            self.shortcut_in = ChannelDuplicatingPixelShuffle3D(z_channels, patch_channels, 1)
+            self.conv_unpatchify = ConvPixelShuffle3D(patch_channels, top, 2)
+            self.shortcut_unpathify = ChannelDuplicatingPixelShuffle3D(patch_channels, top, 2)
+        else:  # the recipe's first-stage VAE: latent on the feature grid (4x8x8), no dual path
+            self.stage1_in = CausalConv3d(z_channels, top, 3)
         self.mid = _Mid(top, groups)
         levels: list[nn.Module] = [None] * len(ch_mult)  # type: ignore[list-item]
         block_in = top
@@ -423,12 +435,15 @@ class VideoDecoder(nn.Module):
         self.conv_out = CausalConv3d(block_in, out_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv_in(z)
-        if self.use_shortcut:
-            h = h + self.shortcut_in(z)
-        u = self.conv_unpatchify(h)
-        if self.use_shortcut:
-            u = u + self.shortcut_unpathify(h)
+        if self.patchify:
+            h = self.conv_in(z)
+            if self.use_shortcut:
+                h = h + self.shortcut_in(z)
+            u = self.conv_unpatchify(h)
+            if self.use_shortcut:
+                u = u + self.shortcut_unpathify(h)
+        else:
+            u = self.stage1_in(z)
         h = self.mid(u)
         for level in reversed(self.up):
             for block in level.block:

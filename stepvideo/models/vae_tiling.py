@@ -322,9 +322,9 @@ def _make_run(module: nn.Module, x: torch.Tensor, tile_size: int, factor: int, r
     return _Run(device=p.device, groups=groups, tile=tile_size // root_scale, root_h=x.shape[-2])
 
 
-def _spatial_factor(levels: nn.ModuleList) -> int:
-    """Pixels per latent cell: 2 per resampling level, and 2 for the (un)patchify."""
-    return 2 ** (sum(level.resample is not None for level in levels) + 1)
+def _spatial_factor(levels: nn.ModuleList, patchify: bool) -> int:
+    """Pixels per latent cell: 2 per resampling level, and 2 for the (un)patchify (if any)."""
+    return 2 ** (sum(level.resample is not None for level in levels) + int(patchify))
 
 
 @torch.no_grad()
@@ -334,7 +334,7 @@ def encode_chunk(encoder: VideoEncoder, x: torch.Tensor, tile_size: int) -> torc
     ``tile_size`` is in pixels, a multiple of the spatial factor (16).
     """
     x = x.to(dtype=next(encoder.parameters()).dtype)
-    run = _make_run(encoder, x, tile_size, _spatial_factor(encoder.down), 1)
+    run = _make_run(encoder, x, tile_size, _spatial_factor(encoder.down, encoder.patchify), 1)
     h = _conv(run, encoder.conv_in, Act(x))
     for level in encoder.down:
         for block in level.block:
@@ -342,6 +342,8 @@ def encode_chunk(encoder: VideoEncoder, x: torch.Tensor, tile_size: int) -> torc
         if level.resample is not None:
             h = _downsample(run, level.resample, h)
     h = _mid(run, encoder.mid, h).normed(encoder.norm_out, silu=True)
+    if not encoder.patchify:  # stage-1 VAE: one conv to the moments
+        return _conv(run, encoder.stage1_out, h, stats=False).data
     return _encoder_out(run, encoder, _patchify(run, encoder, h)).data
 
 
@@ -379,10 +381,12 @@ def decode_chunk(decoder: VideoDecoder, z: torch.Tensor, tile_size: int) -> torc
     ``tile_size`` is in output pixels, a multiple of the spatial factor (16).
     """
     z = z.to(dtype=next(decoder.parameters()).dtype)
-    factor = _spatial_factor(decoder.up)
+    factor = _spatial_factor(decoder.up, decoder.patchify)
     run = _make_run(decoder, z, tile_size, factor, factor)
-    h = _decoder_in(run, decoder, Act(z))
-    h = _unpatchify(run, decoder, h)
+    if decoder.patchify:
+        h = _unpatchify(run, decoder, _decoder_in(run, decoder, Act(z)))
+    else:  # stage-1 VAE: one conv from the latent
+        h = _conv(run, decoder.stage1_in, Act(z))
     h = _mid(run, decoder.mid, h)
     for level in reversed(decoder.up):
         for block in level.block:

@@ -15,9 +15,13 @@ Losses: ``l1_weight * L1 + kl_weight * KL`` (KL averaged over latent elements), 
   extractor (``(N, 3, H, W)`` in [-1, 1] -> tensor or list of tensors); nothing is downloaded;
 * a 3D patch discriminator with hinge loss, switched on at ``disc_start_step``.
 
-Dual-path recipe: ``dual_path_start_step`` keeps the parameter-free shortcuts off before that step
-(a plain conv VAE); ``trainable_phases`` = ``((start_step, name_prefixes), ...)`` chooses which
-parameters train from each step on (``""`` matches all), e.g. :func:`dual_path_recipe`.
+The report's recipe (:func:`two_stage_recipe`, :func:`train_vae_recipe`): stage 1 trains the VAE
+without the dual path at 4x8x8 (``VAEConfig.stage1()``: the latent on the feature grid), jointly on
+images and videos; stage 2 grows it into the 8x16x16 dual-path model (``init_from`` a stage-1
+folder copies every shared module) and unfreezes progressively with ``trainable_phases`` =
+``((start_step, name_prefixes), ...)`` (``""`` matches all): first only the dual-path modules, then
+the mid blocks, then everything. ``dual_path_start_step`` keeps the parameter-free shortcuts off
+before that step.
 
 Checkpoints: ``out_dir/checkpoints/step-000100/`` = ``save_pretrained`` folder + ``training_state.pt``
 (optimizer(s), step, RNG states, discriminator), and ``out_dir/checkpoints/latest.json`` naming the
@@ -130,24 +134,61 @@ DUAL_PATH_MODULES = (
 )
 
 
-def dual_path_recipe(plain_steps: int, adapt_steps: int, mid_steps: int, total_steps: int, **kw) -> VAETrainConfig:
-    """The report's recipe as one config.
+def two_stage_recipe(
+    model: VAEConfig, stage1_steps: int, adapt_steps: int, mid_steps: int, total_steps: int, **kw
+) -> tuple[VAETrainConfig, VAETrainConfig]:
+    """The report's recipe as two trainer configs (run them with :func:`train_vae_recipe`).
 
-    1. steps [0, plain_steps): plain VAE (no shortcut), everything trains;
-    2. shortcuts on; for ``adapt_steps`` only the dual-path modules train;
-    3. then the mid blocks unfreeze too, for ``mid_steps``;
-    4. then everything trains until ``total_steps``.
+    1. ``stage1_steps`` of the 4x8x8 VAE without the dual path (``model.stage1()``), everything trains;
+    2. the 8x16x16 dual-path model initialised from stage 1: for ``adapt_steps`` only the dual-path
+       modules train, then the mid blocks (and the encoder's norm_out) too for ``mid_steps``, then
+       everything until ``total_steps`` (stage-2 steps).
+
+    ``kw`` are shared trainer fields (batch, lr, losses, ...).
     """
-    s1 = plain_steps
-    s2 = s1 + adapt_steps
-    s3 = s2 + mid_steps
+    s1 = VAETrainConfig(model=model.stage1().to_dict(), steps=stage1_steps, **kw)
     phases = (
-        (0, ("",)),
-        (s1, DUAL_PATH_MODULES),
-        (s2, DUAL_PATH_MODULES + ("encoder.mid", "decoder.mid", "encoder.norm_out")),
-        (s3, ("",)),
+        (0, DUAL_PATH_MODULES),
+        (adapt_steps, DUAL_PATH_MODULES + ("encoder.mid", "decoder.mid", "encoder.norm_out")),
+        (adapt_steps + mid_steps, ("",)),
     )
-    return VAETrainConfig(steps=total_steps, dual_path_start_step=s1, trainable_phases=phases, **kw)
+    s2 = VAETrainConfig(model=model.stage2().to_dict(), steps=total_steps, trainable_phases=phases, **kw)
+    return s1, s2
+
+
+def train_vae_recipe(
+    stage1: VAETrainConfig,
+    stage2: VAETrainConfig,
+    train_items: Sequence[np.ndarray],
+    heldout_items: Sequence[np.ndarray],
+    out_dir: str | os.PathLike,
+    **kw,
+) -> dict[str, Any]:
+    """Stage 1 into ``out_dir/stage1``, then stage 2 from its final weights into ``out_dir/stage2``;
+    both resume from their checkpoints. Returns stage 2's result with ``stage1_*`` metrics added;
+    ``log_fn`` gets stage 1's metrics with a ``stage1_`` prefix."""
+    out = Path(out_dir)
+    log_fn = kw.pop("log_fn", None)
+    log1 = None if log_fn is None else (lambda step, m: log_fn(step, {f"stage1_{k}": v for k, v in m.items()}))
+    first = train_vae(stage1, train_items, heldout_items, out / "stage1", log_fn=log1, **kw)
+    second = dataclasses.replace(stage2, init_from=first["model_dir"])
+    result = train_vae(second, train_items, heldout_items, out / "stage2", log_fn=log_fn, **kw)
+    result.update({f"stage1_{k}": v for k, v in first.items() if isinstance(v, (int, float))})
+    return result
+
+
+def _initial_model(cfg: VAETrainConfig) -> VideoVAE:
+    """``cfg.model`` from scratch; or ``cfg.init_from`` as saved (fine-tuning), except that a
+    stage-1 folder (``patchify=False``) grows into ``cfg.model`` when that is the full model."""
+    target = VAEConfig.from_dict(cfg.model)
+    if not cfg.init_from:
+        return VideoVAE(target)
+    source = VideoVAE.from_pretrained(cfg.init_from)
+    if source.config.patchify or not target.patchify:
+        return source
+    model = VideoVAE(target)
+    model.load_stage1_weights(source)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,10 +472,7 @@ def train_vae(
 
     # -- build everything from the seed ------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    if cfg.init_from:
-        model = VideoVAE.from_pretrained(cfg.init_from)
-    else:
-        model = VideoVAE(VAEConfig.from_dict(cfg.model))
+    model = _initial_model(cfg)
     model.train()
     disc = PatchDiscriminator3D(model.config.out_channels, cfg.disc_channels) if cfg.disc_weight > 0 else None
     perceptual = PerceptualLoss(cfg.perceptual_backbone_path) if cfg.perceptual_weight > 0 else None
@@ -469,7 +507,7 @@ def train_vae(
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae", dynamic_ncols=True)
     last_ckpt: Path | None = ckpt
     while step < cfg.steps:
-        model.set_dual_path(step >= cfg.dual_path_start_step)
+        model.set_dual_path(model.config.patchify and step >= cfg.dual_path_start_step)
         _set_trainable(model, cfg, step)
         x = _draw_batch(train_items, videos, cfg, data_rng)
         for group in opt.param_groups:
@@ -537,7 +575,7 @@ def train_vae(
     bar.close()
 
     # -- final model + held-out evaluation ------------------------------------------------------
-    model.set_dual_path(step >= cfg.dual_path_start_step)
+    model.set_dual_path(model.config.patchify and step >= cfg.dual_path_start_step)
     final = Path(model.save_pretrained(out / "final"))
     result: dict[str, Any] = {
         "step": step,
@@ -559,7 +597,8 @@ def train_vae(
 
 __all__ = [
     "VAETrainConfig",
-    "dual_path_recipe",
+    "two_stage_recipe",
+    "train_vae_recipe",
     "load_clips",
     "train_vae",
     "lr_factor",
