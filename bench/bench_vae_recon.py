@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\npreset {name}: model {params.vae.model}, {recipe}{cfg.steps} steps, batch {cfg.batch_size}, crop "
           f"{cfg.crop_size}, lr {cfg.lr} ({cfg.lr_schedule}), {len(train)} train / {len(heldout)} held-out items")
     print(f"training wall time: {wall:.0f} s ({args.threads} threads; resumed runs count only this process)")
+    if stage1 is not None:
+        print(f"stage 1 (4x8x8, no dual path) after {stage1.steps} steps: {result['stage1_heldout_psnr']:.2f} dB, "
+              f"SSIM {result['stage1_heldout_ssim']:.3f}; stage 2 (8x16x16) below")
     print("step   held-out PSNR (dB)   SSIM")
     for point in result["heldout_curve"]:
         print(f"{point['step']:>5}   {point['heldout_psnr']:>18.2f}   {point['heldout_ssim']:.3f}")
