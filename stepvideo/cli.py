@@ -266,6 +266,8 @@ def generate_cmd(
     width: int = typer.Option(64, help="multiple of 16"),
     fps: int = typer.Option(8, help="frames per second of the mp4"),
     gif: bool = typer.Option(False, help="also write a GIF beside the mp4"),
+    vae_tile: Optional[int] = typer.Option(None, help="decode in spatial tiles of this many pixels (multiple of 16)"),
+    vae_tile_mode: str = typer.Option("exact", help="exact (equals untiled; latents stay in host memory) | blend"),
 ):
     """Sample a video from text and write it as mp4 (and optionally GIF)."""
     from tqdm import tqdm
@@ -287,7 +289,8 @@ def generate_cmd(
         bar.refresh()
 
     video = pipe.generate(prompt, negative_prompt=negative_prompt, num_frames=frames, height=height, width=width,
-                          steps=steps, cfg_scale=cfg, shift=shift, seed=seed, progress=progress)
+                          steps=steps, cfg_scale=cfg, shift=shift, seed=seed, progress=progress,
+                          vae_tile_size=vae_tile, vae_tile_mode=vae_tile_mode)
     bar.close()
     path = save_video(video[0], out, fps=fps, gif=gif)
     typer.echo(f"wrote {path}")

@@ -513,6 +513,8 @@ class T2VPipeline:
         progress: ProgressCallback | None = None,
         *,
         output_type: str = "np",
+        vae_tile_size: int | None = None,
+        vae_tile_mode: str = "exact",
     ) -> np.ndarray | torch.Tensor:
         """Prompts -> uint8 video ``(B, T, H, W, 3)`` (numpy), B = number of prompts.
 
@@ -521,6 +523,10 @@ class T2VPipeline:
         conditions the unconditional branch of CFG: one string for all, or one per prompt.
         ``progress(done, total)`` is called after each denoising step. ``output_type="latent"``
         returns the float32 latents ``(B, T_lat, z, H/16, W/16)`` instead of decoding them.
+        ``vae_tile_size`` (output pixels, a multiple of 16) decodes in spatial tiles; with
+        ``vae_tile_mode="exact"`` (the default here) the latents stay in host memory and only one
+        tile at a time is on the VAE's device, with the untiled result; "blend" is the approximate
+        overlap-blend mode (see ``stepvideo.models.vae.TILING_NOTE``).
         """
         prompts = _texts(prompt, "prompt")
         negatives = _texts(negative_prompt, "negative_prompt")
@@ -541,6 +547,9 @@ class T2VPipeline:
             raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         if progress is not None and not callable(progress):
             raise ValueError("progress must be None or a callable (done, total)")
+        f = self.vae.config.spatial_factor  # blend: one latent cell of overlap when the tile allows it
+        overlap = f if vae_tile_mode == "blend" and vae_tile_size is not None and vae_tile_size > f else 0
+        self.vae._check_tiling(vae_tile_size, overlap, f, vae_tile_mode)  # fail before sampling, not after
 
         cond = self._encode(prompts)
         uncond = self._encode(negatives) if cfg_scale != 1.0 else None
@@ -557,7 +566,11 @@ class T2VPipeline:
         if output_type == "latent":
             return latents
         vae_p = next(self.vae.parameters())
-        video = self.vae.decode(latents.to(device=vae_p.device, dtype=vae_p.dtype))
+        if vae_tile_size is None:
+            video = self.vae.decode(latents.to(device=vae_p.device, dtype=vae_p.dtype))
+        else:  # exact tiling keeps whole activations where the latents are: host memory
+            host = latents.to(device="cpu", dtype=vae_p.dtype) if vae_tile_mode == "exact" else latents.to(vae_p.device)
+            video = self.vae.decode(host, tile_size=vae_tile_size, tile_overlap=overlap, tile_mode=vae_tile_mode)
         return frames_to_uint8(video)
 
     def __call__(self, prompt: str | Sequence[str], *args: Any, **kwargs: Any) -> np.ndarray | torch.Tensor:

@@ -64,6 +64,12 @@ def test_generate_writes_a_decodable_mp4_of_the_requested_shape(tmp_path):
     assert read_video(out).shape == (17, 32, 48, 3)
     res = runner.invoke(app, ["generate", "x", "--out", str(out), "--frames", "16"])
     assert res.exit_code == 2
+    res = runner.invoke(app, ["generate", "x", "--out", str(out), "--steps", "1", "--vae-tile", "16"])
+    assert res.exit_code == 0, res.output
+    assert read_video(out).shape == (17, 64, 64, 3)
+    res = runner.invoke(app, ["generate", "x", "--out", str(out), "--steps", "1", "--vae-tile", "16",
+                              "--vae-tile-mode", "fast"])
+    assert res.exit_code == 2 and "tile_mode" in res.output
 
 
 def test_generate_from_an_mlflow_model_uri(tmp_path):
