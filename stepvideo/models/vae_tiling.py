@@ -344,7 +344,8 @@ def encode_chunk(encoder: VideoEncoder, x: torch.Tensor, tile_size: int) -> torc
     h = _mid(run, encoder.mid, h).normed(encoder.norm_out, silu=True)
     if not encoder.patchify:  # stage-1 VAE: one conv to the moments
         return _conv(run, encoder.stage1_out, h, stats=False).data
-    return _encoder_out(run, encoder, _patchify(run, encoder, h)).data
+    p = _patchify(run, encoder, h)
+    return _conv_with_shortcut(run, encoder.conv_out, encoder.shortcut_out, encoder.use_shortcut, p).data
 
 
 def _patchify(run: _Run, enc: VideoEncoder, h: Act) -> Act:
@@ -363,15 +364,15 @@ def _patchify(run: _Run, enc: VideoEncoder, h: Act) -> Act:
     return _local_op(run, fn, [(h, _then(_conv_need(conv.conv.conv), _fine(f)))], (hh // f, ww // f), stats=False)
 
 
-def _encoder_out(run: _Run, enc: VideoEncoder, p: Act) -> Act:
-    """conv_out(p) (+ shortcut_out(p))."""
-    pad = enc.conv_out.conv.padding[-1]
+def _conv_with_shortcut(run: _Run, conv: CausalConv3d, shortcut: nn.Module, use_shortcut: bool, x: Act) -> Act:
+    """conv(x) (+ shortcut(x), a parameter-free same-grid shortcut): encoder conv_out, decoder conv_in."""
+    pad = conv.conv.padding[-1]
 
     def fn(win: torch.Tensor) -> torch.Tensor:
-        out = _conv3d(enc.conv_out, win)
-        return out + enc.shortcut_out(_crop(win, pad)) if enc.use_shortcut else out
+        out = _conv3d(conv, win)
+        return out + shortcut(_crop(win, pad)) if use_shortcut else out
 
-    return _local_op(run, fn, [(p, _conv_need(enc.conv_out.conv))], p.hw, stats=False)
+    return _local_op(run, fn, [(x, _conv_need(conv.conv))], x.hw, stats=False)
 
 
 @torch.no_grad()
@@ -384,7 +385,8 @@ def decode_chunk(decoder: VideoDecoder, z: torch.Tensor, tile_size: int) -> torc
     factor = _spatial_factor(decoder.up, decoder.patchify)
     run = _make_run(decoder, z, tile_size, factor, factor)
     if decoder.patchify:
-        h = _unpatchify(run, decoder, _decoder_in(run, decoder, Act(z)))
+        h = _conv_with_shortcut(run, decoder.conv_in, decoder.shortcut_in, decoder.use_shortcut, Act(z))
+        h = _unpatchify(run, decoder, h)
     else:  # stage-1 VAE: one conv from the latent
         h = _conv(run, decoder.stage1_in, Act(z))
     h = _mid(run, decoder.mid, h)
@@ -395,17 +397,6 @@ def decode_chunk(decoder: VideoDecoder, z: torch.Tensor, tile_size: int) -> torc
             h = _upsample(run, level.resample, h)
     out = _conv(run, decoder.conv_out, h.normed(decoder.norm_out, silu=True), stats=False)
     return out.data
-
-
-def _decoder_in(run: _Run, dec: VideoDecoder, z: Act) -> Act:
-    """conv_in(z) (+ shortcut_in(z))."""
-    pad = dec.conv_in.conv.padding[-1]
-
-    def fn(win: torch.Tensor) -> torch.Tensor:
-        h = _conv3d(dec.conv_in, win)
-        return h + dec.shortcut_in(_crop(win, pad)) if dec.use_shortcut else h
-
-    return _local_op(run, fn, [(z, _conv_need(dec.conv_in.conv))], z.hw, stats=False)
 
 
 def _unpatchify(run: _Run, dec: VideoDecoder, h: Act) -> Act:
