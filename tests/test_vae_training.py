@@ -11,6 +11,7 @@ import torch
 
 from stepvideo.models.io import load_state_dict
 from stepvideo.models.vae import VAEConfig, VideoVAE
+from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.vae_trainer import (
     DUAL_PATH_MODULES,
     VAETrainConfig,
@@ -103,6 +104,79 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert again["step"] == 6
 
 
+def test_resume_with_gan_restores_everything_and_writes_no_pickle(tmp_path):
+    """GAN on: the resumed run's last checkpoint equals the uninterrupted one's, tensor for tensor; every
+    file of a run is JSON or safetensors, and the checkpoint's ``model/`` is a from_pretrained folder."""
+    gan = dict(checkpoint_every=2, disc_weight=0.1, disc_start_step=1, image_prob=1.0)  # images: quick
+    straight = train_vae(_cfg(steps=4, **gan), TRAIN, [], tmp_path / "a", progress=False)
+    train_vae(_cfg(steps=2, **gan), TRAIN, [], tmp_path / "b", progress=False)
+    resumed = train_vae(_cfg(steps=4, **gan), TRAIN, [], tmp_path / "b", progress=False)
+    a, b = Path(straight["checkpoint"]), Path(resumed["checkpoint"])
+    assert a.name == b.name == "step-000004" and ckpt.latest_checkpoint(tmp_path / "b") == b
+    assert ckpt.load_state(a) == ckpt.load_state(b)  # step, histories, optimizer groups, data/numpy RNG
+    for group in ("optimizer", "disc", "disc_optimizer", "rng"):
+        ta, tb = ckpt.load_tensors(a, group), ckpt.load_tensors(b, group)
+        assert ta and ta.keys() == tb.keys(), group
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), group
+    wa, wb = ckpt.load_model_state(a), ckpt.load_model_state(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    files = [f for f in (tmp_path / "b").rglob("*") if f.is_file()]
+    assert files and all(f.suffix in (".json", ".safetensors") for f in files), files  # no .pt / .pkl
+    assert sorted(f.name for f in b.iterdir()) == ["disc.safetensors", "disc_optimizer.safetensors", "model",
+                                                   "optimizer.safetensors", "rng.safetensors", "state.json"]
+    model = VideoVAE.from_pretrained(b / "model")
+    assert all(torch.equal(v, wb[k]) for k, v in model.state_dict().items())
+
+
+def test_optimizer_state_round_trips_exactly_through_json_and_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def make(seed: int):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 1))
+        opts = [torch.optim.AdamW([{"params": net[0].parameters()}, {"params": net[1].parameters(), "lr": 0.5}],
+                                  lr=1e-2, betas=(0.8, 0.95)),
+                torch.optim.SGD(net[2].parameters(), lr=0.1)]  # momentum 0: non-tensor state (None)
+        return net, opts
+
+    def step(net, opts, n: int):
+        for i in range(n):
+            net(torch.linspace(-1, 1, 6).reshape(2, 3) * (i + 1)).square().sum().backward()
+            for o in opts:
+                o.step()
+                o.zero_grad()
+
+    net, opts = make(0)
+    step(net, opts, 3)
+    net2, opts2 = make(1)
+    net2.load_state_dict(net.state_dict())
+    for i, (o, o2) in enumerate(zip(opts, opts2)):
+        tensors, data = ckpt.optimizer_tensors(o)
+        save_file(tensors, str(tmp_path / f"{i}.safetensors"))
+        ckpt.load_optimizer(o2, load_file(str(tmp_path / f"{i}.safetensors")), json.loads(json.dumps(data)))
+        sd, sd2 = o.state_dict(), o2.state_dict()
+        assert sd["param_groups"] == sd2["param_groups"] and sd.keys() == sd2.keys()
+        assert sd["state"].keys() == sd2["state"].keys()
+        for k, entry in sd["state"].items():
+            assert entry.keys() == sd2["state"][k].keys()
+            for key, v in entry.items():
+                w = sd2["state"][k][key]
+                assert (torch.equal(v, w) and v.dtype == w.dtype) if isinstance(v, torch.Tensor) else v == w
+    assert isinstance(opts2[0].param_groups[0]["betas"], tuple)
+    step(net, opts, 2)
+    step(net2, opts2, 2)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters()))
+
+
+def test_old_pickle_checkpoints_are_refused_not_overwritten(tmp_path):
+    old = tmp_path / "checkpoints" / "step-000003"
+    old.mkdir(parents=True)
+    (old / "training_state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="old-format"):
+        train_vae(_cfg(steps=1), TRAIN, [], tmp_path, progress=False)
+    assert (old / "training_state.pt").is_file()
+
+
 def test_two_stage_recipe_and_gan(tmp_path):
     """Stage 1 (4x8x8, no dual path), then the full model grown from it with progressive unfreezing."""
     shared = {k: v for k, v in _cfg().__dict__.items() if k not in ("model", "steps", "trainable_phases")}
@@ -122,8 +196,8 @@ def test_two_stage_recipe_and_gan(tmp_path):
     assert "loss_d" not in stage2_logs[1] and "loss_d" in stage2_logs[2]
     # stage 2 starts from stage 1's shared weights; for adapt_steps only the dual-path modules move
     s1_final = load_state_dict(tmp_path / "stage1/final")
-    s2_step2 = load_state_dict(tmp_path / "stage2/checkpoints/step-000002")
-    s2_step4 = load_state_dict(tmp_path / "stage2/checkpoints/step-000004")
+    s2_step2 = load_state_dict(tmp_path / "stage2/checkpoints/step-000002/model")
+    s2_step4 = load_state_dict(tmp_path / "stage2/checkpoints/step-000004/model")
     for k, v in s2_step2.items():
         if k.startswith(DUAL_PATH_MODULES):
             assert k not in s1_final

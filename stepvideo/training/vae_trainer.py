@@ -23,10 +23,12 @@ folder copies every shared module) and unfreezes progressively with ``trainable_
 the mid blocks, then everything. ``dual_path_start_step`` keeps the parameter-free shortcuts off
 before that step.
 
-Checkpoints: ``out_dir/checkpoints/step-000100/`` = ``save_pretrained`` folder + ``training_state.pt``
-(optimizer(s), step, RNG states, discriminator), and ``out_dir/checkpoints/latest.json`` naming the
-newest complete one; every file is written atomically. With ``resume=True`` a run continues from it
-and reproduces an uninterrupted run exactly on CPU.
+Checkpoints: the project's one format (:mod:`stepvideo.training.checkpoint`, no pickle):
+``out_dir/checkpoints/step-000100/`` = ``model/`` (a ``VideoVAE.from_pretrained`` folder), tensor
+groups ``optimizer``, ``rng`` (torch global + noise generator states) and, with the GAN on, ``disc``
+and ``disc_optimizer`` (safetensors), and ``state.json`` (step, optimizer param groups, the data
+generator's PCG64 state, loss histories, the config); ``latest.json`` names the newest complete one.
+With ``resume=True`` a run continues from it and reproduces an uninterrupted run exactly on CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -46,12 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepvideo.models.vae import VAEConfig, VideoVAE
+from stepvideo.training import checkpoint as ckpt
+from stepvideo.training import schedule
+from stepvideo.training.schedule import LR_SCHEDULES
 
 CLIP_FRAMES = 17
-LR_SCHEDULES = ("constant", "cosine")
-CKPT_DIR = "checkpoints"
-LATEST = "latest.json"
-STATE_FILE = "training_state.pt"
 
 
 @dataclass
@@ -262,14 +262,8 @@ def _draw_batch(
 
 
 def lr_factor(cfg: VAETrainConfig, step: int) -> float:
-    """Multiplier of ``cfg.lr`` at ``step`` (0-based): linear warm-up, then constant or cosine decay."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Multiplier of ``cfg.lr`` at ``step`` (0-based): :func:`stepvideo.training.schedule.lr_factor`."""
+    return schedule.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,36 +398,27 @@ def _save_sample(pair: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> Path
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_checkpoint(out: Path, step: int, cfg: VAETrainConfig, model: VideoVAE, opt: torch.optim.Optimizer,
+                     disc: nn.Module | None, opt_d: torch.optim.Optimizer | None, data_rng: np.random.Generator,
+                     noise_gen: torch.Generator, history: list, history_eval: list) -> Path:
+    rng_tensors, rng_data = ckpt.capture_rng()
+    opt_tensors, opt_data = ckpt.optimizer_tensors(opt)
+    groups = {"optimizer": opt_tensors, "rng": {**rng_tensors, "noise": noise_gen.get_state()}}
+    state = {"optimizer": opt_data, "rng": rng_data, "data_rng": data_rng.bit_generator.state,
+             "history": history, "history_eval": history_eval, "train_config": cfg.to_dict()}
+    if disc is not None and opt_d is not None:
+        groups["disc"] = disc.state_dict()
+        groups["disc_optimizer"], state["disc_optimizer"] = ckpt.optimizer_tensors(opt_d)
+    return ckpt.save_checkpoint(out, step, model_state=model.state_dict(), model_config=model.config.to_dict(),
+                                tensors=groups, state=state, keep=cfg.keep_checkpoints)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(out_dir: Path, step: int, model: VideoVAE, state: dict, keep: int) -> Path:
-    ckpt_root = out_dir / CKPT_DIR
-    folder = model.save_pretrained(ckpt_root / f"step-{step:06d}")
-    _atomic_torch_save(state, Path(folder) / STATE_FILE)
-    _atomic_write_text(ckpt_root / LATEST, json.dumps({"step": step, "folder": Path(folder).name}) + "\n")
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != Path(folder).name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return Path(folder)
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    pointer = Path(out_dir) / CKPT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / json.loads(pointer.read_text())["folder"]
-    return folder if (folder / STATE_FILE).is_file() else None
+def _refuse_legacy_checkpoints(out: Path) -> None:
+    """A run written before the one checkpoint format would otherwise silently restart (and overwrite it)."""
+    legacy = sorted((out / ckpt.CKPT_DIR).glob("step-*/training_state.pt"))
+    if legacy:
+        raise ValueError(f"{legacy[-1].parent}: an old-format VAE checkpoint (pickled training_state.pt), which is "
+                         f"no longer loaded; delete {out / ckpt.CKPT_DIR} to start afresh, or use a new out_dir")
 
 
 def _set_trainable(model: nn.Module, cfg: VAETrainConfig, step: int) -> None:
@@ -468,7 +453,7 @@ def train_vae(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
     # -- build everything from the seed ------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -487,25 +472,28 @@ def train_vae(
     history: list[float] = []
     history_eval: list[dict[str, float]] = []
 
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-        loaded = VideoVAE.from_pretrained(ckpt)
-        model.load_state_dict(loaded.state_dict())
-        opt.load_state_dict(state["optimizer"])
-        if disc is not None and state.get("disc") is not None:
-            disc.load_state_dict(state["disc"])
-            opt_d.load_state_dict(state["disc_optimizer"])
+    last = ckpt.latest_checkpoint(out) if resume else None
+    if resume and last is None:
+        _refuse_legacy_checkpoints(out)
+    if last is not None:
+        state = ckpt.load_state(last)
+        model.load_state_dict(ckpt.load_model_state(last))
+        ckpt.load_optimizer(opt, ckpt.load_tensors(last, "optimizer") or {}, state["optimizer"])
+        disc_state = ckpt.load_tensors(last, "disc")
+        if disc is not None and opt_d is not None and disc_state is not None:
+            disc.load_state_dict(disc_state)
+            ckpt.load_optimizer(opt_d, ckpt.load_tensors(last, "disc_optimizer") or {}, state["disc_optimizer"])
+        rng = ckpt.load_tensors(last, "rng")
+        ckpt.restore_rng(rng, state["rng"])
+        noise_gen.set_state(rng["noise"])
         data_rng.bit_generator.state = state["data_rng"]
-        noise_gen.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         history = list(state.get("history", []))
         history_eval = list(state.get("history_eval", []))
 
     # -- loop ---------------------------------------------------------------------------------
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae", dynamic_ncols=True)
-    last_ckpt: Path | None = ckpt
+    last_ckpt: Path | None = last
     while step < cfg.steps:
         model.set_dual_path(model.config.patchify and step >= cfg.dual_path_start_step)
         _set_trainable(model, cfg, step)
@@ -559,19 +547,8 @@ def train_vae(
             if log_fn is not None:
                 log_fn(step, curve)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            state = {
-                "step": step,
-                "optimizer": opt.state_dict(),
-                "disc": disc.state_dict() if disc is not None else None,
-                "disc_optimizer": opt_d.state_dict() if opt_d is not None else None,
-                "data_rng": data_rng.bit_generator.state,
-                "noise_rng": noise_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "history_eval": history_eval,
-                "train_config": cfg.to_dict(),
-            }
-            last_ckpt = _save_checkpoint(out, step, model, state, cfg.keep_checkpoints)
+            last_ckpt = _save_checkpoint(out, step, cfg, model, opt, disc, opt_d, data_rng, noise_gen, history,
+                                         history_eval)
     bar.close()
 
     # -- final model + held-out evaluation ------------------------------------------------------
@@ -591,7 +568,7 @@ def train_vae(
         result["sample_path"] = str(_save_sample(pair, out))
         if log_fn is not None:
             log_fn(step, metrics)
-    _atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    ckpt.atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
 
@@ -605,7 +582,6 @@ __all__ = [
     "evaluate",
     "psnr",
     "ssim",
-    "latest_checkpoint",
     "PatchDiscriminator3D",
     "PerceptualLoss",
 ]
