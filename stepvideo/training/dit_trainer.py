@@ -1,0 +1,381 @@
+"""DiT training by rectified flow matching: one loop for every stage of the cascade.
+
+torchtitan-style: this file is the loop; the components live beside it (``engine``: DeepSpeed
+with ZeRO 0-3; ``checkpoint``: the one checkpoint format; ``schedule``; ``ema``). The loop knows
+nothing of MLflow, Prefect or DVC: the caller passes ``log_fn(step, metrics)``.
+
+Each optimizer step ``s``:
+
+1. the global batch is ``BucketSampler.batch_indices(s)``: items of one (latent frames, h, w)
+   bucket of the latent cache, a pure function of (seed, s);
+2. rank ``r`` of ``W`` takes items ``r::W`` of it and splits them into ``grad_accum`` micro-batches;
+3. each sample's randomness (caption dropout, posterior sample, timestep, noise) comes from a
+   generator seeded by (seed, s, position in the global batch), so the same global batch gives the
+   same samples at any rank count, and a resumed run needs nothing but the step;
+4. loss = MSE(DiT(x_t, t, text), x1 - x0) (``stepvideo.diffusion.flow_matching``), backward per
+   micro-batch, then one AdamW step with warm-up + cosine/constant LR and gradient clipping;
+5. a non-finite loss or grad norm (on any rank) skips the update and is counted; ``max_bad_steps``
+   in a row stop the run with :class:`NonFiniteLossError`; the last checkpoint stays intact.
+
+Checkpoints (``out_dir/checkpoints/step-N``, see :mod:`stepvideo.training.checkpoint`) hold full
+weights, full optimizer moments, EMA, RNG states and the step; a re-run resumes from the newest
+and ends bitwise-identical to an uninterrupted run on the CPU. The result is ``out_dir/final``, a
+``StepVideoDiT.from_pretrained`` folder: the EMA weights when ``ema_decay > 0``, the mean of the
+last ``average_last`` checkpoints when that is set (the report's SFT recipe), else the last weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from stepvideo.diffusion.flow_matching import SAMPLERS, TimestepSampler, flow_matching_loss, training_pair
+from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.training import checkpoint as ckpt
+from stepvideo.training.ema import EMA, average_weights
+from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
+
+LogFn = Callable[[int, dict[str, float]], None]
+FINAL = "final"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite steps in a row; the message names the last good checkpoint."""
+
+
+@dataclass
+class DiTTrainConfig:
+    """Everything that defines one DiT training run (plain data; ``to_dict``/``from_dict``)."""
+
+    model: dict[str, Any] = field(default_factory=lambda: DiTConfig.preset("demo").to_dict())
+    init_from: str | None = None  # a StepVideoDiT folder to start from (the previous stage's output)
+    # data: which latent-cache items and at which resolution
+    resolution: str = "full"  # a latent-cache resolution: full | low
+    kinds: tuple[str, ...] = ("video", "image")
+    still_share: float | None = None  # share of steps drawing stills (None: in proportion to the items)
+    min_quality: float | None = None  # keep rows whose quality >= this (SFT's high-quality subset)
+    split: str = "train"
+    batch_size: int = 8  # global batch per optimizer step (all ranks x micro-batches)
+    bucket_batch_sizes: dict[str, int] = field(default_factory=dict)  # "FxHxW" (latent) -> global batch
+    grad_accum: int = 1
+    # optimisation
+    steps: int = 100
+    lr: float = 1e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # flow matching
+    timestep_sampling: str = "logit_normal"  # uniform | logit_normal | shifted
+    timestep_shift: float = 1.0  # shifted
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    caption_dropout: float = 0.1  # share of samples whose text is the empty prompt's (for CFG)
+    sample_posterior: bool = True  # draw latents from the VAE posterior (else its mean)
+    # weights kept
+    ema_decay: float = 0.0  # 0: no EMA
+    average_last: int = 0  # >0: final weights = mean of the last N checkpoints
+    # engine
+    gradient_checkpointing: bool = False
+    zero_stage: int = 0
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    deepspeed_config: str | None = None
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 3
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, DiTConfig):
+            self.model = self.model.to_dict()
+        self.kinds = tuple(self.kinds)
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.bucket_batch_sizes = {str(k): int(v) for k, v in dict(self.bucket_batch_sizes).items()}
+        errors = []
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            errors.append("steps >= 0, batch_size >= 1 and grad_accum >= 1 are required")
+        if any(v < 1 for v in self.bucket_batch_sizes.values()):
+            errors.append("bucket_batch_sizes must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            errors.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.timestep_sampling not in SAMPLERS:
+            errors.append(f"timestep_sampling must be one of {SAMPLERS}, got {self.timestep_sampling!r}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            errors.append("caption_dropout must lie in [0, 1)")
+        if self.still_share is not None and not 0.0 <= self.still_share <= 1.0:
+            errors.append("still_share must lie in [0, 1]")
+        if not set(self.kinds) <= {"video", "image"} or not self.kinds:
+            errors.append(f"kinds must be a non-empty subset of ('video', 'image'), got {self.kinds}")
+        if not 0.0 <= self.ema_decay < 1.0 or self.average_last < 0:
+            errors.append("ema_decay must lie in [0, 1) and average_last >= 0")
+        if self.ema_decay > 0 and self.average_last > 0:
+            errors.append("use either ema_decay or average_last, not both")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            errors.append("checkpoint_every, log_every, keep_checkpoints and max_bad_steps must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            errors.append(f"zero_stage must be 0..3, got {self.zero_stage}")
+        if errors:
+            raise ValueError("invalid DiTTrainConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DiTTrainConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown DiTTrainConfig fields {unknown}")
+        return cls(**dict(d))
+
+    def fingerprint(self) -> str:
+        """A hash of the fields that change the trained weights; not logging or checkpoint cadence, nor
+        how the work is spread (ZeRO stage, gradient checkpointing): a checkpoint resumes under any of those."""
+        d = self.to_dict()
+        for k in ("log_every", "checkpoint_every", "keep_checkpoints", "threads", "zero_stage", "deepspeed_config",
+                  "gradient_checkpointing", "max_bad_steps"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# per-sample randomness: a pure function of (seed, step, position in the global batch)
+
+
+def _sample_generator(seed: int, step: int, position: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}/{step}/{position}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def make_micro_batch(cache: Any, cfg: DiTTrainConfig, sampler: TimestepSampler, indices: list[int],
+                     positions: list[int], step: int) -> dict[str, Any]:
+    """Model inputs and targets of one micro-batch: text (with caption dropout), x_t, t, velocity target."""
+    gens = [_sample_generator(cfg.seed, step, p) for p in positions]
+    drop = [bool(torch.rand((), generator=g) < cfg.caption_dropout) for g in gens]
+    b = cache.batch(indices, cfg.resolution, drop_text=drop)
+    mean, logvar = b["mean"], b["logvar"]
+    shape = mean.shape[1:]
+    if cfg.sample_posterior:
+        eps = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        x1 = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps
+    else:
+        x1 = mean
+    t = torch.cat([sampler.sample(1, generator=g) for g in gens])
+    noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+    x_t, target, _ = training_pair(x1, t, noise)
+    text = {k: b[k] for k in ("llm_emb", "llm_mask", "clip_emb", "clip_mask") if k in b}
+    return {"x_t": x_t, "t": t, "target": target, "text": text, "dropped": sum(drop)}
+
+
+# ------------------------------------------------------------------------------------------------
+# model
+
+
+def initial_model(cfg: DiTTrainConfig) -> StepVideoDiT:
+    """``cfg.model`` from scratch (seeded), or ``cfg.init_from`` (a folder), checked against ``cfg.model``."""
+    torch.manual_seed(cfg.seed)
+    target = DiTConfig.from_dict(cfg.model)
+    if not cfg.init_from:
+        return StepVideoDiT(target)
+    model = StepVideoDiT.from_pretrained(cfg.init_from)
+    got = model.config
+    for name in ("in_channels", "out_channels", "caption_channels", "hidden_size", "num_layers", "patch_size"):
+        if getattr(got, name) != getattr(target, name):
+            raise ValueError(f"init_from {cfg.init_from}: {name} = {getattr(got, name)} but the stage's model has "
+                             f"{getattr(target, name)}")
+    model.config.gradient_checkpointing = target.gradient_checkpointing
+    model.attention_backend = model.config.attention_backend = target.attention_backend
+    return model
+
+
+def _check_cache(model: StepVideoDiT, cache: Any) -> None:
+    mc = model.config
+    z = int(cache.meta["z_channels"])
+    if mc.in_channels != z or mc.out_channels != z:
+        raise ValueError(f"DiT in/out_channels ({mc.in_channels}, {mc.out_channels}) do not match the latent cache's "
+                         f"{z} VAE channels ({cache.folder})")
+    dims = [int(cache.text.encoders[n]["dim"]) for n in ("llm", "clip") if n in cache.text.encoders]
+    if dims != list(mc.caption_channels):
+        raise ValueError(f"DiT caption_channels {list(mc.caption_channels)} do not match the cache's text encoders {dims}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_dit(
+    cfg: DiTTrainConfig,
+    cache_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    log_fn: LogFn | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    name: str = "dit",
+) -> dict[str, Any]:
+    """Train (or continue) a DiT on the latent cache at ``cache_dir``; returns metrics and ``model_dir``.
+
+    Runs in every rank of a ``torchrun`` launch; rank 0 writes the checkpoints and the final folder.
+    """
+    from tqdm.auto import tqdm
+
+    from stepvideo.data.latent_cache import BucketSampler, LatentCache
+    from stepvideo.training.engine import Engine, EngineConfig, init_distributed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = init_distributed()
+    out = Path(out_dir)
+    cache = LatentCache(cache_dir)
+    indices = cache.select(split=cfg.split, kinds=cfg.kinds, min_quality=cfg.min_quality)
+    if not indices:
+        raise ValueError(f"{name}: no items in {cache_dir} for split={cfg.split!r}, kinds={cfg.kinds}, "
+                         f"min_quality={cfg.min_quality}")
+    batches = BucketSampler(cache, indices, cfg.resolution, cfg.batch_size, cfg.bucket_batch_sizes,
+                            cfg.still_share, cfg.seed)
+    sizes = {cfg.batch_size, *cfg.bucket_batch_sizes.values()}
+    bad_sizes = sorted(s for s in sizes if s % (world * cfg.grad_accum))
+    if bad_sizes:
+        raise ValueError(f"{name}: batch sizes {bad_sizes} are not divisible by ranks x grad_accum = "
+                         f"{world} x {cfg.grad_accum}")
+    timesteps = TimestepSampler(cfg.timestep_sampling, mean=cfg.logit_mean, std=cfg.logit_std,
+                                shift=cfg.timestep_shift)
+
+    model = initial_model(cfg)
+    _check_cache(model, cache)
+    model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    model.train()
+    engine = Engine(model, EngineConfig(
+        zero_stage=cfg.zero_stage, precision=cfg.precision, micro_batch_size=max(cfg.batch_size // (world * cfg.grad_accum), 1),
+        grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, lr=cfg.lr, betas=cfg.betas,
+        weight_decay=cfg.weight_decay, config_file=cfg.deepspeed_config))
+    ema = EMA(engine.full_state_dict(), cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    # -- resume ---------------------------------------------------------------------------------
+    step, skipped, bad_in_row = 0, 0, 0
+    history: list[float] = []
+    last = ckpt.latest_checkpoint(out) if resume else None
+    if last is not None:
+        state = ckpt.load_state(last)
+        if state.get("fingerprint") != cfg.fingerprint():
+            raise ValueError(f"{last}: written by a different training config; use a fresh out_dir or delete it")
+        engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
+        if ema is not None:
+            ema.load_state_dict(ckpt.load_tensors(last, "ema"))
+        ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
+        step, skipped, history = int(state["step"]), int(state["skipped_steps"]), list(state["loss_history"])
+        bad_in_row = int(state.get("bad_in_row", 0))
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def save(at_step: int) -> Path | None:
+        weights, moments = engine.full_state_dict(), engine.full_optimizer_state()
+        if rank != 0:
+            return None
+        rng_tensors, rng_data = ckpt.capture_rng()
+        groups = {"optimizer": moments, "rng": rng_tensors}
+        if ema is not None:
+            groups["ema"] = ema.state_dict()
+        return ckpt.save_checkpoint(
+            out, at_step, model_state=weights, model_config=model.config.to_dict(), tensors=groups,
+            keep=max(cfg.keep_checkpoints, cfg.average_last),
+            state={"fingerprint": cfg.fingerprint(), "skipped_steps": skipped, "bad_in_row": bad_in_row,
+                   "loss_history": history, "rng": rng_data, "world_size": world, "zero_stage": cfg.zero_stage,
+                   "data_position": {"step": at_step, "sampler_seed": cfg.seed}})
+
+    # -- loop -----------------------------------------------------------------------------------
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=name, dynamic_ncols=True)
+    window = {"samples": 0, "tokens": 0, "time": time.perf_counter()}
+    while step < cfg.steps:
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+        global_idx = batches.batch_indices(step)
+        mine = list(range(rank, len(global_idx), world))
+        per_micro = len(mine) // cfg.grad_accum
+        loss_sum, finite = 0.0, True
+        for m in range(cfg.grad_accum):
+            pos = mine[m * per_micro:(m + 1) * per_micro]
+            mb = make_micro_batch(cache, cfg, timesteps, [global_idx[p] for p in pos], pos, step)
+            dev = engine.device
+            pred = engine(mb["x_t"].to(dev), mb["t"].to(dev), **{k: v.to(dev) for k, v in mb["text"].items()})
+            loss = flow_matching_loss(pred, mb["target"].to(dev))
+            if not engine.all_finite(loss.detach()):
+                finite = False
+                engine.discard()
+                break
+            engine.backward(loss)
+            loss_sum += float(loss.detach())
+            window["tokens"] += mb["x_t"][0, :, 0].numel() // model.config.patch_size**2 * len(pos)
+        grad_norm = float("nan")
+        if finite:
+            result = engine.step(lr)
+            grad_norm, finite = result["grad_norm"], not result["skipped"]
+        step += 1
+        if finite:
+            bad_in_row = 0
+            step_loss = engine.all_reduce_mean(loss_sum / cfg.grad_accum)
+            history.append(step_loss)
+            if ema is not None:
+                ema.update(engine.full_state_dict())
+        else:
+            skipped += 1
+            bad_in_row += 1
+            history.append(float("nan"))
+            if bad_in_row >= cfg.max_bad_steps:
+                bar.close()
+                good = ckpt.latest_checkpoint(out)
+                raise NonFiniteLossError(
+                    f"{name}: {bad_in_row} non-finite steps in a row (last at step {step}, {skipped} skipped in "
+                    f"all); stopped. The last good checkpoint is {good or 'none (no checkpoint yet)'}: lower the "
+                    f"learning rate or check the data, then re-run to resume from it")
+        window["samples"] += len(global_idx)
+        bar.update(1)
+        if finite:
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if log_fn is not None and rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            dt = max(time.perf_counter() - window["time"], 1e-9)
+            log_fn(step, {"loss": history[-1], "lr": lr, "grad_norm": grad_norm, "skipped_steps": float(skipped),
+                          "samples_per_s": window["samples"] / dt, "tokens_per_s": window["tokens"] * world / dt})
+            window = {"samples": 0, "tokens": 0, "time": time.perf_counter()}
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    bar.close()
+
+    # -- the stage's output -----------------------------------------------------------------------
+    weights = engine.full_state_dict()
+    kept = "last"
+    if cfg.average_last > 0:
+        folders = ckpt.list_checkpoints(out)[-cfg.average_last:]
+        weights = average_weights([ckpt.load_model_state(f) for f in folders])
+        kept = f"mean of {len(folders)} checkpoints ({', '.join(f.name for f in folders)})"
+    elif ema is not None:
+        weights, kept = ema.state_dict(), f"EMA (decay {cfg.ema_decay})"
+    finite_losses = [x for x in history if x == x]
+    result: dict[str, Any] = {
+        "step": step, "skipped_steps": skipped, "weights": kept, "items": len(indices),
+        "loss_first": finite_losses[0] if finite_losses else float("nan"),
+        "loss_last": sum(finite_losses[-10:]) / max(len(finite_losses[-10:]), 1) if finite_losses else float("nan"),
+        "loss_curve": history, "model_dir": str(out / FINAL), "world_size": world,
+    }
+    if rank == 0:
+        from stepvideo.models.io import save_folder
+
+        save_folder(out / FINAL, weights, model.config.to_dict())
+        ckpt.atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    engine.barrier()
+    return result
+
+
+__all__ = ["DiTTrainConfig", "NonFiniteLossError", "train_dit", "initial_model", "make_micro_batch"]
