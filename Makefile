@@ -8,6 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export GX_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: setup demo test test-fast bench mlflow-ui clean
 

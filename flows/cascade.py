@@ -2,8 +2,12 @@
 
 Cache keys: `data` on its params section and the code version of `stepvideo.data`; `validate` on the
 data version (DVC's hash), its params section and the code version. `version` always runs: `dvc add`
-is incremental and is what tells the data version. A cached task whose outputs were deleted runs
-again (the flow refreshes the cache entry when a stage's outputs are missing).
+is incremental and is what tells the data version. `latent_cache` on the clean manifest, the VAE
+folder, the encoder versions, its section and code; each DiT stage (t2i_pretrain -> t2v_lowres ->
+t2v_highres -> sft) on the latent cache's key, the hash of the upstream model's weights, its
+section and the code of the trainer/engine/model/diffusion; `bundle` on the shipped DiT's weights.
+A cached task whose outputs were deleted runs again (the flow refreshes the cache entry when a
+stage's outputs are missing).
 """
 
 from __future__ import annotations
@@ -55,6 +59,53 @@ def _vae_key(ctx, args: dict) -> str:
                                       "stepvideo.training.vae_trainer"))
 
 
+def _safe(fn, *args) -> str:
+    """A key part that is 'missing' when its input is absent (the task then fails with a clear error)."""
+    try:
+        return str(fn(*args))
+    except (OSError, ValueError):
+        return "missing"
+
+
+def _latent_cache_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    out = Path(args["root"]) / pipeline.OUTPUTS
+    return _key("latent_cache", args["root"], args["data_version"], _safe(tracking.file_hash, _clean(args)),
+                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("latent_cache"),
+                tracking.code_version("stepvideo.data.latent_cache", "stepvideo.data.text_cache",
+                                      "stepvideo.models.vae"))
+
+
+DIT_CODE = ("stepvideo.training.dit_trainer", "stepvideo.training.engine", "stepvideo.training.checkpoint",
+            "stepvideo.training.schedule", "stepvideo.training.ema", "stepvideo.models.dit",
+            "stepvideo.models.attention", "stepvideo.models.rope", "stepvideo.diffusion", "stepvideo.data.latent_cache",
+            "stepvideo.generation")
+
+
+def _upstream(root: Path, name: str, init_from: str) -> str:
+    """The identity of the model a DiT stage starts from: its weights' hash (or the URI it names)."""
+    if init_from:
+        return init_from if init_from.startswith(("models:/", "runs:/")) else _safe(pipeline.model_hash, init_from)
+    prev = pipeline.DIT_PREVIOUS[name]
+    return "scratch" if prev is None else _safe(pipeline.model_hash, root / pipeline.OUTPUTS / "dit" / prev)
+
+
+def _dit_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    name, root = args["stage"], Path(args["root"])
+    return _key(name, args["root"], pipeline.latent_cache_key(root), _upstream(root, name, getattr(p, name).init_from),
+                p.section_hash(name), p.tracking.register, tracking.code_version(*DIT_CODE))
+
+
+def _bundle_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    root = Path(args["root"])
+    out = root / pipeline.OUTPUTS
+    return _key("bundle", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.BUNDLE_FROM),
+                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"],
+                p.section_hash(pipeline.BUNDLE_FROM), tracking.code_version("stepvideo.generation"))
+
+
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
 def data_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
     return pipeline.stage_data(params, Path(root), parent_run_id=parent_run_id)
@@ -90,6 +141,24 @@ def vae_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, 
     return pipeline.stage_vae(params, Path(root), parent_run_id=parent_run_id)
 
 
+@task(name="latent_cache", cache_key_fn=_latent_cache_key, persist_result=True, retries=1, retry_delay_seconds=5)
+def latent_cache_task(params: Params, root: str, data_version: str, encoder_versions: str,
+                      parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_latent_cache(params, Path(root), parent_run_id=parent_run_id)
+
+
+@task(name="dit", task_run_name="{stage}", cache_key_fn=_dit_key, persist_result=True, retries=1,
+      retry_delay_seconds=5)
+def dit_task(stage: str, params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """One DiT stage; a retry resumes from the stage's last checkpoint."""
+    return pipeline.stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
+
+
+@task(name="bundle", cache_key_fn=_bundle_key, persist_result=True)
+def bundle_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_bundle(params, Path(root), parent_run_id=parent_run_id)
+
+
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
     if outputs is not None and not outputs.exists():
         task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
@@ -101,7 +170,8 @@ def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs
 @flow(name="stepvideo-cascade", log_prints=True)
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
-    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE -> ..."""
+    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
+    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> bundle"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -136,5 +206,21 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                    parent_run_id=pid)
         print(f"VAE: held-out PSNR {vae['metrics'].get('heldout_psnr', float('nan')):.2f} dB, "
               f"SSIM {vae['metrics'].get('heldout_ssim', float('nan')):.4f}")
+        latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
+                       root=str(root_path), data_version=version["data_version"], encoder_versions=versions,
+                       parent_run_id=pid)
+        dits: dict[str, Any] = {}
+        for name in pipeline.DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
+            dits[name] = r = _run(dit_task, cached, name, out / "dit" / name / "config.json", stage=name,
+                                  params=params, root=str(root_path), parent_run_id=pid)
+            m = r["metrics"]
+            extra = f", {m[name + '_excluded_low_quality']} low-quality rows left out" \
+                if f"{name}_excluded_low_quality" in m else ""
+            print(f"{name}: loss {m['loss_first']:.4f} -> {m['loss_last']:.4f} over {m['step']} steps, "
+                  f"{m['seconds']:.0f} s{' (cached)' if cached[name] else ''}{extra}")
+        # later issues: Video-DPO (from sft) and evaluation run here, before the bundle
+        bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
+                      root=str(root_path), encoder_versions=versions, parent_run_id=pid)
     return {"run_id": pid, "data": data, "version": version, "validate": validated, "text_encoders": encoders,
-            "text_cache": text_cache, "vae": vae, "cached": cached}
+            "text_cache": text_cache, "vae": vae, "latent_cache": latents, **dits, "bundle": bundle,
+            "cached": cached}

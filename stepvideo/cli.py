@@ -180,7 +180,10 @@ def params_write(preset: str = typer.Option(..., help="demo | small | step-video
 
 @app.command("stage")
 @user_errors
-def stage(name: str = typer.Argument(..., help="data | version | validate"), params: Path = PARAMS):
+def stage(name: str = typer.Argument(..., help="data | version | validate | text_encoders | text_cache | train_vae | "
+                                                 "latent_cache | t2i_pretrain | t2v_lowres | t2v_highres | sft | "
+                                                 "bundle"),
+          params: Path = PARAMS):
     """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
     from stepvideo import pipeline
 
@@ -198,10 +201,15 @@ def stage(name: str = typer.Argument(..., help="data | version | validate"), par
 
 
 def prefect_env(root: Path) -> None:
-    """Local Prefect defaults: a project-local PREFECT_HOME and patience for the temporary server."""
+    """Local Prefect defaults: a project-local PREFECT_HOME, patience for the temporary server, and no
+    analytics. The server's analytics heartbeat phones home (one ERROR line offline) and, on a fresh
+    PREFECT_HOME, writes its session row in a read-then-write sqlite transaction that races the server's
+    other startup writes: SQLite answers SQLITE_BUSY_SNAPSHOT at once (no busy_timeout can wait that out)
+    and pydocket logs the 'database is locked' traceback. Nothing else in the ephemeral server needs it."""
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # like GX_ANALYTICS_ENABLED, DVC core.analytics
 
 
 @flow_app.command("run")

@@ -24,8 +24,8 @@ class DataParams:
     """The embedded bilingual dataset (`stepvideo data synth`)."""
 
     out: str = "data"
-    clips: int = 48
-    images: int = 32
+    clips: int = 400
+    images: int = 400
     seed: int = 0
     height: int = 64
     width: int = 64
@@ -106,6 +106,80 @@ class VAEParams:
 
 
 @dataclass
+class LatentCacheParams:
+    """`latent_cache`: every clean clip/still encoded once by the VAE (posterior mean + log-variance)
+    at full and low resolution, with its text embeddings; rebuilt when the data, VAE or encoders change."""
+
+    low_res_factor: float = 0.5  # the low-resolution copy (t2v_lowres) is H x W scaled by this
+    batch_size: int = 8  # VAE encode batch
+
+
+@dataclass
+class DiTStageParams:
+    """One DiT stage of the cascade (`t2i_pretrain`, `t2v_lowres`, `t2v_highres`, `sft`): what it
+    trains on and how, and the sample videos it renders at the end. The DiT's in/out channels and
+    caption channels are filled in from the VAE and the text encoders at run time."""
+
+    model: str = "demo"  # a DiTConfig.PRESETS name: demo | small | step-video-t2v
+    # '' = the previous stage's output (t2i_pretrain: from scratch); else a folder or models:/NAME@ALIAS
+    init_from: str = ""
+    resolution: str = "full"  # full | low (the latent cache's copy at latent_cache.low_res_factor)
+    kinds: list[str] = field(default_factory=lambda: ["video", "image"])
+    still_share: float | None = None  # share of steps on stills; null: in proportion to the items
+    min_quality: float = 0.0  # keep rows with quality >= this (0: all)
+    batch_size: int = 16  # global batch per optimizer step
+    grad_accum: int = 1
+    steps: int = 300
+    lr: float = 5.0e-4
+    lr_schedule: str = "cosine"  # constant | cosine
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    timestep_sampling: str = "logit_normal"  # uniform | logit_normal | shifted
+    timestep_shift: float = 1.0  # for `shifted`
+    caption_dropout: float = 0.1  # share of samples trained on the empty prompt (for CFG)
+    sample_posterior: bool = True
+    ema_decay: float = 0.0  # 0: no EMA
+    average_last: int = 0  # >0: the output is the mean of the last N checkpoints
+    gradient_checkpointing: bool = False
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (0-3)
+    seed: int = 0
+    log_every: int = 1  # loss / lr / grad norm / throughput to MLflow every N steps
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 3  # non-finite steps in a row before the run stops
+    # the sample videos rendered from the stage's output (fixed EN + ZH prompts)
+    sample_prompts: int = 4  # how many of pipeline.SAMPLE_PROMPTS (0: none)
+    sample_steps: int = 20
+    sample_cfg: float = 5.0
+    sample_shift: float = 3.0
+    sample_frames: int = 17  # 1: a still
+
+
+def _t2i_pretrain() -> DiTStageParams:
+    return DiTStageParams(kinds=["image"], resolution="full", steps=300, batch_size=16, lr=1.0e-3, warmup_steps=20,
+                          lr_schedule="cosine", sample_frames=1)
+
+
+def _t2v_lowres() -> DiTStageParams:
+    return DiTStageParams(kinds=["video", "image"], still_share=0.25, resolution="low", steps=300, batch_size=16,
+                          lr=5.0e-4)
+
+
+def _t2v_highres() -> DiTStageParams:
+    return DiTStageParams(kinds=["video", "image"], still_share=0.25, resolution="full", steps=200, batch_size=8,
+                          lr=3.0e-4)
+
+
+def _sft() -> DiTStageParams:
+    return DiTStageParams(kinds=["video"], resolution="full", min_quality=0.7, steps=100, batch_size=8, lr=1.0e-4,
+                          warmup_steps=10, average_last=3, checkpoint_every=20, keep_checkpoints=3)
+
+
+DIT_STAGES = ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft")
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "stepvideo"
     register: bool = True
@@ -118,6 +192,11 @@ class Params:
     validate: ValidateParams = field(default_factory=ValidateParams)
     text_encoders: TextEncoderParams = field(default_factory=TextEncoderParams)
     vae: VAEParams = field(default_factory=VAEParams)
+    latent_cache: LatentCacheParams = field(default_factory=LatentCacheParams)
+    t2i_pretrain: DiTStageParams = field(default_factory=_t2i_pretrain)
+    t2v_lowres: DiTStageParams = field(default_factory=_t2v_lowres)
+    t2v_highres: DiTStageParams = field(default_factory=_t2v_highres)
+    sft: DiTStageParams = field(default_factory=_sft)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +214,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "data": {"clips": 512, "images": 512, "height": 128, "width": 128, "frames": 34},
         "vae": {"steps": 3000, "crop_size": 64, "batch_size": 4, "image_prob": 0.5},
+        "t2i_pretrain": {"model": "small", "steps": 3000, "batch_size": 32, "lr": 5.0e-4, "warmup_steps": 100,
+                         "checkpoint_every": 250},
+        "t2v_lowres": {"model": "small", "steps": 3000, "batch_size": 16, "lr": 3.0e-4, "warmup_steps": 100,
+                       "checkpoint_every": 250},
+        "t2v_highres": {"model": "small", "steps": 2000, "batch_size": 8, "lr": 2.0e-4, "warmup_steps": 50,
+                        "checkpoint_every": 250},
+        "sft": {"model": "small", "steps": 500, "batch_size": 8, "lr": 5.0e-5, "checkpoint_every": 50,
+                "average_last": 5, "keep_checkpoints": 5},
     },
     "step-video-t2v": {
         # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
@@ -144,6 +231,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_encoders": {"llm": "step_llm", "clip": "hunyuan_clip", "llm_dim": 6144, "clip_dim": 1024},
         "vae": {"model": "official", "steps": 100000, "crop_size": 256, "batch_size": 1, "lr": 1.0e-4,
                 "sample_posterior": True, "disc_weight": 0.1, "disc_start_step": 20000},
+        # the report's low-resolution stage trains at ~192x320: 544x992 x 0.35 -> 192x352
+        "latent_cache": {"low_res_factor": 0.35, "batch_size": 1},
+        # the 30B DiT: ZeRO-2 + activation checkpointing, bf16 (engine default on CUDA)
+        "t2i_pretrain": {"model": "step-video-t2v", "steps": 100000, "batch_size": 512, "lr": 1.0e-4,
+                         "warmup_steps": 1000, "zero_stage": 2, "gradient_checkpointing": True, "log_every": 10,
+                         "checkpoint_every": 1000, "timestep_sampling": "shifted", "timestep_shift": 3.0,
+                         "sample_steps": 50, "sample_cfg": 9.0, "sample_shift": 13.0},
+        "t2v_lowres": {"model": "step-video-t2v", "steps": 100000, "batch_size": 256, "lr": 1.0e-4,
+                       "warmup_steps": 1000, "zero_stage": 2, "gradient_checkpointing": True, "log_every": 10,
+                       "checkpoint_every": 1000, "timestep_sampling": "shifted", "timestep_shift": 3.0,
+                       "sample_steps": 50, "sample_cfg": 9.0, "sample_shift": 13.0, "sample_frames": 102},
+        "t2v_highres": {"model": "step-video-t2v", "steps": 50000, "batch_size": 64, "lr": 1.0e-4,
+                        "warmup_steps": 500, "zero_stage": 2, "gradient_checkpointing": True, "log_every": 10,
+                        "checkpoint_every": 1000, "timestep_sampling": "shifted", "timestep_shift": 13.0,
+                        "sample_steps": 50, "sample_cfg": 9.0, "sample_shift": 13.0, "sample_frames": 204},
+        "sft": {"model": "step-video-t2v", "steps": 5000, "batch_size": 64, "lr": 1.0e-5, "warmup_steps": 100,
+                "zero_stage": 2, "gradient_checkpointing": True, "log_every": 10, "checkpoint_every": 500,
+                "average_last": 5, "keep_checkpoints": 5, "timestep_sampling": "shifted", "timestep_shift": 13.0,
+                "sample_steps": 50, "sample_cfg": 9.0, "sample_shift": 13.0, "sample_frames": 204},
     },
 }
 
@@ -163,6 +269,12 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         if dataclasses.is_dataclass(current):
             _apply(current, value, f"{where}.{key}")
             continue
+        optional = "None" in str(names[key].type)  # `float | None`: null allowed, else a number
+        if optional and value is None:
+            setattr(obj, key, None)
+            continue
+        if optional and current is None and "float" in str(names[key].type):
+            current = 0.0
         if isinstance(current, bool) and not isinstance(value, bool):
             raise ParamsError(f"{where}.{key}: expected true/false, got {value!r}")
         if isinstance(current, (int, float)) and not isinstance(current, bool):

@@ -16,6 +16,7 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="stepvideo-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its startup heartbeat races sqlite
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
@@ -52,12 +53,17 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 def tiny_params(root: Path, **data) -> Path:
-    """Shrink the dataset in a project's params.yaml."""
+    """Shrink the dataset, the VAE and the DiT stages in a project's params.yaml."""
     import yaml
 
     path = root / "params.yaml"
     p = yaml.safe_load(path.read_text())
     p["data"].update({"clips": 6, "images": 4, **data})
     p["vae"].update({"steps": 2, "eval_max_items": 2, "checkpoint_every": 1, "eval_size": 32})
+    p["latent_cache"].update({"batch_size": 4})
+    for name in ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft"):
+        p[name].update({"steps": 3 if name == "sft" else 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1,
+                        "sample_steps": 2, "sample_prompts": 2})
+    p["sft"].update({"average_last": 2})
     path.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     return path

@@ -10,6 +10,11 @@ from conftest import BIN, tiny_params
 
 pytestmark = pytest.mark.slow
 
+DIT_STAGES = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
+              "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
+ALL_STAGES = ("data", "version", "validate", "text_encoders", "text_cache", "train_vae", "latent_cache", *DIT_STAGES,
+              "bundle")
+
 
 def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     from mlflow.tracking import MlflowClient
@@ -19,8 +24,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
 
     tiny_params(project)
     first = cascade(root=str(project))
-    assert first["cached"] == {"data": False, "version": False, "validate": False, "text_encoders": False,
-                               "text_cache": False, "train_vae": False}
+    assert first["cached"] == {name: False for name in ALL_STAGES}
     assert (project / "data.dvc").is_file() and (project / ".dvc-remote").is_dir()
     assert first["version"]["data_version"].endswith(".dir")
     assert first["validate"]["metrics"]["rows"] == 2 * (6 + 4)
@@ -32,7 +36,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{first['run_id']}'")
     stages = {r.data.tags["stage"]: r for r in children}
-    assert set(stages) == {"data", "version", "validate", "text_encoders", "text_cache", "train_vae"}
+    assert set(stages) == set(ALL_STAGES)
     vae_run = stages["train_vae"]
     assert vae_run.data.tags["data_version"] == first["version"]["data_version"]
     assert "heldout_psnr" in vae_run.data.metrics and "loss_l1" in vae_run.data.metrics
@@ -50,9 +54,50 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     assert v.data.tags["data_version"] == first["version"]["data_version"]
     assert any(a.path == "validation" for a in client.list_artifacts(v.info.run_id))
 
+    # the DiT cascade: each stage's folder registered with its lineage, chained by init_from
+    from stepvideo.generation import T2VPipeline
+    from stepvideo.models.dit import StepVideoDiT
+
+    data_version = first["version"]["data_version"]
+    vae_version = tracking.file_hash(project / "outputs/vae")
+    assert stages["latent_cache"].data.tags["latent_cache_key"] == first["latent_cache"]["key"]
+    parent = "scratch"
+    for name, registered in DIT_STAGES.items():
+        run = stages[name]
+        assert "loss" in run.data.metrics and "tokens_per_s" in run.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == first[name]["metrics"]["step"]
+        assert any(a.path == "samples" for a in client.list_artifacts(run.info.run_id))
+        mv = client.get_model_version_by_alias(registered, "candidate")
+        assert mv.run_id == run.info.run_id and str(mv.version) == first[name]["registered_version"]
+        assert mv.tags["data_version"] == data_version and mv.tags["vae_version"] == vae_version
+        assert mv.tags["parent_model_version"] == parent
+        assert mv.tags["params_hash"] and mv.tags["git_commit"]
+        assert mv.tags["latent_cache_key"] == first["latent_cache"]["key"]
+        assert mv.tags["llm_version"] == first["text_encoders"]["versions"]["llm"]
+        StepVideoDiT.from_pretrained(project / "outputs" / "dit" / name)
+        parent = f"{registered}/{mv.version}"
+    assert stages["sft"].data.metrics["sft_excluded_low_quality"] > 0
+    bundle_mv = client.get_model_version_by_alias("stepvideo-t2v", "candidate")
+    assert bundle_mv.tags["parent_model_version"] == parent and bundle_mv.tags["data_version"] == data_version
+    assert bundle_mv.tags["vae_version"] == vae_version
+    assert bundle_mv.tags["params_hash"] and bundle_mv.tags["git_commit"]
+    pipe = T2VPipeline.from_pretrained(tracking.resolve_model("models:/stepvideo-t2v@candidate", project / "dl2"))
+    assert pipe.lineage["dit_stage"] == "sft" and pipe.dit.config.in_channels == VideoVAE.from_pretrained(
+        project / "outputs/vae").config.z_channels
+
     second = cascade(root=str(project))
-    assert all(second["cached"][k] for k in ("data", "validate", "text_encoders", "text_cache", "train_vae"))
+    assert all(second["cached"][k] for k in ALL_STAGES if k != "version")
     assert second["version"]["data_version"] == first["version"]["data_version"]
+
+    # a changed DiT section busts that stage and the ones after it, not the ones before
+    import yaml
+
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["t2v_highres"]["lr"] = 1.0e-4
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
+    changed = cascade(root=str(project))
+    assert all(changed["cached"][k] for k in ("latent_cache", "t2i_pretrain", "t2v_lowres"))
+    assert not any(changed["cached"][k] for k in ("t2v_highres", "sft", "bundle"))
 
     # a changed params section busts exactly the stages that read it
     tiny_params(project, seed=1)
@@ -75,10 +120,15 @@ def test_dvc_repro_in_a_temporary_clone(project):
     assert (project / "outputs/text_encoders/llm/config.json").is_file()
     assert (project / "outputs/text_cache/text_cache.safetensors").is_file()
     assert (project / "outputs/vae/config.json").is_file() and (project / "outputs/vae/lineage.json").is_file()
+    assert (project / "outputs/latent_cache/cache.json").is_file()
+    for name in DIT_STAGES:
+        assert (project / "outputs/dit" / name / "config.json").is_file()
+        assert (project / "outputs/dit" / name / "lineage.json").is_file()
+    assert (project / "outputs/bundle/model_index.json").is_file()
     again = run(str(BIN / "dvc"), "repro")
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
     dag = run(str(BIN / "dvc"), "dag")
-    assert all(s in dag.stdout for s in ("data.dvc", "validate", "text_encoders", "text_cache", "train_vae"))
+    assert all(s in dag.stdout for s in ("data.dvc", *ALL_STAGES[2:]))
     # a params change reruns the stage
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("min_clean_fraction: 0.8",
                                                                                        "min_clean_fraction: 0.5"))
@@ -94,15 +144,21 @@ def test_flow_runs_on_ingested_user_clips(project, tmp_path):
     from stepvideo.data.synth import SynthConfig, generate
 
     tiny_params(project)
-    src = generate(SynthConfig(clips=6, images=0), tmp_path / "theirs", progress=False).parent
+    # their clips and stills (text-to-image pre-training needs stills); no quality scores
+    src = generate(SynthConfig(clips=6, images=3), tmp_path / "theirs", progress=False).parent
     (src / "videos" / "broken.mp4").write_bytes(b"not a video")
     captions = ["A red circle moves right on a gray background.", "蓝色背景上，一个小的绿色正方形向上移动。"]
-    lines = ["path,caption"] + [f"clip_{i:05d}.mp4,{captions[i % 2]}" for i in range(6)] + ["broken.mp4,A clip"]
+    lines = (["path,caption"] + [f"videos/clip_{i:05d}.mp4,{captions[i % 2]}" for i in range(6)]
+             + [f"images/image_{i:05d}.png,A red circle on a gray background." for i in range(3)]
+             + ["videos/broken.mp4,A clip"])
     (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = cascade(root=str(project), source="ingest", videos=str(src / "videos"),
-                     captions=str(tmp_path / "captions.csv"))
+    result = cascade(root=str(project), source="ingest", videos=str(src), captions=str(tmp_path / "captions.csv"))
     assert "ingest" in result["cached"] and "data" not in result["cached"]
     metrics = result["validate"]["metrics"]
-    assert metrics["rows"] == 7 and metrics["bad_rows"] == 1
+    assert metrics["rows"] == 10 and metrics["bad_rows"] == 1
+    # no quality scores: SFT's quality filter cannot apply and is recorded as off
+    assert "sft_excluded_low_quality" not in result["sft"]["metrics"]
+    assert result["sft"]["lineage"]["quality_filter"].startswith("off")
+    assert (project / "outputs/bundle/model_index.json").is_file()
     quarantine = (project / "outputs/validated/quarantine.jsonl").read_text()
     assert "broken" in quarantine and np.isfinite(result["vae"]["metrics"]["train_l1_last"])
