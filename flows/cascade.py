@@ -12,6 +12,7 @@ stage's outputs are missing).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +163,22 @@ def bundle_task(params: Params, root: str, encoder_versions: str, parent_run_id:
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
     if outputs is not None and not outputs.exists():
         task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
+    t0 = time.perf_counter()
     state = task_fn(return_state=True, **kwargs)
     cached[name] = state.name == "Cached"
+    _SECONDS[name] = time.perf_counter() - t0
     return state.result()  # raises the stage's exception when it failed
+
+
+_SECONDS: dict[str, float] = {}  # wall time of each task in the current flow run (cache hits included)
+
+
+def _report(name: str, cached: dict, summary: str = "") -> str:
+    """One line of the flow's report: stage, wall time, cache hit, its headline figures."""
+    state = "cached" if cached.get(name) else f"{_SECONDS.get(name, float('nan')):6.1f} s"
+    line = f"  {name:<14}{state:>9}  {summary}".rstrip()
+    print(line)  # to Prefect's log; the CLI prints the whole report
+    return line
 
 
 @flow(name="stepvideo-cascade", log_prints=True)
@@ -179,6 +193,8 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
     if source == "ingest" and not (videos and captions):
         raise ValueError("source='ingest' needs videos= and captions=")
     cached: dict[str, bool] = {}
+    report: list[str] = []
+    _SECONDS.clear()
     with tracking.run("cascade", experiment=params.tracking.experiment, params=params.to_dict(),
                       tags={"preset": params.preset, "driver": "prefect", "source": source}) as parent:
         pid = parent.info.run_id
@@ -191,24 +207,34 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         version = _run(version_task, cached, "version", params=params, root=str(root_path), push=push,
                        parent_run_id=pid)
         tracking.set_tags({"data_version": version["data_version"]})
+        first = "data" if source == "synth" else "ingest"
+        report.append(_report(first, cached, ", ".join(f"{v} {k}" for k, v in data["metrics"].items())))
+        report.append(_report("version", cached, f"data version {version['data_version']}"))
         validated = _run(validate_task, cached, "validate", root_path / pipeline.OUTPUTS / "validated" / "report.json",
                          params=params, root=str(root_path),
                          data_version=version["data_version"], parent_run_id=pid)
         tracking.log_metrics({f"validate.{k}": v for k, v in validated["metrics"].items()})
-        print(validated["summary"])
+        vm = validated["metrics"]
+        report.append(_report("validate", cached, f"{vm['rows']} rows, {vm['bad_rows']} quarantined "
+                                                  f"(clean {vm['clean_fraction']:.1%})"))
         out = root_path / pipeline.OUTPUTS
         encoders = _run(text_encoders_task, cached, "text_encoders", out / "text_encoders", params=params,
                         root=str(root_path), parent_run_id=pid)
         versions = ",".join(f"{k}={v}" for k, v in sorted(encoders["versions"].items()))
         text_cache = _run(text_cache_task, cached, "text_cache", out / "text_cache" / "text_cache.safetensors",
                           params=params, root=str(root_path), encoder_versions=versions, parent_run_id=pid)
+        report.append(_report("text_encoders", cached, versions))
+        report.append(_report("text_cache", cached, f"{text_cache['captions']} captions"))
         vae = _run(vae_task, cached, "train_vae", out / "vae" / "config.json", params=params, root=str(root_path),
                    parent_run_id=pid)
-        print(f"VAE: held-out PSNR {vae['metrics'].get('heldout_psnr', float('nan')):.2f} dB, "
-              f"SSIM {vae['metrics'].get('heldout_ssim', float('nan')):.4f}")
+        report.append(_report("train_vae", cached, f"held-out PSNR {vae['metrics'].get('heldout_psnr', float('nan')):.2f}"
+                                                   f" dB, SSIM {vae['metrics'].get('heldout_ssim', float('nan')):.4f}"))
         latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
                        root=str(root_path), data_version=version["data_version"], encoder_versions=versions,
                        parent_run_id=pid)
+        lm = latents["metrics"]
+        report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
+                                                      f"resolutions {latents['resolutions']}"))
         dits: dict[str, Any] = {}
         for name in pipeline.DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
             dits[name] = r = _run(dit_task, cached, name, out / "dit" / name / "config.json", stage=name,
@@ -216,11 +242,12 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
             m = r["metrics"]
             extra = f", {m[name + '_excluded_low_quality']} low-quality rows left out" \
                 if f"{name}_excluded_low_quality" in m else ""
-            print(f"{name}: loss {m['loss_first']:.4f} -> {m['loss_last']:.4f} over {m['step']} steps, "
-                  f"{m['seconds']:.0f} s{' (cached)' if cached[name] else ''}{extra}")
+            report.append(_report(name, cached, f"loss {m['loss_first']:.4f} -> {m['loss_last']:.4f} over "
+                                                f"{m['step']} steps{extra}"))
         # later issues: Video-DPO (from sft) and evaluation run here, before the bundle
         bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
-    return {"run_id": pid, "data": data, "version": version, "validate": validated, "text_encoders": encoders,
+        report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
+    return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "data": data, "version": version, "validate": validated, "text_encoders": encoders,
             "text_cache": text_cache, "vae": vae, "latent_cache": latents, **dits, "bundle": bundle,
             "cached": cached}

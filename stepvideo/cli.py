@@ -229,9 +229,11 @@ def flow_run(
 
     result = cascade(root=str(root), params_file=str(params), preset=preset, source=source,
                      videos=str(videos) if videos else None, captions=str(captions) if captions else None, push=push)
-    cached = ", ".join(f"{k}{' (cached)' if v else ''}" for k, v in result["cached"].items())
-    typer.echo(f"flow done: stages {cached}; data version {result['version']['data_version']}; "
-               f"MLflow run {result['run_id']}")
+    typer.echo("stage              time  result")
+    for line in result["report"]:
+        typer.echo(line)
+    typer.echo(f"flow done in {sum(result['seconds'].values()):.0f} s of stages; MLflow run {result['run_id']} "
+               f"(make mlflow-ui); samples under outputs/dit/*/samples/")
 
 
 # ------------------------------------------------------------------ compat

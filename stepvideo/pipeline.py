@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -479,6 +480,10 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
                "parent_model_version": parent_version, "init_weights": init_hash,
                "params_hash": params.section_hash(name), "latent_cache_key": cache.key, "train_key": key,
                "git_commit": tracking.git_commit(root)}
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # another rank of a torchrun/deepspeed launch: it trains; rank 0 records, samples, registers
+        result = train_dit(cfg, cache_dir, work, progress=False, name=name)
+        return {"model_dir": str(out), "rank": rank, "metrics": {"loss_last": result["loss_last"]}}
     excluded = None
     if cfg.min_quality is not None:  # train rows of the requested kinds the quality filter leaves out (SFT)
         excluded = len(cache.select("train", cfg.kinds)) - len(cache.select("train", cfg.kinds, cfg.min_quality))

@@ -141,3 +141,40 @@ def test_bundle_loads_and_generates(dit_project):
     assert pipe.lineage["dit_stage"] == "sft" and pipe.lineage["parent_model_version"].startswith("stepvideo-dit-sft/")
     video = pipe.generate("A large red circle moves right quickly on a navy background.", steps=1, num_frames=17)
     assert video.shape == (1, 17, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
+    """`torchrun --nproc_per_node 2 stepvideo stage NAME`: both ranks train (gloo, ZeRO-2), rank 0
+    alone writes the folder, renders the samples and registers the model once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from conftest import BIN
+    from stepvideo import tracking
+
+    root, _, _, _ = dit_project
+    work = tmp_path / "project"
+    shutil.copytree(root, work, symlinks=True, ignore=shutil.ignore_patterns(".cache"))
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    p["t2v_lowres"].update({"steps": 3, "batch_size": 4, "zero_stage": 2, "sample_prompts": 1})
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
+    before = len(MlflowClient(tracking.tracking_uri()).search_model_versions("name = 'stepvideo-dit-t2v-lowres'"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "STEPVIDEO_ROOT": str(work), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={port}", "--master_addr=127.0.0.1", str(BIN / "stepvideo"), "stage",
+                          "t2v_lowres"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((work / "outputs" / "dit" / "t2v_lowres" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["step"] == 3
+    assert len(list((work / "outputs" / "dit" / "t2v_lowres" / "samples").glob("*.mp4"))) == 1
+    after = MlflowClient(tracking.tracking_uri()).search_model_versions("name = 'stepvideo-dit-t2v-lowres'")
+    assert len(after) == before + 1  # one registration, by rank 0
