@@ -5,7 +5,19 @@ from __future__ import annotations
 import logging
 import subprocess
 
+import pytest
+
 from stepvideo.data.synth import SynthConfig, generate
+
+
+@pytest.fixture
+def dvc_logging():
+    """DVC binds its log handler to the sys.stderr it first sees (here: capfd's, closed after the test):
+    put the 'dvc' logger back as it was, so later in-process DVC calls do not write to a closed file."""
+    logger = logging.getLogger("dvc")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 def _git(root, *args):
@@ -13,7 +25,7 @@ def _git(root, *args):
                    capture_output=True)
 
 
-def test_version_data_hints_git_add_only_when_the_dvc_file_is_not_committed(project, capfd, caplog):
+def test_version_data_hints_git_add_only_when_the_dvc_file_is_not_committed(project, dvc_logging, capfd, caplog):
     from stepvideo.data.versioning import version_data
 
     caplog.set_level(logging.INFO)
