@@ -192,12 +192,22 @@ def stage(name: str = typer.Argument(..., help="data | version | validate | text
     from stepvideo.data.validation import ValidationFailed
 
     p = _params(params)
+    quiet_library_logs()
     try:
         result = pipeline.STAGES[name](p, _root())
     except ValidationFailed as e:
         typer.secho(f"validation failed: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(result.get("summary") or json.dumps({k: v for k, v in result.items()}, indent=2, default=str))
+
+
+def quiet_library_logs() -> None:
+    """INFO chatter of libraries that says nothing to a user of the pipeline (MLflow creating its sqlite
+    tables, Great Expectations' temporary docs folder); their warnings and errors still show."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def prefect_env(root: Path) -> None:
@@ -225,6 +235,7 @@ def flow_run(
     """Run the cascade flow locally (a temporary Prefect server starts when none is configured)."""
     root = _root()
     prefect_env(root)
+    quiet_library_logs()
     from flows.cascade import cascade
 
     result = cascade(root=str(root), params_file=str(params), preset=preset, source=source,

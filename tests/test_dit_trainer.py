@@ -129,18 +129,21 @@ def test_sigkill_at_two_points_resumes_bitwise_exact(cache_dir, tmp_path):
     assert names == ["latest.json", "step-000008", "step-000010"]
 
 
-def test_nan_loss_is_skipped_and_counted(cache_dir, tmp_path, monkeypatch):
+def _corrupt_loss(monkeypatch, corrupt) -> None:
+    """Make the trainer's n-th loss call (1-based) return ``corrupt(n, loss, pred)``."""
     import stepvideo.training.dit_trainer as trainer
 
-    real = trainer.flow_matching_loss
-    calls = {"n": 0}
+    real, calls = trainer.flow_matching_loss, {"n": 0}
 
-    def loss_with_one_nan(pred, target):
+    def patched(pred, target):
         calls["n"] += 1
-        loss = real(pred, target)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return corrupt(calls["n"], real(pred, target), pred)
 
-    monkeypatch.setattr(trainer, "flow_matching_loss", loss_with_one_nan)
+    monkeypatch.setattr(trainer, "flow_matching_loss", patched)
+
+
+def test_nan_loss_is_skipped_and_counted(cache_dir, tmp_path, monkeypatch):
+    _corrupt_loss(monkeypatch, lambda n, loss, pred: loss * float("nan") if n == 3 else loss)
     result = train_dit(_config(cache_dir, steps=5), cache_dir, tmp_path / "run", progress=False)
     assert result["skipped_steps"] == 1 and result["step"] == 5
     assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "run").values())
@@ -148,36 +151,16 @@ def test_nan_loss_is_skipped_and_counted(cache_dir, tmp_path, monkeypatch):
 
 
 def test_non_finite_grad_norm_skips_the_update(cache_dir, tmp_path, monkeypatch):
-    import stepvideo.training.dit_trainer as trainer
-
-    real = trainer.flow_matching_loss
-    calls = {"n": 0}
-
-    def loss_with_nan_grad(pred, target):
-        calls["n"] += 1
-        loss = real(pred, target)
-        if calls["n"] == 2:  # finite value, non-finite gradient: d sqrt(|x|)/dx at 0
-            loss = loss + 0.0 * (pred - pred.detach()).abs().sqrt().sum()
-        return loss
-
-    monkeypatch.setattr(trainer, "flow_matching_loss", loss_with_nan_grad)
+    # call 2: a finite value with a non-finite gradient (d sqrt(|x|)/dx at 0)
+    _corrupt_loss(monkeypatch, lambda n, loss, pred:
+                  loss + 0.0 * (pred - pred.detach()).abs().sqrt().sum() if n == 2 else loss)
     result = train_dit(_config(cache_dir, steps=3), cache_dir, tmp_path / "run", progress=False)
     assert result["skipped_steps"] == 1
     assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "run").values())
 
 
 def test_k_bad_steps_in_a_row_stop_with_the_last_good_checkpoint_intact(cache_dir, tmp_path, monkeypatch):
-    import stepvideo.training.dit_trainer as trainer
-
-    real = trainer.flow_matching_loss
-    calls = {"n": 0}
-
-    def nan_from_step_4(pred, target):
-        calls["n"] += 1
-        loss = real(pred, target)
-        return loss * float("inf") if calls["n"] >= 4 else loss
-
-    monkeypatch.setattr(trainer, "flow_matching_loss", nan_from_step_4)
+    _corrupt_loss(monkeypatch, lambda n, loss, pred: loss * float("inf") if n >= 4 else loss)
     out = tmp_path / "run"
     # steps 1-3 are good, 4-6 are skipped: the stop comes at step 6, before its checkpoint; step 4's
     # checkpoint holds step 3's weights (a skipped step changes nothing)
@@ -198,7 +181,7 @@ def test_final_folder_loads_and_resume_refuses_another_config(cache_dir, tmp_pat
     out = tmp_path / "run"
     result = train_dit(_config(cache_dir, steps=3), cache_dir, out, progress=False)
     model = StepVideoDiT.from_pretrained(result["model_dir"])
-    assert model.num_parameters() > 0 and result["loss_first"] == result["loss_curve"][0]
+    assert model.num_parameters() > 0 and result["loss_first"] == sum(result["loss_curve"]) / 3
     # re-running the same config resumes at the end: nothing more to do, same weights
     again = train_dit(_config(cache_dir, steps=3), cache_dir, out, progress=False)
     assert again["loss_curve"] == result["loss_curve"]
@@ -246,6 +229,7 @@ def test_two_ranks_zero2_match_one_rank_and_resume_at_one_rank(cache_dir, tmp_pa
     two_out = tmp_path / "two"
     two = _losses(_finish(_launch(cfg2, cache_dir, two_out, nproc=2)))
     assert len(one) == len(two) == 6
+    print(f"2 ranks vs 1 rank: max relative loss difference {max(abs(a - b) / abs(a) for a, b in zip(one, two)):.2e}")
     for a, b in zip(one, two):
         assert abs(a - b) <= 1e-4 * max(abs(a), 1e-3), (one, two)
     assert ckpt.load_state(ckpt.latest_checkpoint(two_out))["world_size"] == 2

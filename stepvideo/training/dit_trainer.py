@@ -365,8 +365,9 @@ def train_dit(
     finite_losses = [x for x in history if x == x]
     result: dict[str, Any] = {
         "step": step, "skipped_steps": skipped, "weights": kept, "items": len(indices),
-        "loss_first": finite_losses[0] if finite_losses else float("nan"),
-        "loss_last": sum(finite_losses[-10:]) / max(len(finite_losses[-10:]), 1) if finite_losses else float("nan"),
+        # means of the first and last 10 finite step losses (one step's loss is one noisy batch)
+        "loss_first": sum(finite_losses[:10]) / len(finite_losses[:10]) if finite_losses else float("nan"),
+        "loss_last": sum(finite_losses[-10:]) / len(finite_losses[-10:]) if finite_losses else float("nan"),
         "loss_curve": history, "model_dir": str(out / FINAL), "world_size": world,
     }
     if rank == 0:
