@@ -100,9 +100,9 @@ def main() -> None:
     print(f"latent cache: {source}; DiT preset {args.preset}; batch {args.batch}; seed {args.seed}")
     print(f"t2i_pretrain: {args.t2i_steps} steps on stills, loss {t2i['loss_first']:.4f} -> {t2i['loss_last']:.4f}")
     print(f"t2v_lowres ({t2v_res}), {args.t2v_steps} steps, training loss per {args.window} steps:")
-    print("  step   " + "  ".join(f"{(i + 1) * args.window:>6d}" for i in range(len(runs['scratch']['curve']))))
+    print("  step      " + "  ".join(f"{(i + 1) * args.window:>6d}" for i in range(len(runs['scratch']['curve']))))
     for label, r in runs.items():
-        print(f"  {label:<7}" + "  ".join(f"{x:6.4f}" for x in r["curve"]))
+        print(f"  {label:<9}" + "  ".join(f"{x:6.4f}" for x in r["curve"]))
     for label, r in runs.items():
         print(f"  {label:<9} last-10 train loss {r['loss_last']:.4f}   held-out loss {r['heldout_loss']:.4f}")
     gain = runs["scratch"]["heldout_loss"] - runs["with_t2i"]["heldout_loss"]
