@@ -57,7 +57,8 @@ def _vae_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     return _key("train_vae", args["root"], tracking.file_hash(_clean(args)), p.section_hash("vae"),
                 tracking.code_version("stepvideo.models.vae", "stepvideo.models.vae_blocks",
-                                      "stepvideo.training.vae_trainer"))
+                                      "stepvideo.training.vae_trainer", "stepvideo.training.checkpoint",
+                                      "stepvideo.training.schedule"))
 
 
 def _safe(fn, *args) -> str:
