@@ -116,6 +116,7 @@ def test_sigkill_at_two_points_resumes_bitwise_exact(cache_dir, tmp_path):
     first = _kill_after_checkpoint(_launch(cfg, cache_dir, run, pace=0.3), run, at_least=3)
     second = _kill_after_checkpoint(_launch(cfg, cache_dir, run, pace=0.3), run, at_least=first + 3)
     assert 3 <= first < second < 10
+    print(f"killed with SIGKILL after the checkpoints of steps {first} and {second} of 10")
     _finish(_launch(cfg, cache_dir, run))
 
     a, b = _weights(ref), _weights(run)
