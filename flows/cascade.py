@@ -249,6 +249,6 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
-    return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "data": data, "version": version, "validate": validated, "text_encoders": encoders,
-            "text_cache": text_cache, "vae": vae, "latent_cache": latents, **dits, "bundle": bundle,
-            "cached": cached}
+    return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
+            "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
+            "vae": vae, "latent_cache": latents, **dits, "bundle": bundle}

@@ -176,9 +176,6 @@ def _sft() -> DiTStageParams:
                           warmup_steps=10, average_last=3, checkpoint_every=20, keep_checkpoints=3)
 
 
-DIT_STAGES = ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft")
-
-
 @dataclass
 class TrackingParams:
     experiment: str = "stepvideo"

@@ -88,12 +88,7 @@ def stage_validate(params: Params, root: Path, manifest: Path | None = None, par
 
 
 def _clean_captions(root: Path) -> dict[str, str]:
-    from stepvideo.data.manifest import read_manifest
-
-    clean = root / OUTPUTS / "validated" / "clean.jsonl"
-    if not clean.is_file():
-        raise FileNotFoundError(f"{clean}: no validated manifest; run the validate stage first")
-    return {r["id"]: r["caption"] for r in read_manifest(clean)}
+    return {r["id"]: r["caption"] for r in _clean_rows(root)[1]}
 
 
 def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
@@ -154,15 +149,11 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     so an interrupted run resumes from its last checkpoint whichever driver restarts it."""
     import shutil
 
-    from stepvideo.data.manifest import read_manifest
     from stepvideo.models.io import replace_folder
     from stepvideo.training.vae_trainer import load_clips, train_vae, train_vae_recipe
 
     vp = params.vae
-    clean = root / OUTPUTS / "validated" / "clean.jsonl"
-    rows = read_manifest(clean) if clean.is_file() else None
-    if not rows:
-        raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
+    clean, rows = _clean_rows(root)
     stage1, cfg = vae_train_config(params)
     captions_version = tracking.file_hash(clean)
     work = root / ".cache" / "vae" / f"{params.section_hash('vae')}-{captions_version}"
@@ -306,9 +297,9 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
     with the text encoders into outputs/latent_cache/, once per (clean manifest, VAE, encoders, low
     resolution): the DiT stages never run the VAE encoder or the text encoders."""
     import time
-    from collections import Counter
 
-    from stepvideo.data.latent_cache import LatentCache, build_latent_cache, cache_summary, low_resolution
+    from stepvideo.data.latent_cache import (LatentCache, build_latent_cache, cache_summary, low_resolution,
+                                             most_common_size)
     from stepvideo.models.vae import VideoVAE
 
     lp = params.latent_cache
@@ -316,8 +307,7 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
     vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
     out = root / OUTPUTS / "latent_cache"
     clean_version, vae_version = tracking.file_hash(clean), tracking.file_hash(vae_dir)
-    sizes = Counter((int(r["height"]), int(r["width"])) for r in rows)
-    full = min(sizes, key=lambda s: (-sizes[s], s))  # the most common native size
+    full = most_common_size([(r["height"], r["width"]) for r in rows])
     low = low_resolution(*full, factor=lp.low_res_factor)
     tags = {"data_version": _data_version(params, root), "clean_manifest": clean_version,
             "vae_version": vae_version, "params_hash": params.section_hash("latent_cache")}

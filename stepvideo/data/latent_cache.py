@@ -46,7 +46,7 @@ import torch
 from stepvideo.data.text_cache import TextCache, build_text_cache, cache_key, texts_version
 from stepvideo.models.io import replace_folder, temp_folder_for
 
-__all__ = ["FORMAT", "EMPTY_ID", "FULL", "LOW", "low_resolution", "latent_cache_key", "build_latent_cache",
+__all__ = ["FORMAT", "EMPTY_ID", "FULL", "LOW", "low_resolution", "most_common_size", "latent_cache_key", "build_latent_cache",
            "LatentCache", "bucket_key", "BucketSampler", "cache_summary"]
 
 FORMAT = "stepvideo.latent_cache/1"
@@ -73,6 +73,14 @@ def latent_cache_key(data_version: str, vae_version: str, encoder_versions: Mapp
                "encoders": {str(k): str(v) for k, v in encoder_versions.items()},
                "resolutions": {str(k): [int(x) for x in v] for k, v in resolutions.items() if k != FULL}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def most_common_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The most common (H, W) of ``sizes`` (ties: the smallest): the cache's "full" resolution."""
+    counts = Counter(tuple(int(x) for x in s) for s in sizes)
+    if not counts:
+        raise ValueError("no sizes given")
+    return min(counts, key=lambda s: (-counts[s], s))  # type: ignore[return-value]
 
 
 def _plan(rows: Sequence[Mapping]) -> tuple[list[dict], dict[str, dict]]:
@@ -117,8 +125,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _is_current(folder: Path, key: str, digest: str) -> bool:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    if not folder.exists():
+        return False
     try:
         meta = _read_meta(folder)
         if meta["key"] != key or meta["rows_digest"] != digest:
@@ -127,13 +137,9 @@ def _is_current(folder: Path, key: str, digest: str) -> bool:
             with safe_open(str(folder / name), framework="pt") as f:
                 f.keys()
         return True
-    except Exception:  # anything unreadable: rebuild
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        log.info("latent cache %s is unreadable (%s): rebuilding it", folder, e)
         return False
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -183,6 +189,7 @@ def build_latent_cache(
     from tqdm.auto import tqdm
 
     from stepvideo.data.video_io import read_video
+    from stepvideo.models.vae import frames_to_tensor
 
     out_dir, root = Path(out_dir), Path(data_root)
     if not encoders:
@@ -239,7 +246,7 @@ def build_latent_cache(
                                      f"of {vae.frame_chunk}")
                 m.update(frames=t, pixels={FULL: [h, w], **{r: list(s) for r, s in wanted.items()}}, latent={})
                 group = pending.setdefault((t, h, w), [])
-                group.append((clip, _to_tensor(frames)))
+                group.append((clip, frames_to_tensor(frames)))
                 if len(group) >= batch_size:
                     flush(pending.pop((t, h, w)))
                 bar.update()
@@ -255,8 +262,7 @@ def build_latent_cache(
         else:
             build_text_cache(texts, encoders, tmp / TEXT_NAME, progress=progress)
 
-        sizes = Counter(tuple(m["pixels"][FULL]) for m in media.values())
-        full = min(sizes, key=lambda s: (-sizes[s], s))
+        full = most_common_size([m["pixels"][FULL] for m in media.values()])
         meta = {
             "format": FORMAT, "key": key, "data_version": str(data_version), "vae_version": str(vae_version),
             "encoder_versions": versions, "resolutions": {FULL: list(full), **{r: list(s) for r, s in wanted.items()}},
@@ -282,9 +288,11 @@ def build_latent_cache(
 
 
 def _text_key(path: Path) -> str | None:
+    from safetensors import SafetensorError
+
     try:
         return TextCache(path).key
-    except Exception:
+    except (OSError, ValueError, KeyError, SafetensorError):  # not a text cache we can reuse: encode anew
         return None
 
 

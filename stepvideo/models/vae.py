@@ -311,6 +311,13 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def frames_to_tensor(frames: Any) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) (a numpy array) -> the VAE's input range: float32 (T, 3, H, W) in [-1, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
 def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map released-checkpoint names to module names: ``decoder.conv_out.*`` -> ``decoder.conv_out.conv.*``.
 

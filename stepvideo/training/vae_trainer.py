@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepvideo.models.vae import VAEConfig, VideoVAE
+from stepvideo.models.vae import VAEConfig, VideoVAE, frames_to_tensor
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training import schedule
 from stepvideo.training.schedule import LR_SCHEDULES
@@ -224,12 +224,6 @@ def load_clips(
     return clips
 
 
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2)
-    return x / 127.5 - 1.0
-
-
 def _floor16(n: int) -> int:
     return n // 16 * 16
 
@@ -257,7 +251,7 @@ def _draw_batch(
         t0 = int(rng.integers(0, c.shape[0] - t + 1))
         y0 = int(rng.integers(0, c.shape[1] - size + 1))
         x0 = int(rng.integers(0, c.shape[2] - size + 1))
-        out.append(_to_tensor(c[t0 : t0 + t, y0 : y0 + size, x0 : x0 + size]))
+        out.append(frames_to_tensor(c[t0 : t0 + t, y0 : y0 + size, x0 : x0 + size]))
     return torch.stack(out)
 
 
@@ -348,7 +342,7 @@ def _eval_clip(clip: np.ndarray, size: int) -> torch.Tensor:
     t = clip.shape[0] // CLIP_FRAMES * CLIP_FRAMES or 1
     s = min(size, _floor16(min(clip.shape[1], clip.shape[2])))
     y0, x0 = (clip.shape[1] - s) // 2, (clip.shape[2] - s) // 2
-    return _to_tensor(clip[:t, y0 : y0 + s, x0 : x0 + s])[None]
+    return frames_to_tensor(clip[:t, y0 : y0 + s, x0 : x0 + s])[None]
 
 
 @torch.no_grad()
