@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,9 @@ def test_resume_with_gan_restores_everything_and_writes_no_pickle(tmp_path):
     file of a run is JSON or safetensors, and the checkpoint's ``model/`` is a from_pretrained folder."""
     gan = dict(checkpoint_every=2, disc_weight=0.1, disc_start_step=1, image_prob=1.0)  # images: quick
     straight = train_vae(_cfg(steps=4, **gan), TRAIN, [], tmp_path / "a", progress=False)
+    np.random.random(), random.random()  # the process's history must not matter: a run seeds every RNG
     train_vae(_cfg(steps=2, **gan), TRAIN, [], tmp_path / "b", progress=False)
+    np.random.random(), random.random()
     resumed = train_vae(_cfg(steps=4, **gan), TRAIN, [], tmp_path / "b", progress=False)
     a, b = Path(straight["checkpoint"]), Path(resumed["checkpoint"])
     assert a.name == b.name == "step-000004" and ckpt.latest_checkpoint(tmp_path / "b") == b

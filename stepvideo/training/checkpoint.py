@@ -123,6 +123,14 @@ def load_model_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- RNG states (tensors + JSON, no pickle)
 
 
+def seed_rng(seed: int) -> None:
+    """Seed every global RNG (torch, numpy, python) at the start of a fresh run, so the states a
+    checkpoint saves depend on the seed alone, not on what the process ran before."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every global RNG state: torch (CPU and CUDA) as tensors, numpy and python as JSON data."""
     tensors = {"torch_cpu": torch.get_rng_state()}

@@ -185,7 +185,7 @@ def make_micro_batch(cache: Any, cfg: DiTTrainConfig, sampler: TimestepSampler, 
 
 def initial_model(cfg: DiTTrainConfig) -> StepVideoDiT:
     """``cfg.model`` from scratch (seeded), or ``cfg.init_from`` (a folder), checked against ``cfg.model``."""
-    torch.manual_seed(cfg.seed)
+    ckpt.seed_rng(cfg.seed)
     target = DiTConfig.from_dict(cfg.model)
     if not cfg.init_from:
         return StepVideoDiT(target)

@@ -450,7 +450,7 @@ def train_vae(
     ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
     # -- build everything from the seed ------------------------------------------------------
-    torch.manual_seed(cfg.seed)
+    ckpt.seed_rng(cfg.seed)
     model = _initial_model(cfg)
     model.train()
     disc = PatchDiscriminator3D(model.config.out_channels, cfg.disc_channels) if cfg.disc_weight > 0 else None
