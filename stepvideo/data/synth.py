@@ -6,6 +6,10 @@ or zoom. Captions come from several paraphrase templates per language; ground-tr
 stored with each row so that what a model learned can later be scored from pixels. A share of clips
 is degraded (noise, blur, jitter, caption mismatch) with a low quality score, for SFT filtering.
 
+The evaluation benchmark's scenes (stepvideo/evaluation/benchmark/embedded-v1.jsonl) are held out by
+construction: a drawn record whose `scene_key` is one of them is drawn again from the same generator.
+`plan`/`captions` list a dataset's items and captions without rendering, through the code `generate` uses.
+
 Generation is byte-for-byte deterministic: each item draws from its own seeded generator, frames are
 rendered with plain numpy arithmetic and written with bit-exact single-threaded encoders.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +180,47 @@ def check_attributes(attrs: object) -> str:
                 if not isinstance(path, list) or len(path) != (1 if o["action"] == "move" else 2) \
                         or any(d not in DIRECTIONS for d in path):
                     return f"object {i}: bad path {path!r} for action {o['action']}"
-                if o.get("speed") not in SPEEDS:
+                # a move2 caption states no speed, so a record parsed from one has none
+                if (o["action"] == "move" or "speed" in o) and o.get("speed") not in SPEEDS:
                     return f"object {i}: unknown speed {o.get('speed')!r}"
     return ""
+
+
+def scene_key(attrs: dict) -> str:
+    """The canonical text of a scene: its attributes as JSON with sorted keys, no ASCII escaping and
+    no spaces. A move2 object's speed is left out: captions never state it, so records that differ
+    only there are one scene to a prompt (a benchmark move2 prompt matches any drawn speed)."""
+    objects = [{k: v for k, v in o.items() if not (k == "speed" and o.get("action") == "move2")}
+               for o in attrs["objects"]]
+    return json.dumps({**attrs, "objects": objects}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+BENCHMARK_FILE = Path(__file__).resolve().parents[1] / "evaluation" / "benchmark" / "embedded-v1.jsonl"
+
+
+@lru_cache(maxsize=None)
+def benchmark_scene_keys() -> frozenset[str]:
+    """The scene keys of the evaluation benchmark's prompts (read lazily, once), which the dataset
+    generator never renders or captions. Read here rather than imported from stepvideo.evaluation,
+    which imports this module."""
+    if not BENCHMARK_FILE.is_file():
+        raise FileNotFoundError(f"{BENCHMARK_FILE}: the benchmark prompts are missing; the dataset holds their "
+                                "scenes out (regenerate: python -m stepvideo.evaluation.prompts --write)")
+    keys = set()
+    for line in BENCHMARK_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            keys.add(scene_key(json.loads(line)["attributes"]))
+    return frozenset(keys)
+
+
+def sample_training_attributes(rng: np.random.Generator, video: bool, exclude: frozenset[str] | None = None) -> dict:
+    """`sample_attributes`, drawn again from the same `rng` while the record's scene key is in `exclude`
+    (default: the benchmark's scenes), so benchmark scenes are held out of the data by construction."""
+    exclude = benchmark_scene_keys() if exclude is None else exclude
+    while True:
+        attrs = sample_attributes(rng, video)
+        if scene_key(attrs) not in exclude:
+            return attrs
 
 
 # ---------------------------------------------------------------- rendering
@@ -221,26 +265,98 @@ def _object_state(o: dict, t: float, start: tuple[float, float]) -> tuple[float,
     return cx, cy, scale, angle
 
 
-def _start_positions(rng: np.random.Generator, objs: list[dict]) -> list[tuple[float, float]]:
-    starts = []
-    n = len(objs)
-    for i, o in enumerate(objs):
-        # spread objects over horizontal lanes, then push movers back so they stay in frame
-        cx = -0.55 + 1.1 * (i + 0.5) / n + float(rng.uniform(-0.08, 0.08))
-        cy = float(rng.uniform(-0.3, 0.3))
-        if o.get("action") in ("move", "move2"):
-            dist = 2 * SPEEDS[o["speed"]][0]
-            for d in o["path"]:
-                dx, dy = DIRECTIONS[d][0]
-                cx, cy = cx - dx * dist / len(o["path"]) * 0.5, cy - dy * dist / len(o["path"]) * 0.5
-        starts.append((cx, cy))
-    return starts
+LAYOUT_TRIES = 256
+# the farthest point of each unit shape from its centre (a square's corner: 0.82 * sqrt(2))
+EXTENT = {"circle": 1.0, "square": 1.16, "triangle": 1.1, "diamond": 1.0, "star": 1.0}
+GAP = 0.06  # world units kept between two objects' outlines at every moment
 
 
-def render(attrs: dict, frames: int, height: int, width: int, rng: np.random.Generator, ss: int = 2) -> np.ndarray:
-    """Render (frames, H, W, 3) uint8 with `ss`x`ss` supersampling for smooth edges."""
+def _view(camera: str, t: np.ndarray, aspect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre x, half width, half height) of the camera's view at times t, in world units."""
+    pan = {"pan_left": -0.4 * t, "pan_right": 0.4 * t}.get(camera, 0.0 * t)
+    zoom = {"zoom_in": 1.0 + 0.35 * t, "zoom_out": 1.0 - 0.25 * t}.get(camera, 1.0 + 0.0 * t)
+    return pan, aspect / zoom, 1.0 / zoom
+
+
+def layout_penalty(objs: list[dict], starts: list[tuple[float, float]], camera: str = "static",
+                   aspect: float = 1.0) -> float:
+    """How far a layout is from a clean one (0 = clean): at 9 moments over the clip, every two
+    objects' bounding circles stay GAP apart, and every object stays whole in view (a mover may
+    leave it by up to half its radius)."""
+    t = np.linspace(0.0, 1.0, 9)
+    pos, rad = [], []
+    for o, start in zip(objs, starts):
+        cx, cy, scale, _ = _object_state(o, t, start)  # vectorised over t
+        pos.append(np.stack([np.broadcast_to(cx, t.shape), np.broadcast_to(cy, t.shape)], 1))
+        rad.append(2 * SIZES[o["size"]][0] * np.broadcast_to(scale, t.shape) * EXTENT[o["shape"]])
+    penalty = 0.0
+    for i in range(len(objs)):
+        for j in range(i + 1, len(objs)):
+            gap = np.linalg.norm(pos[i] - pos[j], axis=1) - rad[i] - rad[j] - GAP
+            penalty += float(np.clip(-gap, 0, None).sum())
+    cx, hw, hh = _view(camera, t, aspect)
+    for o, p, r in zip(objs, pos, rad):
+        margin = 0.5 * r if o.get("action") in ("move", "move2") else r  # movers may leave by half
+        penalty += float(np.clip(np.abs(p[:, 0] - cx) - (hw - margin), 0, None).sum())
+        penalty += float(np.clip(np.abs(p[:, 1]) - (hh - margin), 0, None).sum())
+    return penalty
+
+
+def _start_positions(rng: np.random.Generator, objs: list[dict], camera: str = "static",
+                     aspect: float = 1.0, tries: int = LAYOUT_TRIES) -> tuple[list[tuple[float, float]], float]:
+    """Start positions with no overlap between objects over the whole clip and every object in view
+    (`layout_penalty` 0), and that penalty. Objects are placed one after another, each at the first
+    of `tries` candidate points (drawn at once) that keeps the layout clean, else at the least bad
+    one. A mover's path is centred on its candidate point."""
+    t = np.linspace(0.0, 1.0, 9)
+    cx_view, hw, hh = _view(camera, t, aspect)
+    placed: list[tuple[np.ndarray, np.ndarray]] = []
+    starts, total = [], 0.0
+    for o in objs:
+        ox, oy, scale, _ = _object_state(o, t, (0.0, 0.0))  # the path relative to the start, over t
+        off = np.stack([np.broadcast_to(ox, t.shape), np.broadcast_to(oy, t.shape)], 1)  # (9, 2)
+        r = 2 * SIZES[o["size"]][0] * np.broadcast_to(scale, t.shape) * EXTENT[o["shape"]]
+        cand = rng.uniform(-0.75, 0.75, size=(tries, 2)) * np.array([aspect, 1.0]) - off[-1] / 2
+        path = cand[:, None, :] + off[None]  # (tries, 9, 2)
+        margin = 0.5 * r if o.get("action") in ("move", "move2") else r
+        pen = np.clip(np.abs(path[..., 0] - cx_view) - (hw - margin), 0, None).sum(1)
+        pen += np.clip(np.abs(path[..., 1]) - (hh - margin), 0, None).sum(1)
+        for other, r_other in placed:
+            gap = np.linalg.norm(path - other[None], axis=2) - r - r_other - GAP
+            pen += np.clip(-gap, 0, None).sum(1)
+        k = int(np.argmin(pen))
+        starts.append((float(cand[k, 0]), float(cand[k, 1])))
+        placed.append((path[k], r))
+        total += float(pen[k])
+    return starts, total
+
+
+SCENE_TRIES = 30
+
+
+def _draw_scene(rng: np.random.Generator, video: bool, exclude: frozenset[str] | None,
+                aspect: float) -> tuple[dict, list[tuple[float, float]]]:
+    """Attributes and start positions of one item. A scene too crowded for a clean layout (say three
+    large movers in a small frame) is drawn again, so every object of the dataset can be seen whole
+    and told apart (the scorer's ground truth); after SCENE_TRIES the least crowded draw is kept."""
+    best = None
+    for _ in range(SCENE_TRIES):
+        attrs = sample_training_attributes(rng, video, exclude)
+        starts, penalty = _start_positions(rng, attrs["objects"], attrs.get("camera", "static"), aspect)
+        if best is None or penalty < best[2]:
+            best = (attrs, starts, penalty)
+        if penalty == 0.0:
+            break
+    return best[0], best[1]
+
+
+def render(attrs: dict, frames: int, height: int, width: int, rng: np.random.Generator | None = None, ss: int = 2,
+           starts: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """Render (frames, H, W, 3) uint8 with `ss`x`ss` supersampling for smooth edges. The objects'
+    start positions are `starts`, or drawn from `rng` (its only use) when not given."""
     objs = attrs["objects"]
-    starts = _start_positions(rng, objs)
+    if starts is None:
+        starts = _start_positions(rng, objs, attrs.get("camera", "static"), width / height)[0]
     aspect = width / height
     ys = (np.arange(height * ss) + 0.5) / (height * ss) * 2 - 1
     xs = ((np.arange(width * ss) + 0.5) / (width * ss) * 2 - 1) * aspect
@@ -277,15 +393,29 @@ def render(attrs: dict, frames: int, height: int, width: int, rng: np.random.Gen
 
 
 def degrade(frames: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    return _apply_degradation(frames, kind, _draw_degradation(kind, frames.shape, rng))
+
+
+def _draw_degradation(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
+    """The random part of a degradation of frames of `shape`: the noise (noise), the per-frame offsets
+    (jitter), None (blur)."""
+    if kind == "noise":
+        return rng.normal(0, 40, size=shape)
+    if kind == "jitter":
+        return np.array([rng.integers(-4, 5, size=2) for _ in range(shape[0])])
+    return None
+
+
+def _apply_degradation(frames: np.ndarray, kind: str, effect: np.ndarray | None) -> np.ndarray:
     x = frames.astype(np.float64)
     if kind == "noise":
-        x = x + rng.normal(0, 40, size=x.shape)
+        x = x + effect
     elif kind == "blur":  # 5x5 box blur, per frame
         pad = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
         h, w = x.shape[1:3]
         x = sum(pad[:, i:i + h, j:j + w] for i in range(5) for j in range(5)) / 25.0
     elif kind == "jitter":  # each frame shifted by a random offset
-        x = np.stack([np.roll(fr, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1)) for fr in x])
+        x = np.stack([np.roll(fr, tuple(off), axis=(0, 1)) for fr, off in zip(x, effect)])
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -295,16 +425,88 @@ def _rng(seed: int, kind: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, kind, index])
 
 
-def _render_clip(cfg: SynthConfig, index: int) -> tuple[np.random.Generator, dict, np.ndarray]:
+@dataclass(frozen=True)
+class PlannedItem:
+    """One dataset item with every random draw made, before rendering: what `generate` renders and
+    writes, and what `captions` lists without rendering (one code path, so the two cannot drift)."""
+
+    clip_id: str
+    kind: str  # video | image
+    split: str  # train | heldout
+    attrs: dict  # what is rendered
+    caption_attrs: dict  # what the captions say (differs for a "mismatch" clip)
+    starts: list[tuple[float, float]]  # the objects' start positions
+    degradation: str  # none | noise | blur | jitter | mismatch
+    quality: float
+    template: int  # caption template number
+    effect: np.ndarray | None = field(default=None, repr=False)  # the degradation's random part
+
+    @property
+    def path(self) -> str:
+        return f"videos/{self.clip_id}.mp4" if self.kind == "video" else f"images/{self.clip_id}.png"
+
+    def caption(self, lang: str) -> str:
+        return caption(self.caption_attrs, lang, self.template)
+
+
+def _assignments(cfg: SynthConfig) -> tuple[set[int], dict[int, str]]:
+    """(held-out clip indices, {degraded clip index: degradation})."""
+    n_heldout = int(round(cfg.clips * cfg.heldout_fraction))
+    n_degraded = int(round(cfg.clips * cfg.degraded_fraction))
+    order = _rng(cfg.seed, 9, 0).permutation(cfg.clips)
+    heldout = set(order[:n_heldout].tolist())
+    degraded = {int(i): DEGRADATIONS[k % len(DEGRADATIONS)]
+                for k, i in enumerate(order[n_heldout:n_heldout + n_degraded])}
+    return heldout, degraded
+
+
+def _plan_clip(cfg: SynthConfig, index: int, split: str, degradation: str,
+               exclude: frozenset[str] | None) -> PlannedItem:
     rng = _rng(cfg.seed, 0, index)
-    attrs = sample_attributes(rng, video=True)
-    return rng, attrs, render(attrs, cfg.frames, cfg.height, cfg.width, rng)
+    attrs, starts = _draw_scene(rng, True, exclude, cfg.width / cfg.height)
+    caption_attrs, effect = attrs, None
+    if degradation == "mismatch":
+        caption_attrs = sample_training_attributes(rng, True, exclude)
+    elif degradation != "none":
+        effect = _draw_degradation(degradation, (cfg.frames, cfg.height, cfg.width, 3), rng)
+    quality = round(float(rng.uniform(0.1, 0.4) if degradation != "none" else rng.uniform(0.8, 1.0)), 4)
+    template = int(rng.integers(0, 1000))
+    return PlannedItem(f"clip_{index:05d}", "video", split, attrs, caption_attrs, starts, degradation, quality,
+                       template, effect)
+
+
+def _plan_image(cfg: SynthConfig, index: int, exclude: frozenset[str] | None) -> PlannedItem:
+    rng = _rng(cfg.seed, 1, index)
+    attrs, starts = _draw_scene(rng, False, exclude, cfg.width / cfg.height)
+    template = int(rng.integers(0, 1000))
+    split = "heldout" if index < int(round(cfg.images * cfg.heldout_fraction)) else "train"
+    quality = round(float(rng.uniform(0.8, 1.0)), 4)
+    return PlannedItem(f"image_{index:05d}", "image", split, attrs, attrs, starts, "none", quality, template)
+
+
+def plan(cfg: SynthConfig, exclude: frozenset[str] | None = None) -> Iterator[PlannedItem]:
+    """The items of the dataset `cfg` describes (clips, then images), lazily, without rendering.
+    `exclude`: the scene keys never drawn (default: the benchmark's, `benchmark_scene_keys()`)."""
+    cfg.check()
+    heldout, degraded = _assignments(cfg)
+    for i in range(cfg.clips):
+        yield _plan_clip(cfg, i, "heldout" if i in heldout else "train", degraded.get(i, "none"), exclude)
+    for i in range(cfg.images):
+        yield _plan_image(cfg, i, exclude)
+
+
+def captions(cfg: SynthConfig, exclude: frozenset[str] | None = None) -> list[dict]:
+    """Every caption row of the dataset `cfg` describes, without rendering: dicts with id, clip_id,
+    kind, split, lang and caption, in manifest order."""
+    return [{"id": f"{item.clip_id}-{lang}", "clip_id": item.clip_id, "kind": item.kind, "split": item.split,
+             "lang": lang, "caption": item.caption(lang)} for item in plan(cfg, exclude) for lang in ("en", "zh")]
 
 
 def clean_clip(cfg: SynthConfig, index: int) -> np.ndarray:
     """Clip ``index`` as rendered, (T, H, W, 3) uint8: before any degradation and before the
     lossy mp4 encoding (what a perfect codec would give back)."""
-    return _render_clip(cfg, index)[2]
+    item = _plan_clip(cfg, index, "train", "none", None)  # attrs and starts come before any other draw
+    return render(item.attrs, cfg.frames, cfg.height, cfg.width, starts=item.starts)
 
 
 def generate(cfg: SynthConfig, out: str | os.PathLike, progress: bool = True) -> Path:
@@ -317,43 +519,20 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, progress: bool = True) ->
     (tmp / "videos").mkdir(parents=True)
     (tmp / "images").mkdir()
     rows: list[dict] = []
-    n_heldout = int(round(cfg.clips * cfg.heldout_fraction))
-    n_degraded = int(round(cfg.clips * cfg.degraded_fraction))
-    order = _rng(cfg.seed, 9, 0).permutation(cfg.clips)
-    heldout = set(order[:n_heldout].tolist())
-    degraded = {int(i): DEGRADATIONS[k % len(DEGRADATIONS)] for k, i in enumerate(order[n_heldout:n_heldout + n_degraded])}
     bar = tqdm(total=cfg.clips + cfg.images, desc="synth", unit="item", disable=not progress)
-    for i in range(cfg.clips):
-        rng, attrs, frames = _render_clip(cfg, i)
-        kind = degraded.get(i, "none")
-        caption_attrs = attrs
-        if kind != "none":
-            if kind == "mismatch":
-                caption_attrs = sample_attributes(rng, video=True)
-            else:
-                frames = degrade(frames, kind, rng)
-            quality = round(float(rng.uniform(0.1, 0.4)), 4)
+    for item in plan(cfg):
+        if item.kind == "video":
+            frames = render(item.attrs, cfg.frames, cfg.height, cfg.width, starts=item.starts)
+            if item.degradation not in ("none", "mismatch"):
+                frames = _apply_degradation(frames, item.degradation, item.effect)
+            write_video(tmp / item.path, frames, fps=cfg.fps)
+            n_frames = cfg.frames
         else:
-            quality = round(float(rng.uniform(0.8, 1.0)), 4)
-        rel = f"videos/clip_{i:05d}.mp4"
-        write_video(tmp / rel, frames, fps=cfg.fps)
-        template = int(rng.integers(0, 1000))
+            write_image(tmp / item.path, render(item.attrs, 1, cfg.height, cfg.width, starts=item.starts)[0])
+            n_frames = 1
         for lang in ("en", "zh"):
-            rows.append(_row(f"clip_{i:05d}", lang, rel, "video", "heldout" if i in heldout else "train",
-                             caption(caption_attrs, lang, template), cfg, cfg.frames, quality, kind, attrs))
-        bar.update()
-    for i in range(cfg.images):
-        rng = _rng(cfg.seed, 1, i)
-        attrs = sample_attributes(rng, video=False)
-        frame = render(attrs, 1, cfg.height, cfg.width, rng)[0]
-        rel = f"images/image_{i:05d}.png"
-        write_image(tmp / rel, frame)
-        template = int(rng.integers(0, 1000))
-        split = "heldout" if i < int(round(cfg.images * cfg.heldout_fraction)) else "train"
-        quality = round(float(rng.uniform(0.8, 1.0)), 4)
-        for lang in ("en", "zh"):
-            rows.append(_row(f"image_{i:05d}", lang, rel, "image", split, caption(attrs, lang, template),
-                             cfg, 1, quality, "none", attrs))
+            rows.append(_row(item.clip_id, lang, item.path, item.kind, item.split, item.caption(lang), cfg, n_frames,
+                             item.quality, item.degradation, item.attrs))
         bar.update()
     bar.close()
     write_manifest(tmp / "manifest.jsonl", rows)
