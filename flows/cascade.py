@@ -5,7 +5,8 @@ data version (DVC's hash), its params section and the code version. `version` al
 is incremental and is what tells the data version. `latent_cache` on the clean manifest, the VAE
 folder, the encoder versions, its section and code; each DiT stage (t2i_pretrain -> t2v_lowres ->
 t2v_highres -> sft) on the latent cache's key, the hash of the upstream model's weights, its
-section and the code of the trainer/engine/model/diffusion; `bundle` on the shipped DiT's weights.
+section and the code of the trainer/engine/model/diffusion; `evaluate` on the judged DiT's weights,
+the VAE, the encoders, its section and the evaluation code; `bundle` on the shipped DiT's weights.
 A cached task whose outputs were deleted runs again (the flow refreshes the cache entry when a
 stage's outputs are missing).
 """
@@ -156,6 +157,21 @@ def dit_task(stage: str, params: Params, root: str, parent_run_id: str | None) -
     return pipeline.stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
 
 
+def _evaluate_key(ctx, args: dict) -> str:
+    p: Params = args["params"]
+    root = Path(args["root"])
+    out = root / pipeline.OUTPUTS
+    return _key("evaluate", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.EVALUATE_FROM),
+                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("evaluate"),
+                p.tracking.register, tracking.code_version("stepvideo.evaluation", "stepvideo.generation",
+                                                           "stepvideo.stages_eval"))
+
+
+@task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True)
+def evaluate_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
+    return pipeline.stage_evaluate(params, Path(root), parent_run_id=parent_run_id)
+
+
 @task(name="bundle", cache_key_fn=_bundle_key, persist_result=True)
 def bundle_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
     return pipeline.stage_bundle(params, Path(root), parent_run_id=parent_run_id)
@@ -186,7 +202,7 @@ def _report(name: str, cached: dict, summary: str = "") -> str:
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
     """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
-    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> bundle"""
+    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> evaluate -> bundle"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -228,8 +244,11 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         report.append(_report("text_cache", cached, f"{text_cache['captions']} captions"))
         vae = _run(vae_task, cached, "train_vae", out / "vae" / "config.json", params=params, root=str(root_path),
                    parent_run_id=pid)
-        report.append(_report("train_vae", cached, f"held-out PSNR {vae['metrics'].get('heldout_psnr', float('nan')):.2f}"
-                                                   f" dB, SSIM {vae['metrics'].get('heldout_ssim', float('nan')):.4f}"))
+        vam = vae["metrics"]
+        kept = (f", scorer {vam['scorer_gt_overall']:.1%} on held-out clips -> {vam['scorer_vae_overall']:.1%} "
+                f"after the VAE" if "scorer_vae_overall" in vam else "")
+        report.append(_report("train_vae", cached, f"held-out PSNR {vam.get('heldout_psnr', float('nan')):.2f}"
+                                                   f" dB, SSIM {vam.get('heldout_ssim', float('nan')):.4f}{kept}"))
         latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
                        root=str(root_path), data_version=version["data_version"], encoder_versions=versions,
                        parent_run_id=pid)
@@ -245,10 +264,17 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                 if f"{name}_excluded_low_quality" in m else ""
             report.append(_report(name, cached, f"loss {m['loss_first']:.4f} -> {m['loss_last']:.4f} over "
                                                 f"{m['step']} steps{extra}"))
-        # later issues: Video-DPO (from sft) and evaluation run here, before the bundle
+        # later issue: Video-DPO (from sft) runs here; evaluation and the bundle then take its DiT
+        evaluation = _run(evaluate_task, cached, "evaluate", out / "eval" / "results.json", params=params,
+                          root=str(root_path), encoder_versions=versions, parent_run_id=pid)
+        em = evaluation["metrics"]
+        report.append(_report("evaluate", cached, f"benchmark accuracy {em.get('eval_overall', float('nan')):.1%} "
+                                                  f"(en {em.get('eval_lang_en', float('nan')):.1%}, zh "
+                                                  f"{em.get('eval_lang_zh', float('nan')):.1%}) over "
+                                                  f"{em['eval_videos']} videos; {evaluation['report']}"))
         bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
     return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
             "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
-            "vae": vae, "latent_cache": latents, **dits, "bundle": bundle}
+            "vae": vae, "latent_cache": latents, **dits, "evaluate": evaluation, "bundle": bundle}

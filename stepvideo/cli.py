@@ -23,6 +23,8 @@ app.add_typer(flow_app, name="flow")
 app.add_typer(compat_app, name="compat")
 model_app = typer.Typer(help="Model presets and facts.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+eval_app = typer.Typer(help="Evaluation: score clips, run the benchmark, write the report.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
@@ -182,7 +184,7 @@ def params_write(preset: str = typer.Option(..., help="demo | small | step-video
 @user_errors
 def stage(name: str = typer.Argument(..., help="data | version | validate | text_encoders | text_cache | train_vae | "
                                                  "latent_cache | t2i_pretrain | t2v_lowres | t2v_highres | sft | "
-                                                 "bundle"),
+                                                 "evaluate | bundle"),
           params: Path = PARAMS):
     """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
     from stepvideo import pipeline
@@ -315,6 +317,87 @@ def generate_cmd(
     bar.close()
     path = save_video(video[0], out, fps=fps, gif=gif)
     typer.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------ eval
+
+def _print_accuracy(summary: dict) -> None:
+    from stepvideo.evaluation.checks import CATEGORIES
+
+    def pct(v):  # noqa: E306
+        return "n/a" if v is None else f"{100 * v:5.1f}%"
+    for cat in CATEGORIES:
+        n = summary.get("checks", {}).get(cat, 0)
+        typer.echo(f"  {cat:<12} {pct(summary['categories'].get(cat))}  ({n} checks)")
+    langs = "  ".join(f"{k} {pct(v)}" for k, v in summary.get("languages", {}).items())
+    typer.echo(f"  overall      {pct(summary.get('overall'))}   {langs}   consistency {pct(summary.get('consistency'))}")
+
+
+@eval_app.command("score")
+@user_errors
+def eval_score(
+    manifest: Path = typer.Argument(..., help="a manifest.jsonl whose rows carry ground-truth 'attributes'"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write {overall, categories, languages} here"),
+    split: Optional[str] = typer.Option(None, help="only rows of this split (train | heldout)"),
+    include_degraded: bool = typer.Option(False, help="also score rows marked degraded (their captions may not match)"),
+    max_items: Optional[int] = typer.Option(None, help="score at most this many media files"),
+    vae: Optional[str] = typer.Option(None, help="a VAE folder or MLflow URI: score the clips after a VAE round trip"),
+):
+    """Score existing clips against their manifest's ground-truth attributes (per-category accuracy)."""
+    from stepvideo.evaluation.runner import score_manifest, vae_roundtrip, write_json
+
+    transform = None
+    if vae is not None:
+        from stepvideo.models.vae import VideoVAE
+        from stepvideo.tracking import resolve_model
+
+        transform = vae_roundtrip(VideoVAE.from_pretrained(resolve_model(vae)).eval())
+    result = score_manifest(manifest, split=split, include_degraded=include_degraded, max_items=max_items,
+                            transform=transform)
+    summary = result["summary"]
+    typer.echo(f"{manifest}: {summary['videos']} rows scored ({result['skipped_degraded']} degraded rows skipped)")
+    _print_accuracy(summary)
+    if json_out is not None:
+        write_json(json_out, {"overall": summary["overall"], "categories": summary["categories"],
+                              "languages": summary["languages"], "consistency": summary["consistency"],
+                              "checks": summary["checks"], "videos": summary["videos"], "manifest": str(manifest),
+                              "vae": vae})
+        typer.echo(f"wrote {json_out}")
+
+
+@eval_app.command("run")
+@user_errors
+def eval_run(
+    model: str = typer.Option(..., help="a pipeline folder or MLflow URI (models:/stepvideo-t2v@candidate)"),
+    prompts: Optional[Path] = typer.Option(None, help="benchmark .jsonl (default: the embedded benchmark) or an "
+                                                      "official-format .txt (one prompt per line; needs --categories)"),
+    categories: Optional[Path] = typer.Option(None, help="official format: JSON/YAML {category: [first, last]} lines"),
+    seeds: int = typer.Option(1, help="seeds per prompt (0..N-1; the same seed in both languages)"),
+    out: Path = typer.Option(Path("outputs/eval"), help="output folder: videos/, results.json, report.html"),
+    baseline: Optional[str] = typer.Option(None, help="another model (folder/URI), or an earlier eval folder with "
+                                                      "results.json, shown beside the candidate"),
+    metric: Optional[list[str]] = typer.Option(None, help="a user metric 'module:function' or 'file.py:function' "
+                                                          "(repeatable): fn(frames, prompt) -> {name: float}"),
+    batch_size: int = typer.Option(8, help="prompts generated per batch"),
+    frames: int = typer.Option(17, help="1 or a multiple of 17"),
+    height: int = typer.Option(64, help="multiple of 16"),
+    width: int = typer.Option(64, help="multiple of 16"),
+    steps: Optional[int] = typer.Option(None, help="Euler steps [the pipeline's default]"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="guidance scale [the pipeline's default]"),
+    shift: Optional[float] = typer.Option(None, help="time shift [the pipeline's default]"),
+    fps: int = typer.Option(8, help="frames per second of the written mp4s"),
+):
+    """Generate every prompt in both languages with fixed seeds, score them, write the videos, a
+    JSON of all scores and the HTML report."""
+    from stepvideo.evaluation.runner import evaluate_model, load_prompts
+
+    prompt_list = load_prompts(prompts, categories)
+    results = evaluate_model(model, prompt_list, out, seeds=seeds, baseline=baseline, metric_specs=metric or [],
+                             batch_size=batch_size, frames=frames, height=height, width=width, steps=steps,
+                             cfg=cfg, shift=shift, fps=fps)
+    if not results["gallery"]:
+        _print_accuracy(results["summary"])
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'report.html'} ({results['summary']['videos']} videos)")
 
 
 # ------------------------------------------------------------------ model

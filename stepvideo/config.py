@@ -183,6 +183,24 @@ class TrackingParams:
 
 
 @dataclass
+class EvaluateParams:
+    """The `evaluate` stage: the benchmark on the SFT candidate (stepvideo.evaluation), and how much
+    content the VAE keeps (the scorer on held-out clips before and after a VAE round trip)."""
+
+    prompts: str = ""  # '' = the embedded benchmark (128 prompts x EN + ZH); else a benchmark .jsonl
+    max_prompts: int = 0  # 0: all; else the first N (quick runs)
+    seeds: int = 1  # seeds per prompt (0..N-1), the same in both languages
+    batch_size: int = 16
+    frames: int = 17
+    height: int = 0  # 0: the data's height
+    width: int = 0  # 0: the data's width
+    steps: int = 20
+    cfg: float = 5.0
+    shift: float = 3.0
+    vae_items: int = 64  # held-out media scored before/after the VAE round trip (train_vae stage)
+
+
+@dataclass
 class Params:
     preset: str = "demo"
     data: DataParams = field(default_factory=DataParams)
@@ -194,6 +212,7 @@ class Params:
     t2v_lowres: DiTStageParams = field(default_factory=_t2v_lowres)
     t2v_highres: DiTStageParams = field(default_factory=_t2v_highres)
     sft: DiTStageParams = field(default_factory=_sft)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "checkpoint_every": 250},
         "sft": {"model": "small", "steps": 500, "batch_size": 8, "lr": 5.0e-5, "checkpoint_every": 50,
                 "average_last": 5, "keep_checkpoints": 5},
+        "evaluate": {"seeds": 2, "frames": 34, "steps": 30},
     },
     "step-video-t2v": {
         # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
@@ -247,6 +267,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "zero_stage": 2, "gradient_checkpointing": True, "log_every": 10, "checkpoint_every": 500,
                 "average_last": 5, "keep_checkpoints": 5, "timestep_sampling": "shifted", "timestep_shift": 13.0,
                 "sample_steps": 50, "sample_cfg": 9.0, "sample_shift": 13.0, "sample_frames": 204},
+        "evaluate": {"seeds": 2, "batch_size": 1, "frames": 204, "steps": 50, "cfg": 9.0, "shift": 13.0,
+                     "vae_items": 16},
     },
 }
 

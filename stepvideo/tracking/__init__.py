@@ -192,3 +192,54 @@ def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) 
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(dst) if dst else None))
     except mlflow.exceptions.MlflowException as e:
         raise FileNotFoundError(f"{text}: cannot resolve in the MLflow registry ({e.message})") from e
+
+
+def model_version(uri: str) -> Any:
+    """The registry's ModelVersion behind `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    ref = str(uri).removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.partition("/")
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{uri}: not in the MLflow registry ({e.message})") from e
+
+
+def tag_model_version(name: str, version: str, tags: dict[str, Any]) -> None:
+    """Set tags on a registered model version (e.g. its evaluation scores)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+
+
+def stage_metric_histories(uri: str, metric: str) -> dict[str, list[list[float]]]:
+    """{stage: [[step, value], ...]} of `metric` over the sibling stage runs of the run that
+    registered `uri` (the stages of one flow run); {} when that run has no parent."""
+    from mlflow import MlflowClient
+
+    mv = model_version(uri)
+    client = MlflowClient()
+    run = client.get_run(mv.run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if not parent:
+        return {}
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                  order_by=["attributes.start_time ASC"])
+    out: dict[str, list[list[float]]] = {}
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, metric)
+        if history:
+            stage = child.data.tags.get("stage") or child.info.run_name
+            out[stage] = [[float(m.step), float(m.value)] for m in sorted(history, key=lambda m: m.step)]
+    return out

@@ -1,0 +1,74 @@
+"""Helpers the stage modules share: where outputs live, the validated rows, the text encoders,
+the data version and the identity of a model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stepvideo import tracking
+from stepvideo.config import Params
+from stepvideo.data.versioning import data_version
+
+OUTPUTS = "outputs"
+
+
+def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
+    from stepvideo.models.text_encoders import TextEncoder
+
+    te = params.text_encoders
+    built = root / OUTPUTS / "text_encoders"
+    llm, clip = te.llm or built / "llm", te.clip or built / "clip"
+    return {"llm": TextEncoder.from_pretrained(str(llm), kind="llm", max_length=te.llm_max_length),
+            "clip": TextEncoder.from_pretrained(str(clip), kind="clip", max_length=te.clip_max_length)}
+
+
+def _data_version(params: Params, root: Path) -> str:
+    dvc_file = root / f"{params.data.out}.dvc"
+    return data_version(dvc_file) if dvc_file.is_file() else "untracked"
+
+
+def _clean_rows(root: Path) -> tuple[Path, list[dict]]:
+    from stepvideo.data.manifest import read_manifest
+
+    clean = root / OUTPUTS / "validated" / "clean.jsonl"
+    rows = read_manifest(clean) if clean.is_file() else None
+    if not rows:
+        raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
+    return clean, rows
+
+
+def _require(folder: Path, stage: str, marker: str = "config.json") -> Path:
+    if not (folder / marker).is_file():
+        raise FileNotFoundError(f"{folder}: no output of the `{stage}` stage; run it first (stepvideo stage {stage})")
+    return folder
+
+
+def model_hash(folder: str | Path) -> str:
+    """Hash (16 hex) of a model folder's config.json and weights only: the identity of the weights,
+    unmoved by the lineage/metrics/sample files beside them (which carry the git commit, timings)."""
+    import hashlib
+
+    from stepvideo.models.io import weight_files
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in [folder / "config.json", *weight_files(folder)]:
+        h.update(f.name.encode())
+        h.update(tracking.file_hash(f).encode())
+    return h.hexdigest()[:16]
+
+
+def latent_cache_key(root: Path) -> str:
+    """The key of the project's latent cache ('missing' when there is none): cheap, for cache keys."""
+    try:
+        return str(json.loads((root / OUTPUTS / "latent_cache" / "cache.json").read_text(encoding="utf-8"))["key"])
+    except (OSError, ValueError, KeyError):
+        return "missing"
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,331 @@
+"""The DiT cascade's stages: latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft ->
+bundle (see `stepvideo.pipeline` for the whole order)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepvideo import tracking
+from stepvideo.config import Params
+from stepvideo.stage_utils import (OUTPUTS, _clean_rows, _data_version, _device, _load_encoders, _require,
+                                   model_hash)
+
+
+# The sample prompts every DiT stage renders at its end, in the embedded domain's caption style
+# (stepvideo/data/synth.py): two English and two Chinese, for clips and for stills (1-frame samples).
+SAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
+    ("en", "A large red circle moves right quickly on a navy background."),
+    ("en", "On a black background, a small yellow star rotates clockwise, while a medium blue square moves up slowly."),
+    ("zh", "灰色背景上，一个大的绿色三角形缓慢地向左移动。"),
+    ("zh", "在棕色的背景中，一个中等大小的紫色菱形逐渐变大。镜头拉近。"),
+)
+SAMPLE_PROMPTS_STILL: tuple[tuple[str, str], ...] = (
+    ("en", "A large red circle on a navy background."),
+    ("en", "An image of a small yellow star and a medium blue square against a black background."),
+    ("zh", "灰色背景上有一个大的绿色三角形。"),
+    ("zh", "一张图片：一个中等大小的紫色菱形，背景是棕色。"),
+)
+
+# stage -> the stage whose output it starts from (its `init_from` when that is ''); None: from scratch
+DIT_PREVIOUS: dict[str, str | None] = {"t2i_pretrain": None, "t2v_lowres": "t2i_pretrain",
+                                       "t2v_highres": "t2v_lowres", "sft": "t2v_highres"}
+# stage -> its MLflow registered model
+DIT_REGISTERED: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
+                                  "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
+# the DiT stage the shipped bundle takes its weights from (Video-DPO, a later stage, will take its place)
+BUNDLE_FROM = "sft"
+BUNDLE_REGISTERED = "stepvideo-t2v"
+
+
+def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Encode every clean clip/still with the trained VAE (full and low resolution) and every caption
+    with the text encoders into outputs/latent_cache/, once per (clean manifest, VAE, encoders, low
+    resolution): the DiT stages never run the VAE encoder or the text encoders."""
+    import time
+
+    from stepvideo.data.latent_cache import (LatentCache, build_latent_cache, cache_summary, low_resolution,
+                                             most_common_size)
+    from stepvideo.models.vae import VideoVAE
+
+    lp = params.latent_cache
+    clean, rows = _clean_rows(root)
+    vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
+    out = root / OUTPUTS / "latent_cache"
+    clean_version, vae_version = tracking.file_hash(clean), tracking.file_hash(vae_dir)
+    full = most_common_size([(r["height"], r["width"]) for r in rows])
+    low = low_resolution(*full, factor=lp.low_res_factor)
+    tags = {"data_version": _data_version(params, root), "clean_manifest": clean_version,
+            "vae_version": vae_version, "params_hash": params.section_hash("latent_cache")}
+    with tracking.run("latent_cache", experiment=params.tracking.experiment,
+                      params={"latent_cache": dataclasses.asdict(lp)}, tags=tags, parent_run_id=parent_run_id):
+        encoders = _load_encoders(params, root)
+        vae = VideoVAE.from_pretrained(vae_dir).to(_device())
+        t0 = time.perf_counter()
+        build_latent_cache(rows, clean.parent, vae, encoders, out, data_version=clean_version,
+                           vae_version=vae_version, low_res=low, batch_size=lp.batch_size, progress=progress,
+                           text_cache=root / OUTPUTS / "text_cache" / "text_cache.safetensors")
+        seconds = time.perf_counter() - t0
+        cache = LatentCache(out)
+        summary = cache_summary(cache)
+        tags = {"latent_cache_key": cache.key, **{f"{k}_version": v for k, v in cache.meta["encoder_versions"].items()},
+                "resolutions": json.dumps(cache.meta["resolutions"])}
+        tracking.set_tags(tags)
+        metrics = {"items": summary["items"], "media": summary["media"], "seconds": seconds,
+                   "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file()),
+                   **{f"items_{k}": v for k, v in summary["items_per_kind"].items()},
+                   **{f"items_{k}": v for k, v in summary["items_per_split"].items()},
+                   **{f"buckets_{r}": len(b) for r, b in summary["buckets"].items()}}
+        tracking.log_metrics(metrics)
+    return {"cache": str(out), "key": cache.key, "metrics": metrics, "cache_summary": summary,
+            "resolutions": cache.meta["resolutions"]}
+
+
+def _registered_version(name: str, weights: str) -> str | None:
+    """'NAME/VERSION' of the newest registered version of `name` whose weights_hash tag is `weights`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    hits = [int(v.version) for v in versions if (v.tags or {}).get("weights_hash") == weights]
+    return f"{name}/{max(hits)}" if hits else None
+
+
+def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
+    """The folder a DiT stage starts from and its `parent_model_version` lineage tag."""
+    if init_from:
+        folder = tracking.resolve_model(init_from, root / ".cache" / "dit" / "init" / name
+                                        if init_from.startswith(("models:/", "runs:/")) else None)
+        if init_from.startswith(("models:/", "runs:/")):
+            return folder, init_from
+        return folder, f"folder:{model_hash(folder)}"
+    prev = DIT_PREVIOUS[name]
+    if prev is None:
+        return None, "scratch"
+    folder = root / OUTPUTS / "dit" / prev
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{name} starts from the `{prev}` stage's model, but {folder} does not exist: run "
+                                f"`stepvideo stage {prev}` first (or set {name}.init_from in params.yaml)")
+    weights = model_hash(folder)
+    return folder, _registered_version(DIT_REGISTERED[prev], weights) or f"folder:{weights}"
+
+
+def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -> "DiTTrainConfig":
+    """The trainer config of DiT stage `name`: its params section, the model geometry fitted to the
+    latent cache (z channels of the VAE, widths of the text encoders)."""
+    from stepvideo.models.dit import PRESETS, DiTConfig
+    from stepvideo.training.dit_trainer import DiTTrainConfig
+
+    sp = getattr(params, name)
+    if sp.model not in PRESETS:
+        raise ValueError(f"{name}.model must be one of {sorted(PRESETS)}, got {sp.model!r}")
+    if sp.resolution not in cache.resolutions:
+        raise ValueError(f"{name}.resolution must be one of {sorted(cache.resolutions)}, got {sp.resolution!r}")
+    kinds = tuple(sp.kinds)
+    candidates = cache.select("train", kinds)
+    if not candidates:
+        hint = " (text-to-image pre-training needs stills: add images to the dataset, or set t2i_pretrain.kinds: " \
+               "[video])" if kinds == ("image",) else ""
+        raise ValueError(f"{name}: the latent cache has no train items of kinds {list(kinds)}{hint}")
+    if (sp.still_share or 0) > 0 and not any(cache.items[i]["kind"] == "image" for i in candidates):
+        raise ValueError(f"{name}.still_share is {sp.still_share} but the data has no stills in the train split: "
+                         f"set {name}.still_share: null (or add images to the dataset)")
+    min_quality = sp.min_quality or None
+    if min_quality and all(cache.items[i]["quality"] != cache.items[i]["quality"] for i in candidates):
+        min_quality = None  # no row has a quality score (ingested data): the filter cannot apply
+    z = int(cache.meta["z_channels"])
+    dims = [int(cache.text.encoders[n]["dim"]) for n in ("llm", "clip") if n in cache.text.encoders]
+    model = DiTConfig.preset(sp.model, in_channels=z, out_channels=z, caption_channels=dims,
+                             gradient_checkpointing=sp.gradient_checkpointing)
+    return DiTTrainConfig(
+        model=model.to_dict(), init_from=str(init) if init else None, resolution=sp.resolution,
+        kinds=kinds, still_share=sp.still_share, min_quality=min_quality,
+        batch_size=sp.batch_size, grad_accum=sp.grad_accum, steps=sp.steps, lr=sp.lr, lr_schedule=sp.lr_schedule,
+        warmup_steps=sp.warmup_steps, weight_decay=sp.weight_decay, grad_clip=sp.grad_clip,
+        timestep_sampling=sp.timestep_sampling, timestep_shift=sp.timestep_shift, caption_dropout=sp.caption_dropout,
+        sample_posterior=sp.sample_posterior, ema_decay=sp.ema_decay, average_last=sp.average_last,
+        gradient_checkpointing=sp.gradient_checkpointing, zero_stage=sp.zero_stage, seed=sp.seed,
+        log_every=sp.log_every, checkpoint_every=sp.checkpoint_every, keep_checkpoints=sp.keep_checkpoints,
+        max_bad_steps=sp.max_bad_steps)
+
+
+def render_samples(dit: Any, params: Params, root: Path, sp: Any, size: tuple[int, int], out: Path,
+                   fps: int = 8, encoders: dict[str, Any] | None = None) -> list[Path]:
+    """The stage's sample videos: `sp.sample_prompts` of the fixed prompts at `size`, as mp4 + GIF
+    (a 1-frame sample: PNG + GIF) under `out`, with prompts.json naming each file's prompt."""
+    from stepvideo.generation import T2VPipeline, save_video
+
+    prompts = (SAMPLE_PROMPTS_STILL if sp.sample_frames == 1 else SAMPLE_PROMPTS)[:max(sp.sample_prompts, 0)]
+    if not prompts:
+        return []
+    device = _device()
+    pipe = T2VPipeline.from_components(dit, root / OUTPUTS / "vae", encoders or _load_encoders(params, root),
+                                       device=device, dtype="bfloat16" if device == "cuda" else None)
+    out.mkdir(parents=True, exist_ok=True)
+    files, index = [], {}
+    for i, (lang, text) in enumerate(prompts):
+        video = pipe.generate(text, num_frames=sp.sample_frames, height=size[0], width=size[1],
+                              steps=sp.sample_steps, cfg_scale=sp.sample_cfg, shift=sp.sample_shift, seed=i)
+        path = out / f"{i}_{lang}{'.png' if sp.sample_frames == 1 else '.mp4'}"
+        save_video(video[0], path, fps=fps, gif=True)
+        files += [path, path.with_suffix(".gif")]
+        index[path.name] = {"prompt": text, "lang": lang, "seed": i, "frames": sp.sample_frames,
+                            "height": size[0], "width": size[1], "steps": sp.sample_steps, "cfg": sp.sample_cfg,
+                            "shift": sp.sample_shift}
+    (out / "prompts.json").write_text(json.dumps(index, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+                                      encoding="utf-8")
+    return [*files, out / "prompts.json"]
+
+
+def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """One DiT stage of the cascade (t2i_pretrain | t2v_lowres | t2v_highres | sft) on the latent
+    cache, starting from the previous stage's model (or `init_from`); writes outputs/dit/<name>/
+    (a StepVideoDiT folder + lineage.json, metrics.json, samples/), records a nested MLflow run (the
+    loss curve per step, sample videos) and registers the folder (`DIT_REGISTERED`, alias candidate).
+
+    Checkpoints live in `.cache/dit/<name>/<key>/`, key = (latent cache key, init weights, the
+    trainer config's fingerprint): an interrupted run resumes, a changed input starts afresh."""
+    import hashlib
+    import shutil
+    import time
+
+    from stepvideo.data.latent_cache import LatentCache
+    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.training.dit_trainer import train_dit
+
+    if name not in DIT_PREVIOUS:
+        raise ValueError(f"unknown DiT stage {name!r} (known: {', '.join(DIT_PREVIOUS)})")
+    sp = getattr(params, name)
+    cache_dir = _require(root / OUTPUTS / "latent_cache", "latent_cache", marker="cache.json")
+    cache = LatentCache(cache_dir)
+    init, parent_version = _dit_init(name, sp.init_from, root)
+    cfg = dit_train_config(params, name, cache, init)
+    init_hash = model_hash(init) if init else "scratch"
+    key = hashlib.sha256(json.dumps([cache.key, init_hash, cfg.fingerprint()]).encode()).hexdigest()[:16]
+    work = root / ".cache" / "dit" / name / key
+    out = root / OUTPUTS / "dit" / name
+    encoder_versions = cache.meta["encoder_versions"]
+    lineage = {"stage": name, "data_version": _data_version(params, root), "clean_manifest": cache.meta["data_version"],
+               "vae_version": cache.meta["vae_version"],
+               **{f"{k}_version": v for k, v in encoder_versions.items()},
+               "parent_model_version": parent_version, "init_weights": init_hash,
+               "params_hash": params.section_hash(name), "latent_cache_key": cache.key, "train_key": key,
+               "git_commit": tracking.git_commit(root)}
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # another rank of a torchrun/deepspeed launch: it trains; rank 0 records, samples, registers
+        result = train_dit(cfg, cache_dir, work, progress=False, name=name)
+        return {"model_dir": str(out), "rank": rank, "metrics": {"loss_last": result["loss_last"]}}
+    excluded = None
+    if cfg.min_quality is not None:  # train rows of the requested kinds the quality filter leaves out (SFT)
+        excluded = len(cache.select("train", cfg.kinds)) - len(cache.select("train", cfg.kinds, cfg.min_quality))
+    elif sp.min_quality > 0:
+        lineage["quality_filter"] = "off: the data has no quality scores"
+    with tracking.run(name, experiment=params.tracking.experiment,
+                      params={name: dataclasses.asdict(sp), "dit": cfg.model}, tags=lineage,
+                      parent_run_id=parent_run_id):
+        if excluded is not None:
+            tracking.log_metrics({f"{name}_excluded_low_quality": excluded})
+            print(f"{name}: min_quality {sp.min_quality} leaves out {excluded} low-quality train rows of {sp.kinds}",
+                  file=sys.stderr)
+        log = lambda step, m: tracking.log_metrics(m, step=step)  # noqa: E731
+        t0 = time.perf_counter()
+        result = train_dit(cfg, cache_dir, work, log_fn=log, progress=progress, name=name)
+        seconds = time.perf_counter() - t0
+        size = cache.resolutions[sp.resolution]
+        fps = next((int(r.get("fps") or 0) for r in _clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
+        tmp = temp_folder_for(out)
+        try:
+            shutil.copytree(result["model_dir"], tmp, dirs_exist_ok=True)
+            t1 = time.perf_counter()
+            samples = render_samples(tmp, params, root, sp, size, tmp / "samples", fps=fps)
+            sample_seconds = time.perf_counter() - t1
+            metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics.update(seconds=seconds, sample_seconds=sample_seconds)
+            if excluded is not None:
+                metrics[f"{name}_excluded_low_quality"] = excluded
+            weights = model_hash(tmp)
+            lineage["weights_hash"] = weights
+            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+            (tmp / "metrics.json").write_text(json.dumps({**metrics, "weights": result["weights"],
+                                                          "loss_curve": result["loss_curve"]},
+                                                         indent=2, sort_keys=True) + "\n")
+            replace_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        tracking.log_metrics(metrics, step=result["step"])
+        tracking.set_tags({"weights_hash": weights, "weights_kept": result["weights"]})
+        for f in samples:
+            tracking.log_artifact(out / "samples" / f.name, "samples")
+        registered = None
+        if params.tracking.register:
+            registered = tracking.register_folder(out, DIT_REGISTERED[name], tags=lineage, aliases=("candidate",))
+    return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
+            "samples": [str(out / "samples" / f.name) for f in samples], "work_dir": str(work)}
+
+
+def stage_t2i_pretrain(params: Params, root: Path, parent_run_id: str | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Text-to-image pre-training from scratch (stills, full resolution)."""
+    return stage_dit("t2i_pretrain", params, root, parent_run_id, progress)
+
+
+def stage_t2v_lowres(params: Params, root: Path, parent_run_id: str | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Text-to-video at low resolution (clips + a share of stills), from t2i_pretrain."""
+    return stage_dit("t2v_lowres", params, root, parent_run_id, progress)
+
+
+def stage_t2v_highres(params: Params, root: Path, parent_run_id: str | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Text-to-video at full resolution, from t2v_lowres."""
+    return stage_dit("t2v_highres", params, root, parent_run_id, progress)
+
+
+def stage_sft(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Supervised fine-tuning on the high-quality clips (`sft.min_quality`), from t2v_highres; the
+    output is the mean of the last `sft.average_last` checkpoints."""
+    return stage_dit("sft", params, root, parent_run_id, progress)
+
+
+def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The shippable text-to-video pipeline: the `BUNDLE_FROM` DiT + the VAE + the text encoders as one
+    `T2VPipeline.save_pretrained` folder (outputs/bundle), registered as `stepvideo-t2v` (alias
+    candidate), so `stepvideo generate --model models:/stepvideo-t2v@candidate` works. Its default
+    sampler is the stage's sample settings."""
+    from stepvideo.diffusion.sampler import SamplerConfig
+    from stepvideo.generation import T2VPipeline
+
+    dit_dir = _require(root / OUTPUTS / "dit" / BUNDLE_FROM, BUNDLE_FROM)
+    vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
+    sp = getattr(params, BUNDLE_FROM)
+    dit_lineage = json.loads((dit_dir / "lineage.json").read_text()) if (dit_dir / "lineage.json").is_file() else {}
+    weights = model_hash(dit_dir)
+    parent = _registered_version(DIT_REGISTERED[BUNDLE_FROM], weights) or f"folder:{weights}"
+    keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key")
+    lineage = {**{k: dit_lineage[k] for k in keep if k in dit_lineage}, "dit_stage": BUNDLE_FROM,
+               "parent_model_version": parent, "dit_weights": weights,
+               "params_hash": params.section_hash(BUNDLE_FROM), "git_commit": tracking.git_commit(root)}
+    out = root / OUTPUTS / "bundle"
+    with tracking.run("bundle", experiment=params.tracking.experiment, tags=lineage, parent_run_id=parent_run_id):
+        sampler = SamplerConfig(num_steps=sp.sample_steps, shift=sp.sample_shift, cfg_scale=sp.sample_cfg)
+        pipe = T2VPipeline.from_components(dit_dir, vae_dir, _load_encoders(params, root), sampler=sampler,
+                                           lineage={"cascade": dit_lineage})
+        pipe.save_pretrained(out, lineage=lineage)
+        metrics = {"dit_parameters": pipe.dit.num_parameters(), "vae_parameters": pipe.vae.num_parameters(),
+                   "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+        tracking.log_metrics(metrics)
+        registered = None
+        if params.tracking.register:
+            registered = tracking.register_folder(out, BUNDLE_REGISTERED, tags=lineage, aliases=("candidate",))
+    return {"bundle": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
