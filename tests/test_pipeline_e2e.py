@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 DIT_STAGES = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
               "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
 ALL_STAGES = ("data", "version", "validate", "text_encoders", "text_cache", "train_vae", "latent_cache", *DIT_STAGES,
-              "bundle")
+              "evaluate", "bundle")
 
 
 def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
@@ -40,6 +40,8 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     vae_run = stages["train_vae"]
     assert vae_run.data.tags["data_version"] == first["version"]["data_version"]
     assert "heldout_psnr" in vae_run.data.metrics and "loss_l1" in vae_run.data.metrics
+    # how much content the VAE keeps: the scorer on held-out clips before and after a round trip
+    assert vae_run.data.metrics["scorer_gt_overall"] > 0.9 and "scorer_vae_overall" in vae_run.data.metrics
     mv = client.get_model_version_by_alias("stepvideo-vae", "candidate")
     assert mv.run_id == vae_run.info.run_id and mv.tags["data_version"] == first["version"]["data_version"]
     from stepvideo.models.vae import VideoVAE
@@ -77,6 +79,17 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
         StepVideoDiT.from_pretrained(project / "outputs" / "dit" / name)
         parent = f"{registered}/{mv.version}"
     assert stages["sft"].data.metrics["sft_excluded_low_quality"] > 0
+    # evaluate: the benchmark on the SFT candidate, logged to its run and tagged on its version
+    ev = stages["evaluate"]
+    assert {"eval_overall", "eval_color", "eval_lang_en", "eval_lang_zh", "eval_consistency"} <= set(ev.data.metrics)
+    assert ev.data.metrics["eval_videos"] == 6  # 3 prompts x EN + ZH
+    assert any(a.path == "eval" for a in client.list_artifacts(ev.info.run_id))
+    sft_mv = client.get_model_version_by_alias("stepvideo-dit-sft", "candidate")
+    assert ev.data.tags["evaluated"] == f"stepvideo-dit-sft/{sft_mv.version}"
+    assert float(sft_mv.tags["eval_overall"]) == pytest.approx(ev.data.metrics["eval_overall"], abs=1e-4)
+    results = json.loads((project / "outputs/eval/results.json").read_text())
+    assert len(results["videos"]) == 6 and set(results["loss_curves"]) == set(DIT_STAGES)
+    assert (project / "outputs/eval/report.html").is_file()
     bundle_mv = client.get_model_version_by_alias("stepvideo-t2v", "candidate")
     assert bundle_mv.tags["parent_model_version"] == parent and bundle_mv.tags["data_version"] == data_version
     assert bundle_mv.tags["vae_version"] == vae_version
@@ -97,7 +110,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     changed = cascade(root=str(project))
     assert all(changed["cached"][k] for k in ("latent_cache", "t2i_pretrain", "t2v_lowres"))
-    assert not any(changed["cached"][k] for k in ("t2v_highres", "sft", "bundle"))
+    assert not any(changed["cached"][k] for k in ("t2v_highres", "sft", "evaluate", "bundle"))
 
     # a changed params section busts exactly the stages that read it
     tiny_params(project, seed=1)
@@ -125,6 +138,7 @@ def test_dvc_repro_in_a_temporary_clone(project):
         assert (project / "outputs/dit" / name / "config.json").is_file()
         assert (project / "outputs/dit" / name / "lineage.json").is_file()
     assert (project / "outputs/bundle/model_index.json").is_file()
+    assert (project / "outputs/eval/results.json").is_file() and (project / "outputs/eval/report.html").is_file()
     again = run(str(BIN / "dvc"), "repro")
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
     dag = run(str(BIN / "dvc"), "dag")
