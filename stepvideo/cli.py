@@ -386,6 +386,7 @@ def eval_run(
     cfg: Optional[float] = typer.Option(None, "--cfg", help="guidance scale [the pipeline's default]"),
     shift: Optional[float] = typer.Option(None, help="time shift [the pipeline's default]"),
     fps: int = typer.Option(8, help="frames per second of the written mp4s"),
+    log: bool = typer.Option(True, help="record the evaluation as an MLflow run (and tag a models:/ version)"),
 ):
     """Generate every prompt in both languages with fixed seeds, score them, write the videos, a
     JSON of all scores and the HTML report."""
@@ -398,6 +399,27 @@ def eval_run(
     if not results["gallery"]:
         _print_accuracy(results["summary"])
     typer.echo(f"wrote {out / 'results.json'} and {out / 'report.html'} ({results['summary']['videos']} videos)")
+    if log:
+        _log_eval_run(model, results, out)
+
+
+def _log_eval_run(model: str, results: dict, out: Path) -> None:
+    """The evaluation as an MLflow run (metrics, results.json, report.html); a registry model's
+    version is tagged with its scores."""
+    from stepvideo import tracking
+    from stepvideo.evaluation.runner import summary_metrics
+
+    metrics = summary_metrics(results["summary"], "eval_")
+    with tracking.run("eval_run", params={"evaluate": {**results["settings"], "model": model}},
+                      tags={"evaluated": model}) as active:
+        tracking.log_metrics({**metrics, "eval_videos": results["summary"]["videos"]})
+        tracking.log_artifact(out / "report.html", "eval")
+        tracking.log_artifact(out / "results.json", "eval")
+    if model.startswith("models:/") and metrics:
+        mv = tracking.model_version(model)
+        tracking.tag_model_version(mv.name, mv.version, {k: f"{v:.4f}" for k, v in metrics.items()})
+        typer.echo(f"tagged {mv.name}/{mv.version} with its scores")
+    typer.echo(f"logged to MLflow run {active.info.run_id}")
 
 
 # ------------------------------------------------------------------ model

@@ -20,19 +20,10 @@ from stepvideo.stages_dit import DIT_REGISTERED, _registered_version
 EVALUATE_FROM = "sft"  # the DiT stage the benchmark judges (Video-DPO, a later stage, will follow it)
 
 
-def _flat(summary: dict, prefix: str) -> dict[str, float]:
-    """MLflow metrics from a scorer summary: {prefix}overall, {prefix}<category>, {prefix}lang_<l>, ..."""
-    out = {f"{prefix}overall": summary.get("overall"), f"{prefix}consistency": summary.get("consistency"),
-           f"{prefix}flicker": summary.get("flicker"), f"{prefix}color_noise": summary.get("color_noise")}
-    out.update({f"{prefix}{k}": v for k, v in summary.get("categories", {}).items()})
-    out.update({f"{prefix}lang_{k}": v for k, v in summary.get("languages", {}).items()})
-    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
-
-
 def vae_content_metrics(vae_dir: Path, clean_manifest: Path, max_items: int, progress: bool = False) -> dict:
     """The scorer's accuracy on held-out ground-truth clips as they are (`scorer_gt_*`) and after a
     round trip through the VAE (`scorer_vae_*`): how much of the content the VAE keeps."""
-    from stepvideo.evaluation.runner import score_manifest, vae_roundtrip
+    from stepvideo.evaluation.runner import score_manifest, summary_metrics, vae_roundtrip
     from stepvideo.models.vae import VideoVAE
 
     from stepvideo.data.manifest import read_manifest
@@ -47,7 +38,7 @@ def vae_content_metrics(vae_dir: Path, clean_manifest: Path, max_items: int, pro
     gt = score_manifest(clean_manifest, split="heldout", max_items=max_items, progress=progress)
     rt = score_manifest(clean_manifest, split="heldout", max_items=max_items, transform=vae_roundtrip(vae),
                         progress=progress)
-    return {**_flat(gt["summary"], "scorer_gt_"), **_flat(rt["summary"], "scorer_vae_")}
+    return {**summary_metrics(gt["summary"], "scorer_gt_"), **summary_metrics(rt["summary"], "scorer_vae_")}
 
 
 def _loss_curves(root: Path) -> dict[str, list[list[float]]]:
@@ -70,7 +61,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     import shutil
 
     from stepvideo.diffusion.sampler import SamplerConfig
-    from stepvideo.evaluation.runner import load_prompts, run_benchmark
+    from stepvideo.evaluation.runner import load_prompts, run_benchmark, summary_metrics
     from stepvideo.generation import T2VPipeline
     from stepvideo.models.io import replace_folder, temp_folder_for
 
@@ -106,7 +97,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        metrics = {**_flat(results["summary"], "eval_"), "eval_seconds": seconds,
+        metrics = {**summary_metrics(results["summary"], "eval_"), "eval_seconds": seconds,
                    "eval_videos": results["summary"]["videos"]}
         tracking.log_metrics(metrics)
         tracking.log_artifact(out / "report.html", "eval")

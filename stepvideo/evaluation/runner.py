@@ -43,6 +43,17 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def summary_metrics(summary: dict, prefix: str) -> dict[str, float]:
+    """Flat metrics of a scorer summary (for MLflow): {prefix}overall, {prefix}<category>,
+    {prefix}lang_<lang>, {prefix}consistency, {prefix}flicker, {prefix}color_noise."""
+    out = {f"{prefix}overall": summary.get("overall"), f"{prefix}consistency": summary.get("consistency"),
+           f"{prefix}flicker": summary.get("flicker"), f"{prefix}color_noise": summary.get("color_noise")}
+    out.update({f"{prefix}{k}": v for k, v in (summary.get("categories") or {}).items()})
+    out.update({f"{prefix}lang_{k}": v for k, v in (summary.get("languages") or {}).items()})
+    out.update({f"{prefix}user_{k}": v for k, v in (summary.get("user_metrics") or {}).items()})
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 # ------------------------------------------------------------------ ground-truth clips
 
 
