@@ -7,6 +7,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ def main() -> None:
     cfg = DiTTrainConfig.from_dict(json.loads(Path(a.config).read_text()))
     log = (lambda step, m: time.sleep(a.pace)) if a.pace else None
     result = train_dit(cfg, a.cache, a.out, log_fn=log, progress=False)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports: two ranks' lines interleave
+        return
     print(json.dumps({k: v for k, v in result.items() if k != "loss_curve"}))
     print("LOSSES " + json.dumps(result["loss_curve"]))
 
