@@ -225,7 +225,7 @@ def sample_training_attributes(rng: np.random.Generator, video: bool, exclude: f
 
 # ---------------------------------------------------------------- rendering
 
-def _inside(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def inside_shape(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Membership in the unit shape, in object-local coordinates."""
     if shape == "circle":
         return x * x + y * y <= 1.0
@@ -377,7 +377,7 @@ def render(attrs: dict, frames: int, height: int, width: int, rng: np.random.Gen
             radius = SIZES[o["size"]][0] * 2 * scale
             lx, ly = (wx - cx) / radius, (wy - cy) / radius
             c, s = np.cos(angle), np.sin(angle)
-            mask = _inside(o["shape"], c * lx + s * ly, -s * lx + c * ly)
+            mask = inside_shape(o["shape"], c * lx + s * ly, -s * lx + c * ly)
             img[mask] = COLORS[o["color"]][0]
         # box-filter the supersamples with element-wise adds in a fixed order: numpy's SIMD reductions
         # (mean/sum over an axis) can round differently with memory alignment, and one flipped

@@ -29,9 +29,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from stepvideo.data.synth import DIRECTIONS, SIZES, SPEEDS, _inside
+from stepvideo.data.synth import DIRECTIONS, SIZES, SPEEDS, inside_shape
 from stepvideo.evaluation.checks import CATEGORIES, Check, expected_checks
-from stepvideo.evaluation.segment import PALETTE_NAMES, Scene, Segment, _line_distance, BG_COLORS, BG_NAMES, analyse
+from stepvideo.evaluation.segment import BG_COLORS, BG_NAMES, PALETTE_NAMES, Scene, Segment, analyse, background_distance
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "star")
 SYMMETRY = {"square": 4, "diamond": 4, "triangle": 3, "star": 5}
@@ -52,7 +52,7 @@ def _unit_shape(shape: str) -> tuple[float, float, float]:
     """(area, centroid x, centroid y) of the unit shape (radius 1), by dense sampling."""
     g = (np.arange(800) + 0.5) / 800 * 3 - 1.5
     x, y = np.meshgrid(g, g)
-    m = _inside(shape, x, y)
+    m = inside_shape(shape, x, y)
     cell = (3 / 800) ** 2
     return float(m.sum() * cell), float(x[m].mean()), float(y[m].mean())
 
@@ -66,7 +66,7 @@ def _template(shape: str, seg_alpha: np.ndarray, cx: float, cy: float, area: flo
     ys = (np.arange(h)[:, None] + sub[None, :]).reshape(-1)
     xs = (np.arange(w)[:, None] + sub[None, :]).reshape(-1)
     gx, gy = np.meshgrid((xs - cx) / r + ox, (ys - cy) / r + oy)
-    inside = _inside(shape, gx, gy).astype(np.float32)
+    inside = inside_shape(shape, gx, gy).astype(np.float32)
     return inside.reshape(h, ss, w, ss).mean(axis=(1, 3))
 
 
@@ -174,7 +174,7 @@ class Track:
         return total / k
 
     def flicker(self) -> float:
-        f = [t for t in self.clean]
+        f = self.clean
         if len(f) < 3:
             return 0.0
         area = np.array([self.segs[t].area for t in f])
@@ -240,7 +240,7 @@ def judge_count(scene: Scene) -> int:
     return int(counts[int(0.75 * (len(counts) - 1))])
 
 
-def _object_verdicts(track: Track | None, check: Check, expected_obj: dict, video: bool) -> str:
+def _object_verdicts(track: Track | None, check: Check, expected_obj: dict) -> str:
     """The observed value of one object check on its track ("missing" when no track)."""
     if track is None or not track.present:
         return "missing"
@@ -274,17 +274,19 @@ def _color_noise(scene: Scene) -> float:
     from scipy import ndimage
 
     rims = ndimage.binary_dilation(objects, iterations=2, structure=np.ones((1, 3, 3), bool))
-    d = _line_distance(scene.frames, BG_COLORS[BG_NAMES.index(scene.background)])
+    d = background_distance(scene.frames, BG_COLORS[BG_NAMES.index(scene.background)])
     return float(np.minimum(d[~rims], 60.0).mean()) if (~rims).any() else 0.0
 
 
 def score_frames(frames: np.ndarray, attrs: dict) -> dict:
     """Judge one video (T, H, W, 3) uint8 against an attribute record: {"checks": [{category,
     object, expected, observed, pass}], "passed", "flicker", "color_noise"}."""
+    video = "camera" in attrs
+    if video and len(frames) < 2:
+        raise ValueError("a clip's attributes (with a camera and actions) need a clip of 2 or more frames, got a still")
     scene = analyse(frames)
-    video = "camera" in attrs and len(frames) > 1
     objects = attrs["objects"]
-    checks = [c for c in expected_checks(attrs) if video or c.category not in ("camera",)]
+    checks = expected_checks(attrs)
     scene_obs = {"count": str(judge_count(scene)), "background": scene.background}
     if video:
         scene_obs["camera"] = judge_camera(scene)
@@ -303,7 +305,7 @@ def score_frames(frames: np.ndarray, attrs: dict) -> dict:
                 track = found[perm[slot]] if perm else None
                 for c in checks:
                     if c.object == i:
-                        obs[(c.category, i)] = _object_verdicts(track, c, objects[i], video)
+                        obs[(c.category, i)] = _object_verdicts(track, c, objects[i])
             hits = sum(obs[(c.category, c.object)] == c.expected for c in checks if (c.category, c.object) in obs)
             if hits > best_hits:
                 best, best_hits = (obs, perm), hits

@@ -78,7 +78,7 @@ class Scene:
         return (x - cx - tx) / s + cx, (y - cy - ty) / s + cy
 
 
-def _line_distance(px: np.ndarray, base: np.ndarray) -> np.ndarray:
+def background_distance(px: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Distance of pixels (..., 3) to the checkerboard's color segment base + s*(1,1,1), |s| <= CHECKER."""
     d = px - base
     s = np.clip(d.mean(-1, keepdims=True), -CHECKER, CHECKER)
@@ -88,13 +88,13 @@ def _line_distance(px: np.ndarray, base: np.ndarray) -> np.ndarray:
 def classify_background(frames: np.ndarray) -> int:
     """Index of the known background most pixels of the clip lie near (the border counts double)."""
     sub = frames[:, ::2, ::2].reshape(-1, 3)
-    votes = [(_line_distance(sub, b) < BG_RADIUS).sum() for b in BG_COLORS]
+    votes = [(background_distance(sub, b) < BG_RADIUS).sum() for b in BG_COLORS]
     return int(np.argmax(votes))
 
 
 def label_pixels(frames: np.ndarray, bg: int) -> tuple[np.ndarray, np.ndarray]:
     """(labels (T, H, W) int8 with -1 = none, background mask (T, H, W))."""
-    d_bg = _line_distance(frames, BG_COLORS[bg])
+    d_bg = background_distance(frames, BG_COLORS[bg])
     d_pal = np.linalg.norm(frames[..., None, :] - PALETTE, axis=-1)  # (T, H, W, 8)
     nearest = d_pal.argmin(-1)
     d_near = np.take_along_axis(d_pal, nearest[..., None], -1)[..., 0]
