@@ -325,7 +325,7 @@ def _print_accuracy(summary: dict) -> None:
     from stepvideo.evaluation.checks import CATEGORIES
 
     def pct(v):  # noqa: E306
-        return "n/a" if v is None else f"{100 * v:5.1f}%"
+        return "   n/a" if v is None else f"{100 * v:5.1f}%"
     for cat in CATEGORIES:
         n = summary.get("checks", {}).get(cat, 0)
         typer.echo(f"  {cat:<12} {pct(summary['categories'].get(cat))}  ({n} checks)")
