@@ -13,7 +13,7 @@ from typing import Any
 from stepvideo import tracking
 from stepvideo.config import Params
 from stepvideo.stage_utils import (OUTPUTS, _clean_rows, _data_version, _device, _load_encoders, _require,
-                                   model_hash)
+                                   model_hash, registered_version)
 
 
 # The sample prompts every DiT stage renders at its end, in the embedded domain's caption style
@@ -86,20 +86,6 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
             "resolutions": cache.meta["resolutions"]}
 
 
-def _registered_version(name: str, weights: str) -> str | None:
-    """'NAME/VERSION' of the newest registered version of `name` whose weights_hash tag is `weights`."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    hits = [int(v.version) for v in versions if (v.tags or {}).get("weights_hash") == weights]
-    return f"{name}/{max(hits)}" if hits else None
-
-
 def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
     """The folder a DiT stage starts from and its `parent_model_version` lineage tag."""
     if init_from:
@@ -116,7 +102,7 @@ def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
         raise FileNotFoundError(f"{name} starts from the `{prev}` stage's model, but {folder} does not exist: run "
                                 f"`stepvideo stage {prev}` first (or set {name}.init_from in params.yaml)")
     weights = model_hash(folder)
-    return folder, _registered_version(DIT_REGISTERED[prev], weights) or f"folder:{weights}"
+    return folder, registered_version(DIT_REGISTERED[prev], weights) or f"folder:{weights}"
 
 
 def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -> "DiTTrainConfig":
@@ -311,7 +297,7 @@ def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -
     sp = getattr(params, BUNDLE_FROM)
     dit_lineage = json.loads((dit_dir / "lineage.json").read_text()) if (dit_dir / "lineage.json").is_file() else {}
     weights = model_hash(dit_dir)
-    parent = _registered_version(DIT_REGISTERED[BUNDLE_FROM], weights) or f"folder:{weights}"
+    parent = registered_version(DIT_REGISTERED[BUNDLE_FROM], weights) or f"folder:{weights}"
     keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key")
     lineage = {**{k: dit_lineage[k] for k in keep if k in dit_lineage}, "dit_stage": BUNDLE_FROM,
                "parent_model_version": parent, "dit_weights": weights,

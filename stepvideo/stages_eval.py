@@ -14,8 +14,9 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.stage_utils import OUTPUTS, _data_version, _device, _load_encoders, _require, model_hash
-from stepvideo.stages_dit import DIT_REGISTERED, _registered_version
+from stepvideo.stage_utils import (OUTPUTS, _data_version, _device, _load_encoders, _require, model_hash,
+                                   registered_version)
+from stepvideo.stages_dit import DIT_REGISTERED
 
 EVALUATE_FROM = "sft"  # the DiT stage the benchmark judges (Video-DPO, a later stage, will follow it)
 
@@ -73,7 +74,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
         prompts = prompts[:ep.max_prompts]
     height, width = ep.height or params.data.height, ep.width or params.data.width
     weights = model_hash(dit_dir)
-    registered = _registered_version(DIT_REGISTERED[EVALUATE_FROM], weights)
+    registered = registered_version(DIT_REGISTERED[EVALUATE_FROM], weights)
     lineage = {"evaluated": registered or f"folder:{weights}", "dit_weights": weights,
                "data_version": _data_version(params, root), "params_hash": params.section_hash("evaluate"),
                "git_commit": tracking.git_commit(root)}

@@ -32,6 +32,7 @@ import numpy as np
 from stepvideo.data import synth
 from stepvideo.data.synth import ACTIONS, BACKGROUNDS, CAMERAS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from stepvideo.evaluation.checks import CATEGORIES, expected_checks
+from stepvideo.fileio import atomic_write_text
 
 BENCHMARK_FILE = Path(__file__).parent / "benchmark" / "embedded-v1.jsonl"
 SEED = 20250601
@@ -551,11 +552,7 @@ def benchmark_jsonl(prompts: list[BenchmarkPrompt]) -> str:
 
 def write_benchmark(path: str | os.PathLike = BENCHMARK_FILE) -> Path:
     """Build the benchmark and write it to `path` atomically (a temp file, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(benchmark_jsonl(build_benchmark()), encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, benchmark_jsonl(build_benchmark()))
     synth.benchmark_scene_keys.cache_clear()
     return path
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from stepvideo.evaluation.checks import CATEGORIES
 from stepvideo.evaluation.official import OFFICIAL_CATEGORIES
+from stepvideo.fileio import atomic_write_text
 
 CANDIDATE_COLOR, BASELINE_COLOR = "#1f77b4", "#ff7f0e"
 LANG_COLORS = {"en": "#2ca02c", "zh": "#9467bd"}
@@ -365,12 +366,4 @@ def write_report(results: dict, root: Path, out: Path | None = None, title: str 
     a temporary file beside it, then os.replace. Returns the path written."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(results, root, title)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write_text(out, render_report(results, root, title))

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stepvideo.evaluation.scorer import score_frames, summarize
+from stepvideo.fileio import atomic_write_text
 
 Frames = np.ndarray
 Transform = Callable[[Frames], Frames]
@@ -34,13 +35,7 @@ def _now() -> str:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write JSON atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True, default=float) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True, default=float) + "\n")
 
 
 def summary_metrics(summary: dict, prefix: str) -> dict[str, float]:

@@ -103,6 +103,7 @@ class Track:
         self.clean = [t for t in self.frames if not segs[t].touches_border] or self.frames
         # frames where the whole object is in view: neither clipped nor beside another object
         self.whole = [t for t in self.clean if not segs[t].touches_other] or self.clean
+        self._shapes: dict[bool, tuple[str, dict[str, float]]] = {}  # the shape and size checks share it
 
     def best_frames(self, frames: list[int]) -> list[int]:
         """Of `frames`, those showing the whole object, else those not clipped, else all."""
@@ -121,13 +122,16 @@ class Track:
         """The best-fitting shape over the (up to) three largest whole views of the object (a
         rotating object: in its first tenth of the clip, before it has turned); template scores are
         summed over those frames."""
+        if rotating in self._shapes:
+            return self._shapes[rotating]
         early = [t for t in self.frames if not rotating or t <= 0.1 * (len(self.segs) - 1)] or self.frames[:1]
         frames = sorted(self.best_frames(early), key=lambda t: -self.segs[t].area)[:3]
         total: dict[str, float] = {}
         for t in frames:
             for name, v in shape_scores(self.segs[t]).items():
                 total[name] = total.get(name, 0.0) + v / len(frames)
-        return max(total, key=total.get), total
+        self._shapes[rotating] = (max(total, key=total.get), total)
+        return self._shapes[rotating]
 
     def radius(self, shape: str) -> float:
         """World radius: the largest over clean frames (occlusion only ever hides area)."""

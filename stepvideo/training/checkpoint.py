@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stepvideo.fileio import atomic_write_text
 from stepvideo.models.io import replace_folder, save_folder, temp_folder_for
 
 CKPT_DIR = "checkpoints"
@@ -35,14 +36,6 @@ LATEST = "latest.json"
 STATE = "state.json"
 MODEL = "model"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def save_checkpoint(
