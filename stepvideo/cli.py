@@ -72,6 +72,8 @@ def data_synth(
     width: Optional[int] = typer.Option(None, help="frame width, multiple of 16"),
     frames: Optional[int] = typer.Option(None, help="frames per clip, multiple of 17"),
     fps: Optional[int] = typer.Option(None, help="frames per second"),
+    lossless: Optional[bool] = typer.Option(None, "--lossless/--lossy",
+                                            help="lossless RGB H.264 or lossy yuv420p [params: data.lossless]"),
     params: Path = PARAMS,
 ):
     """Generate the embedded bilingual (English + Chinese) video-text dataset, deterministically."""
@@ -81,7 +83,8 @@ def data_synth(
 
     p = _params(params) if params.is_file() else None
     base = {f.name: getattr(p.data, f.name) for f in dataclasses.fields(SynthConfig)} if p else {}
-    given = {"clips": clips, "images": images, "seed": seed, "height": height, "width": width, "frames": frames, "fps": fps}
+    given = {"clips": clips, "images": images, "seed": seed, "height": height, "width": width, "frames": frames, "fps": fps,
+             "lossless": lossless}
     cfg = SynthConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     manifest = generate(cfg, out or Path(p.data.out if p else "data"))
     typer.echo(f"wrote {manifest}")

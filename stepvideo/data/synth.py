@@ -65,6 +65,7 @@ class SynthConfig:
     fps: int = 8
     heldout_fraction: float = 0.125
     degraded_fraction: float = 0.15
+    lossless: bool = True  # clips as lossless RGB H.264 (the frames as rendered); False: lossy yuv420p crf 18
 
     def check(self) -> None:
         if self.frames < 17 or self.frames % 17:
@@ -525,7 +526,7 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, progress: bool = True) ->
             frames = render(item.attrs, cfg.frames, cfg.height, cfg.width, starts=item.starts)
             if item.degradation not in ("none", "mismatch"):
                 frames = _apply_degradation(frames, item.degradation, item.effect)
-            write_video(tmp / item.path, frames, fps=cfg.fps)
+            write_video(tmp / item.path, frames, fps=cfg.fps, lossless=cfg.lossless)
             n_frames = cfg.frames
         else:
             write_image(tmp / item.path, render(item.attrs, 1, cfg.height, cfg.width, starts=item.starts)[0])

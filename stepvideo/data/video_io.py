@@ -1,4 +1,4 @@
-"""Reading and writing clips: H.264 mp4 through PyAV, 1-frame stills as PNG.
+"""Reading and writing clips: H.264 mp4 through PyAV (lossy yuv420p, or lossless RGB), stills as PNG.
 
 Frames are numpy uint8 arrays of shape (T, H, W, 3), RGB. Writing is bit-exact and single-threaded
 so the same frames always give the same bytes (the committed `data.dvc` hash depends on it).
@@ -35,8 +35,10 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), deterministically.
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18,
+                lossless: bool = False) -> Path:
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4, deterministically: yuv420p at `crf`, or with
+    `lossless` RGB at qp 0 (libx264rgb: reads back bit-exact, ~23 KB for a 17x64x64 synth clip).
 
     x264's `ultrafast` preset: with slower presets the same frames gave different bytes now and then
     (seen in 1 of ~50 encodes under CPU load, single-threaded), which would break `data.dvc`."""
@@ -46,21 +48,24 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
+    if not lossless and (frames.shape[1] % 2 or frames.shape[2] % 2):
         raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {frames.shape[1:3]}")
     tmp = _atomic_target(path)
     with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1", "flags": "+bitexact"}
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+        quality = {"qp": "0"} if lossless else {"crf": str(crf)}
+        stream.options = {**quality, "preset": "ultrafast", "threads": "1", "flags": "+bitexact"}
         stream.codec_context.thread_count = 1
         # The encoder keeps references to frames for its lookahead, but the memory behind a PyAV
         # frame is freed with the Python object: keep every frame alive until the flush, or the
         # bytes written depend on reused memory (nondeterministic output).
         alive = []
         for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            if not lossless:
+                frame = frame.reformat(format="yuv420p")
             frame.pts, frame.time_base = i, Fraction(1, fps)  # x264's rate control reads timestamps
             frame.pict_type = av.video.frame.PictureType.NONE
             alive.append(frame)
