@@ -56,7 +56,9 @@ def _text_cache_key(ctx, args: dict) -> str:
 
 def _vae_key(ctx, args: dict) -> str:
     p: Params = args["params"]
+    init = pipeline.local_path(p.vae.init_from, Path(args["root"]))
     return _key("train_vae", args["root"], tracking.file_hash(_clean(args)), p.section_hash("vae"),
+                _safe(pipeline.model_hash, init) if init else "scratch",
                 tracking.code_version("stepvideo.models.vae", "stepvideo.models.vae_blocks",
                                       "stepvideo.training.vae_trainer", "stepvideo.training.checkpoint",
                                       "stepvideo.training.schedule"))
@@ -87,6 +89,7 @@ DIT_CODE = ("stepvideo.training.dit_trainer", "stepvideo.training.engine", "step
 
 def _upstream(root: Path, name: str, init_from: str) -> str:
     """The identity of the model a DiT stage starts from: its weights' hash (or the URI it names)."""
+    init_from = pipeline.local_path(init_from, root)
     if init_from:
         return init_from if init_from.startswith(("models:/", "runs:/")) else _safe(pipeline.model_hash, init_from)
     prev = pipeline.DIT_PREVIOUS[name]

@@ -25,6 +25,8 @@ model_app = typer.Typer(help="Model presets and facts.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 eval_app = typer.Typer(help="Evaluation: score clips, run the benchmark, write the report.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+release_app = typer.Typer(help="The embedded release (stepvideo-tiny).", no_args_is_help=True)
+app.add_typer(release_app, name="release")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
@@ -280,8 +282,8 @@ def compat_verify(reference: Path = typer.Argument(..., help="an official golden
 def generate_cmd(
     prompt: str = typer.Argument(..., help="the text (English or Chinese)"),
     out: Path = typer.Option(Path("video.mp4"), help="output mp4"),
-    model: Optional[str] = typer.Option(None, help="a pipeline folder or MLflow URI (models:/NAME@ALIAS); "
-                                                   "omitted: a random-weight demo pipeline"),
+    model: Optional[str] = typer.Option(None, help="a pipeline folder or MLflow URI (models:/NAME@ALIAS); omitted: "
+                                                   "the registry's champion, else the stepvideo-tiny release"),
     negative_prompt: str = typer.Option("", help="text for the unconditional branch of CFG"),
     seed: int = typer.Option(0, help="noise seed"),
     steps: Optional[int] = typer.Option(None, help="Euler steps [pipeline default: 50]"),
@@ -299,14 +301,14 @@ def generate_cmd(
     from tqdm import tqdm
 
     from stepvideo.generation import T2VPipeline, save_video
+    from stepvideo.tracking import resolve_model
 
     if model is None:
-        typer.secho("note: no --model given, sampling from a random-weight demo pipeline", fg="yellow", err=True)
-        pipe = T2VPipeline.random(preset="demo", seed=seed)
-    else:
-        from stepvideo.tracking import resolve_model
+        from stepvideo.release import default_model
 
-        pipe = T2VPipeline.from_pretrained(resolve_model(model))
+        model, why = default_model()
+        typer.echo(f"no --model: using {why} ({model})", err=True)
+    pipe = T2VPipeline.from_pretrained(resolve_model(model))
     bar = tqdm(desc="sampling", unit="step")
 
     def progress(done: int, total: int) -> None:
@@ -322,6 +324,25 @@ def generate_cmd(
     typer.echo(f"wrote {path}")
 
 
+# ------------------------------------------------------------------ release
+
+@release_app.command("build")
+@user_errors
+def release_build(
+    out: Optional[Path] = typer.Option(None, help="release folder [default: release/stepvideo-tiny in the package]"),
+    preset: Optional[str] = typer.Option(None, help="the preset the cascade ran (instead of the params file)"),
+    params: Path = PARAMS,
+    vae_items: int = typer.Option(100, help="held-out media for the VAE figures"),
+):
+    """Make the release folder from this project's cascade outputs (bundle, benchmark, VAE) in bf16."""
+    from stepvideo.release import RELEASE_DIR, build_release
+
+    info = build_release(_root(), _params(params, preset), out or RELEASE_DIR, vae_items=vae_items)
+    b = info["benchmark"]
+    typer.echo(f"wrote {out or RELEASE_DIR}: {info['bytes'] / 2**20:.1f} MiB; benchmark overall "
+               f"{100 * (b.get('overall') or 0):.1f}%, VAE {info['vae']['psnr']:.2f} dB / SSIM {info['vae']['ssim']:.3f}")
+
+
 # ------------------------------------------------------------------ eval
 
 def _print_accuracy(summary: dict) -> None:
@@ -329,9 +350,11 @@ def _print_accuracy(summary: dict) -> None:
 
     def pct(v):  # noqa: E306
         return "   n/a" if v is None else f"{100 * v:5.1f}%"
+    chance = (summary.get("chance") or {}).get("categories") or {}
     for cat in CATEGORIES:
         n = summary.get("checks", {}).get(cat, 0)
-        typer.echo(f"  {cat:<12} {pct(summary['categories'].get(cat))}  ({n} checks)")
+        vs = f"  chance {pct(chance.get(cat))}" if chance else ""
+        typer.echo(f"  {cat:<12} {pct(summary['categories'].get(cat))}  ({n} checks){vs}")
     langs = "  ".join(f"{k} {pct(v)}" for k, v in summary.get("languages", {}).items())
     typer.echo(f"  overall      {pct(summary.get('overall'))}   {langs}   consistency {pct(summary.get('consistency'))}")
 

@@ -325,8 +325,11 @@ class T2VPipeline:
     def from_pretrained(
         cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
     ) -> "T2VPipeline":
-        """Load a bundle written by :meth:`save_pretrained`. ``dtype`` (default: as stored, float32
-        for the text encoders) applies to every component."""
+        """Load a bundle written by :meth:`save_pretrained`. ``dtype`` applies to every component;
+        default: float32 on the CPU (a bf16 bundle such as the release is upcast: bf16 matmuls are
+        far slower there), elsewhere as stored (float32 for the text encoders)."""
+        if dtype is None and torch.device(device).type == "cpu":
+            dtype = torch.float32
         folder = Path(folder)
         index_path = folder / MODEL_INDEX
         if not index_path.is_file():

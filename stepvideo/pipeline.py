@@ -21,7 +21,8 @@ from stepvideo.config import Params
 from stepvideo.data.synth import SynthConfig, generate
 from stepvideo.data.validation import ValidationFailed, format_report, validate
 from stepvideo.data.versioning import version_data
-from stepvideo.stage_utils import (OUTPUTS, _clean_rows, _data_version, _device, _load_encoders,  # noqa: F401
+from stepvideo.fileio import atomic_write_text
+from stepvideo.stage_utils import (OUTPUTS, _clean_rows, local_path, _data_version, _device, _load_encoders,  # noqa: F401
                                    _require, latent_cache_key, model_hash)
 from stepvideo.stages_eval import EVALUATE_FROM, stage_evaluate, vae_content_metrics  # noqa: F401
 from stepvideo.stages_dit import (BUNDLE_FROM, BUNDLE_REGISTERED, DIT_PREVIOUS, DIT_REGISTERED,  # noqa: F401
@@ -113,9 +114,14 @@ def stage_text_encoders(params: Params, root: Path, parent_run_id: str | None = 
                                      llm_max_length=te.llm_max_length, clip_max_length=te.clip_max_length)
         encoders = _load_encoders(params, root)
         versions = {k: e.version for k, e in encoders.items()}
+        # what the later stages use, built here or given (the folder is the stage's DVC output either way)
+        record = {k: {"version": e.version, "dim": e.dim,
+                      "source": "built" if not (te.llm and te.clip) else getattr(te, k)} for k, e in encoders.items()}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "encoders.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         tracking.set_tags({f"{k}_version": v for k, v in versions.items()})
         tracking.log_metrics({f"{k}_dim": e.dim for k, e in encoders.items()})
-        if params.tracking.register and out.is_dir():
+        if params.tracking.register and not (te.llm and te.clip):  # built here: register them
             tracking.register_folder(out, "stepvideo-text-encoders", tags=versions)
     return {"folder": str(out), "versions": versions}
 
@@ -149,7 +155,7 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
 
     vp = params.vae
     clean, rows = _clean_rows(root)
-    stage1, cfg = vae_train_config(params)
+    stage1, cfg = vae_train_config(params, root)
     captions_version = tracking.file_hash(clean)
     work = root / ".cache" / "vae" / f"{params.section_hash('vae')}-{captions_version}"
     out = root / OUTPUTS / "vae"
@@ -183,8 +189,9 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
 
 
-def vae_train_config(params: Params) -> "tuple[VAETrainConfig | None, VAETrainConfig]":
-    """The trainer configs for the `vae` section of `params`: (stage 1 or None, the main run).
+def vae_train_config(params: Params, root: Path = Path(".")) -> "tuple[VAETrainConfig | None, VAETrainConfig]":
+    """The trainer configs for the `vae` section of `params`: (stage 1 or None, the main run);
+    a relative `vae.init_from` is looked up in `root` (then beside the package: the release).
 
     Used by the stage and by bench/bench_vae_recon.py."""
     from stepvideo.models.vae import VAEConfig
@@ -206,7 +213,8 @@ def vae_train_config(params: Params) -> "tuple[VAETrainConfig | None, VAETrainCo
         if vp.init_from:
             raise ValueError("vae.stage1_steps > 0 trains from scratch: leave vae.init_from empty")
         return two_stage_recipe(model, vp.stage1_steps, vp.adapt_steps, vp.mid_steps, vp.steps, **common)
-    return None, VAETrainConfig(model=model.to_dict(), init_from=vp.init_from or None, steps=vp.steps,
+    return None, VAETrainConfig(model=model.to_dict(), init_from=local_path(vp.init_from, root) or None,
+                                steps=vp.steps,
                                 dual_path_start_step=vp.dual_path_start_step, **common)
 
 

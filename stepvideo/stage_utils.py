@@ -12,6 +12,19 @@ from stepvideo.config import Params
 from stepvideo.data.versioning import data_version
 
 OUTPUTS = "outputs"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout: where release/ lives
+
+
+def local_path(value: str, root: Path) -> str:
+    """A folder named in params (`init_from`, `text_encoders.llm`, ...): a URI or absolute path as
+    given; a relative one in the project `root`, else beside the package (the committed release,
+    `release/stepvideo-tiny/...`, for a project folder outside the checkout)."""
+    if not value or value.startswith(("models:/", "runs:/")) or "://" in value or Path(value).is_absolute():
+        return value
+    for base in (Path(root), PACKAGE_ROOT):
+        if (base / value).exists():
+            return str(base / value)
+    return str(Path(root) / value)
 
 
 def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
@@ -19,7 +32,8 @@ def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
 
     te = params.text_encoders
     built = root / OUTPUTS / "text_encoders"
-    llm, clip = te.llm or built / "llm", te.clip or built / "clip"
+    llm = local_path(te.llm, root) or built / "llm"
+    clip = local_path(te.clip, root) or built / "clip"
     return {"llm": TextEncoder.from_pretrained(str(llm), kind="llm", max_length=te.llm_max_length),
             "clip": TextEncoder.from_pretrained(str(clip), kind="clip", max_length=te.clip_max_length)}
 

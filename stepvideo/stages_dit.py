@@ -12,7 +12,7 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.stage_utils import (OUTPUTS, _clean_rows, _data_version, _device, _load_encoders, _require,
+from stepvideo.stage_utils import (OUTPUTS, _clean_rows, local_path, _data_version, _device, _load_encoders, _require,
                                    model_hash, registered_version)
 
 
@@ -88,6 +88,7 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
 
 def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
     """The folder a DiT stage starts from and its `parent_model_version` lineage tag."""
+    init_from = local_path(init_from, root)
     if init_from:
         folder = tracking.resolve_model(init_from, root / ".cache" / "dit" / "init" / name
                                         if init_from.startswith(("models:/", "runs:/")) else None)

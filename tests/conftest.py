@@ -42,6 +42,7 @@ def project(tmp_path, monkeypatch) -> Path:
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     # dvc.yaml's code deps point at the package: link it in
     (root / "stepvideo").symlink_to(REPO / "stepvideo", target_is_directory=True)
+    (root / "release").symlink_to(REPO / "release", target_is_directory=True)  # the release the demo fine-tunes
     (root / ".gitignore").write_text("/data\n/outputs\n/.dvc-remote\n")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],

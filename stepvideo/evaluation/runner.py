@@ -40,12 +40,16 @@ def write_json(path: Path, data: Any) -> Path:
 
 def summary_metrics(summary: dict, prefix: str) -> dict[str, float]:
     """Flat metrics of a scorer summary (for MLflow): {prefix}overall, {prefix}<category>,
-    {prefix}lang_<lang>, {prefix}consistency, {prefix}flicker, {prefix}color_noise."""
+    {prefix}lang_<lang>, {prefix}consistency, {prefix}flicker, {prefix}color_noise and, for a
+    benchmark run, {prefix}chance_overall and {prefix}chance_<category>."""
     out = {f"{prefix}overall": summary.get("overall"), f"{prefix}consistency": summary.get("consistency"),
            f"{prefix}flicker": summary.get("flicker"), f"{prefix}color_noise": summary.get("color_noise")}
     out.update({f"{prefix}{k}": v for k, v in (summary.get("categories") or {}).items()})
     out.update({f"{prefix}lang_{k}": v for k, v in (summary.get("languages") or {}).items()})
     out.update({f"{prefix}user_{k}": v for k, v in (summary.get("user_metrics") or {}).items()})
+    chance = summary.get("chance") or {}
+    out[f"{prefix}chance_overall"] = chance.get("overall")
+    out.update({f"{prefix}chance_{k}": v for k, v in (chance.get("categories") or {}).items()})
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -156,6 +160,31 @@ def generation_jobs(prompts: Sequence[Any], seeds: int) -> list[dict]:
     return jobs
 
 
+def chance_attributes(jobs: Sequence[dict]) -> dict[str, dict]:
+    """The chance baseline's prompt for each judged job: the attributes of the next prompt of the
+    same category (cyclically, in benchmark order) in the same language and seed. Judging every
+    video against a prompt it was not made for gives the accuracy of a model that ignores the text
+    (`summary["chance"]`); {job id: attributes}."""
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        if job["attributes"] is not None:
+            groups.setdefault((job["category"], job["lang"], job["seed"]), []).append(job)
+    out = {}
+    for group in groups.values():
+        for i, job in enumerate(group):
+            if len(group) > 1:
+                out[job["id"]] = group[(i + 1) % len(group)]["attributes"]
+    return out
+
+
+def chance_summary(rows: list[dict]) -> dict:
+    """`summarize` of the chance rows, reduced to overall and per category."""
+    if not rows:
+        return {"overall": None, "categories": {}}
+    full = summarize(rows)
+    return {"overall": full["overall"], "categories": full["categories"]}
+
+
 def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, model: str = "", seeds: int = 1,
                   batch_size: int = 8, frames: int = 17, height: int = 64, width: int = 64,
                   steps: int | None = None, cfg: float | None = None, shift: float | None = None, fps: int = 8,
@@ -173,7 +202,8 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
     (out / "videos").mkdir(parents=True, exist_ok=True)
     settings = _pipeline_settings(pipe, frames, height, width, steps, cfg, shift, seeds, fps)
     jobs = generation_jobs(prompts, seeds)
-    videos = []
+    others = chance_attributes(jobs)
+    videos, chance = [], []
     bar = tqdm(total=len(jobs), desc="evaluate", unit="video", disable=not progress)
     for i in range(0, len(jobs), batch_size):
         batch = jobs[i:i + batch_size]
@@ -186,6 +216,9 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
             entry["video"] = rel
             if job["attributes"] is not None:
                 entry.update(score_frames(clip, job["attributes"]))
+                if job["id"] in others:
+                    chance.append({**{k: job[k] for k in ("id", "prompt_id", "lang", "seed")},
+                                   **score_frames(clip, others[job["id"]])})
             else:
                 entry.update(checks=[], passed=None)
             if metrics:
@@ -196,6 +229,8 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
     judged = [v for v in videos if v["checks"]]
     summary = summarize(judged) if judged else {"overall": None, "categories": {}, "languages": {}, "videos": len(videos)}
     summary["videos"] = len(videos)
+    if judged:
+        summary["chance"] = chance_summary(chance)
     if metrics:
         names = sorted({k for v in videos for k in v.get("user_metrics", {})})
         summary["user_metrics"] = {k: float(np.mean([v["user_metrics"][k] for v in videos if k in v["user_metrics"]]))

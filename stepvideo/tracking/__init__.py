@@ -243,3 +243,48 @@ def stage_metric_histories(uri: str, metric: str) -> dict[str, list[list[float]]
             stage = child.data.tags.get("stage") or child.info.run_name
             out[stage] = [[float(m.step), float(m.value)] for m in sorted(history, key=lambda m: m.step)]
     return out
+
+
+def registry_exists() -> bool:
+    """Whether there is a registry to ask: $MLFLOW_TRACKING_URI, or the project's sqlite store
+    (checked without creating it)."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (project_root() / "mlflow" / "mlflow.db").is_file()
+
+
+def alias_exists(name: str, alias: str) -> bool:
+    """Whether registered model `name` has `alias` (False when the model or the store is missing)."""
+    if not registry_exists():
+        return False
+    try:
+        model_version(f"models:/{name}@{alias}")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def stage_durations(experiment: str = "stepvideo") -> dict[str, float]:
+    """{stage: seconds} of the newest finished `cascade` run's stage runs (its children); {} when
+    the store has none."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if not registry_exists():
+        return {}
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    client = MlflowClient()
+    parents = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'cascade' and "
+                                 "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        return {}
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    out: dict[str, float] = {}
+    for child in children:
+        if child.info.end_time and child.info.start_time:
+            stage = child.data.tags.get("stage") or child.info.run_name
+            out[stage] = out.get(stage, 0.0) + (child.info.end_time - child.info.start_time) / 1000.0
+    return out
