@@ -247,3 +247,15 @@ def test_two_ranks_zero2_match_one_rank_and_resume_at_one_rank(cache_dir, tmp_pa
     tail = _losses(out)
     for a, b in zip(tail[3:], two[3:]):
         assert abs(a - b) <= 1e-4 * max(abs(a), 1e-3), (tail, two)
+
+
+def test_a_bf16_init_folder_trains_from_float32_master_weights(tmp_path):
+    """The release ships bf16 weights; fine-tuning from them must not train in bf16 on the CPU."""
+    from stepvideo.models.dit import DiTConfig, StepVideoDiT
+    from stepvideo.training.dit_trainer import initial_model
+
+    cfg = DiTConfig.preset("demo")
+    torch.manual_seed(0)
+    StepVideoDiT(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model = initial_model(DiTTrainConfig(model=cfg.to_dict(), init_from=str(tmp_path / "bf16")))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

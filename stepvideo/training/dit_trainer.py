@@ -189,7 +189,7 @@ def initial_model(cfg: DiTTrainConfig) -> StepVideoDiT:
     target = DiTConfig.from_dict(cfg.model)
     if not cfg.init_from:
         return StepVideoDiT(target)
-    model = StepVideoDiT.from_pretrained(cfg.init_from)
+    model = StepVideoDiT.from_pretrained(cfg.init_from, dtype=torch.float32)  # fp32 master weights (bf16 release)
     got = model.config
     for name in ("in_channels", "out_channels", "caption_channels", "hidden_size", "num_layers", "patch_size"):
         if getattr(got, name) != getattr(target, name):
