@@ -62,20 +62,14 @@ def _heldout_media(root: Path, max_items: int) -> list[np.ndarray]:
     return load_clips(rows, clean.parent, split="heldout", max_items=max_items)
 
 
-@torch.no_grad()
 def vae_quality(vae: Any, media: Sequence[np.ndarray]) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of VAE round trips of `media` (uint8 (T, H, W, 3)) over all frames."""
-    from stepvideo.models.vae import frames_to_tensor
-    from stepvideo.training.vae_trainer import psnr, ssim
+    """Mean PSNR (dB) and SSIM of VAE round trips of `media` (uint8 (T, H, W, 3)): the trainer's
+    held-out evaluation, on every item at full size."""
+    from stepvideo.training.vae_trainer import VAETrainConfig, evaluate
 
-    scores = {"psnr": [], "ssim": []}
-    for clip in media:
-        x = frames_to_tensor(clip)[None]
-        y = vae.decode(vae.encode(x)).clamp(-1, 1)
-        a, b = (x[0] + 1) / 2, (y[0] + 1) / 2  # (T, C, H, W) in [0, 1], as the trainer measures
-        scores["psnr"].append(psnr(b, a))
-        scores["ssim"].append(ssim(b, a))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    size = max(max(m.shape[1], m.shape[2]) for m in media)
+    metrics, _ = evaluate(vae, media, VAETrainConfig(eval_max_items=len(media), eval_size=size))
+    return {"psnr": metrics["heldout_psnr"], "ssim": metrics["heldout_ssim"]}
 
 
 def _sample_grid(pipe: Any, seed: int = 0, scale: int = 2) -> tuple[np.ndarray, list[dict]]:
