@@ -178,6 +178,60 @@ def _sft() -> DiTStageParams:
 
 
 @dataclass
+class DPOParams:
+    """Video-DPO after SFT (`stepvideo.stages_dpo`): candidates from the SFT model, preference pairs
+    from the scorer's reward or from people's labels, the flow-matching DPO loss against the frozen
+    SFT model, on-policy rounds. `enabled: false` skips it (evaluate and the bundle then take SFT)."""
+
+    enabled: bool = True
+    init_from: str = ""  # '' = the sft stage's output; else a folder or models:/NAME@ALIAS (also the reference)
+    # candidates: N videos per prompt; training captions + benchmark-style prompts (never benchmark prompts)
+    train_prompts: int = 24  # caption rows of training clips (one language each)
+    style_prompts: int = 24  # benchmark-style prompts, each in EN and ZH
+    candidates_per_prompt: int = 4
+    frames: int = 0  # 0: the data's
+    height: int = 0
+    width: int = 0
+    sample_steps: int = 20
+    sample_cfg: float = 5.0
+    sample_shift: float = 3.0
+    generate_batch_size: int = 16
+    # preferences
+    source: str = "reward"  # reward (the scorer) | human (labels) | reward_model (fitted to the labels)
+    labels: str = ""  # human labels (JSONL, `stepvideo label serve/import`); with source human or reward_model
+    human_candidates: str = ""  # the candidates folder those labels refer to
+    pairs: str = "best_worst"  # best_worst | margin (every pair of a prompt above min_margin)
+    min_margin: float = 0.05
+    reward_checks: float = 1.0  # weight of the share of the prompt's checks passed
+    reward_flicker: float = 0.02  # penalty per unit of the scorer's flicker
+    reward_color_noise: float = 0.005  # penalty per RGB level of background colour noise
+    # the loss and its optimisation (see stepvideo.diffusion.dpo for the choice of beta)
+    beta: float = 500.0
+    sft_weight: float = 0.0  # > 0: + the flow-matching loss on the chosen sample
+    steps: int = 40  # per round
+    batch_size: int = 8  # pairs per step
+    lr: float = 1.0e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 5
+    grad_clip: float = 1.0
+    timestep_sampling: str = "logit_normal"
+    timestep_shift: float = 1.0
+    # on-policy rounds: regenerate with the current policy and score again
+    rounds: int = 1
+    update_reference: bool = False  # rounds > 1: the reference becomes the previous round's policy
+    onpolicy_reward: str = "scorer"  # scorer | reward_model: what ranks the fresh candidates of rounds >= 2
+    reward_model_steps: int = 300
+    reward_model_heldout: float = 0.25
+    gradient_checkpointing: bool = False
+    zero_stage: int = 0
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 3
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "stepvideo"
     register: bool = True
@@ -213,6 +267,7 @@ class Params:
     t2v_lowres: DiTStageParams = field(default_factory=_t2v_lowres)
     t2v_highres: DiTStageParams = field(default_factory=_t2v_highres)
     sft: DiTStageParams = field(default_factory=_sft)
+    dpo: DPOParams = field(default_factory=DPOParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 

@@ -476,6 +476,12 @@ class T2VPipeline:
 
     # ---- generation ------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def encode_prompts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The DiT's text inputs for `texts`: llm_emb/llm_mask (and clip_emb/clip_mask), padded to
+        the longest text, on the DiT's device."""
+        return self._encode(list(texts))
+
     def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         device = self.device
         hidden, mask = self.llm_encoder.encode(texts)

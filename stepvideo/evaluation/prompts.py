@@ -492,6 +492,29 @@ def build_benchmark() -> list[BenchmarkPrompt]:
     return prompts
 
 
+def style_prompts(n: int, seed: int = 1) -> list[BenchmarkPrompt]:
+    """`n` prompts in the benchmark's style that are not benchmark prompts (Video-DPO's candidates):
+    the categories in turn, scenes drawn like the benchmark's with another seed, none of them a
+    benchmark scene; ids "x001"...; every third a paraphrase."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = np.random.default_rng(seed)
+    taken = set(synth.benchmark_scene_keys())
+    out: list[BenchmarkPrompt] = []
+    for i in range(n):
+        category, k = CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)
+        attrs = _scene(rng, category, k)
+        while synth.scene_key(attrs) in taken:
+            attrs = _scene(rng, category, k)
+        taken.add(synth.scene_key(attrs))
+        if k % 3 == 1:
+            en, zh = _paraphrase_en(attrs, rng), _paraphrase_zh(attrs, rng)
+        else:
+            en, zh = (synth.caption(attrs, lang, int(rng.integers(3))) for lang in ("en", "zh"))
+        out.append(BenchmarkPrompt(f"x{i + 1:03d}", category, en, zh, attrs, k % 3 == 1))
+    return out
+
+
 def _problem(row: dict) -> str:
     """'' when `row` is a valid benchmark prompt, else what is wrong with it."""
     fields = set(BenchmarkPrompt.__dataclass_fields__)

@@ -1,0 +1,329 @@
+"""Video-DPO training: the policy (from the SFT model) against a frozen reference, on preference pairs.
+
+The same shape as ``dit_trainer`` (one loop; components beside it: ``engine`` for DeepSpeed/ZeRO,
+``checkpoint`` for exact resume, ``schedule``), with the pair loss of ``stepvideo.diffusion.dpo``.
+
+The pairs come as one safetensors file (``write_pair_tensors``): ``chosen`` and ``rejected`` clean
+latents (N, T, C, H, W) and the prompt's text embeddings (``llm_emb``/``llm_mask``/``clip_emb``/
+``clip_mask``, N rows). Each optimizer step ``s``:
+
+1. the global batch is a pure function of (seed, s): the pairs in a seeded permutation per epoch;
+2. rank ``r`` of ``W`` takes items ``r::W`` and splits them into ``grad_accum`` micro-batches;
+3. each pair draws ONE timestep and ONE noise from a generator seeded by (seed, s, position): the
+   chosen and the rejected sample of a pair share both (the loss compares their errors);
+4. the policy predicts the velocity of chosen and rejected in one forward; the reference (frozen,
+   ``requires_grad`` off, eval mode, under ``no_grad``) does the same; loss, backward, AdamW step;
+5. a non-finite loss or gradient skips the step; ``max_bad_steps`` in a row stop the run
+   (``NonFiniteLossError``) and the last checkpoint stays intact.
+
+Checkpoints (``out_dir/checkpoints/step-N``) hold the policy, the optimizer moments, the RNG and the
+step: a re-run resumes and ends where an uninterrupted run would. The result is ``out_dir/final``
+(a ``StepVideoDiT`` folder) and ``metrics.json`` with the per-step curves (loss, implicit reward
+accuracy, reward margin, KL proxy). The caller logs through ``log_fn(step, metrics)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from stepvideo.diffusion.dpo import flow_dpo_loss
+from stepvideo.diffusion.flow_matching import SAMPLERS, TimestepSampler, training_pair
+from stepvideo.models.dit import StepVideoDiT
+from stepvideo.training import checkpoint as ckpt
+from stepvideo.training.dit_trainer import NonFiniteLossError, _sample_generator
+from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
+
+LogFn = Callable[[int, dict[str, float]], None]
+TEXT_KEYS = ("llm_emb", "llm_mask", "clip_emb", "clip_mask")
+CURVES = ("loss", "implicit_acc", "reward_margin", "kl_proxy")
+
+
+@dataclass
+class DPOTrainConfig:
+    """One DPO run (plain data). ``init_from``: the policy's start; ``reference``: the frozen model
+    (default: ``init_from``, i.e. the SFT model)."""
+
+    init_from: str = ""
+    reference: str = ""
+    beta: float = 100.0
+    sft_weight: float = 0.0
+    batch_size: int = 8  # pairs per optimizer step (all ranks x micro-batches)
+    grad_accum: int = 1
+    steps: int = 50
+    lr: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    timestep_sampling: str = "logit_normal"
+    timestep_shift: float = 1.0
+    gradient_checkpointing: bool = False
+    zero_stage: int = 0
+    precision: str = "auto"
+    deepspeed_config: str | None = None
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 3
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        errors = []
+        if not self.init_from:
+            errors.append("init_from (the SFT model folder) is required")
+        if self.beta <= 0 or self.sft_weight < 0:
+            errors.append("beta must be > 0 and sft_weight >= 0")
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
+            errors.append("steps >= 0, batch_size >= 1 and grad_accum >= 1 are required")
+        if self.lr_schedule not in LR_SCHEDULES:
+            errors.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.timestep_sampling not in SAMPLERS:
+            errors.append(f"timestep_sampling must be one of {SAMPLERS}, got {self.timestep_sampling!r}")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            errors.append("checkpoint_every, log_every, keep_checkpoints and max_bad_steps must be >= 1")
+        if errors:
+            raise ValueError("invalid DPOTrainConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self, pairs_version: str = "") -> str:
+        """What changes the trained weights (not cadence or how the work is spread), plus the pairs."""
+        d = self.to_dict()
+        for k in ("log_every", "checkpoint_every", "keep_checkpoints", "zero_stage", "deepspeed_config",
+                  "gradient_checkpointing", "max_bad_steps"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps([d, pairs_version], sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# the pair tensors
+
+
+def write_pair_tensors(path: str | os.PathLike, chosen: torch.Tensor, rejected: torch.Tensor,
+                       text: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the DPO trainer's input (atomically): latents (N, T, C, H, W) + text rows (N, ...)."""
+    from safetensors.torch import save_file
+
+    n = chosen.shape[0]
+    if chosen.shape != rejected.shape or n == 0:
+        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be one non-empty shape")
+    bad = [k for k, v in text.items() if v.shape[0] != n]
+    if "llm_emb" not in text or bad:
+        raise ValueError(f"text embeddings need llm_emb and {n} rows each (wrong: {bad})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {"chosen": chosen.float().contiguous(), "rejected": rejected.float().contiguous(),
+               **{k: (v.to(torch.uint8) if v.dtype == torch.bool else v.float()).contiguous() for k, v in text.items()}}
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(dict(meta or {}), sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_pair_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pair tensors not found (the dpo stage writes them from the pair dataset)")
+    data = load_file(str(path))
+    missing = [k for k in ("chosen", "rejected", "llm_emb", "llm_mask") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a DPO pair file (missing {missing})")
+    for k in ("llm_mask", "clip_mask"):
+        if k in data:
+            data[k] = data[k].bool()
+    with safe_open(str(path), "pt") as f:
+        data["_meta"] = json.loads((f.metadata() or {}).get("meta", "{}"))  # type: ignore[assignment]
+    return data
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The global batch of `step`: consecutive slices of a seeded permutation per epoch (a pure function)."""
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        take = min(batch_size - len(out), n - offset)
+        out += perm[offset:offset + take]
+        pos += take
+    return out
+
+
+def _load_dit(folder: str, gradient_checkpointing: bool) -> StepVideoDiT:
+    model = StepVideoDiT.from_pretrained(folder, dtype=torch.float32)
+    model.config.gradient_checkpointing = gradient_checkpointing
+    return model
+
+
+def frozen_reference(folder: str, device: torch.device, dtype: torch.dtype) -> StepVideoDiT:
+    """The reference model: loaded once, eval mode, no parameter requires grad."""
+    ref = StepVideoDiT.from_pretrained(folder, dtype=torch.float32).to(device=device, dtype=dtype).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str | os.PathLike, *,
+              log_fn: LogFn | None = None, progress: bool = True, resume: bool = True,
+              name: str = "dpo") -> dict[str, Any]:
+    """Train (or continue) the policy on the pairs in `pairs_file`; returns metrics and ``model_dir``."""
+    from tqdm.auto import tqdm
+
+    from stepvideo.models.io import save_folder
+    from stepvideo.training.engine import Engine, EngineConfig, init_distributed
+
+    rank, world = init_distributed()
+    out = Path(out_dir)
+    data = load_pair_tensors(pairs_file)
+    meta = data.pop("_meta")
+    n = int(data["chosen"].shape[0])
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"{name}: batch_size {cfg.batch_size} is not divisible by ranks x grad_accum = "
+                         f"{world} x {cfg.grad_accum}")
+    timesteps = TimestepSampler(cfg.timestep_sampling, shift=cfg.timestep_shift)
+    ckpt.seed_rng(cfg.seed)
+    model = _load_dit(cfg.init_from, cfg.gradient_checkpointing)
+    if model.config.in_channels != data["chosen"].shape[2]:
+        raise ValueError(f"{pairs_file}: latents have {data['chosen'].shape[2]} channels, the model "
+                         f"{cfg.init_from} takes {model.config.in_channels}")
+    model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    model.train()
+    engine = Engine(model, EngineConfig(
+        zero_stage=cfg.zero_stage, precision=cfg.precision,
+        micro_batch_size=max(cfg.batch_size // (world * cfg.grad_accum), 1), grad_accum=cfg.grad_accum,
+        grad_clip=cfg.grad_clip, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        config_file=cfg.deepspeed_config))
+    reference = frozen_reference(cfg.reference or cfg.init_from, engine.device, engine.compute_dtype)
+    fingerprint = cfg.fingerprint(str(meta.get("version", "")))
+
+    step, skipped, bad_in_row = 0, 0, 0
+    curves: dict[str, list[float]] = {k: [] for k in CURVES}
+    last = ckpt.latest_checkpoint(out) if resume else None
+    if last is not None:
+        state = ckpt.load_state(last)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{last}: written by a different DPO config or pair set; use a fresh out_dir or delete it")
+        engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
+        ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
+        step, skipped, bad_in_row = int(state["step"]), int(state["skipped_steps"]), int(state["bad_in_row"])
+        curves = {k: list(v) for k, v in state["curves"].items()}
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def save(at_step: int) -> None:
+        weights, moments = engine.full_state_dict(), engine.full_optimizer_state()
+        if rank != 0:
+            return
+        rng_tensors, rng_data = ckpt.capture_rng()
+        ckpt.save_checkpoint(out, at_step, model_state=weights, model_config=model.config.to_dict(),
+                             tensors={"optimizer": moments, "rng": rng_tensors}, keep=cfg.keep_checkpoints,
+                             state={"fingerprint": fingerprint, "skipped_steps": skipped, "bad_in_row": bad_in_row,
+                                    "curves": curves, "rng": rng_data, "world_size": world})
+
+    dev, dtype = engine.device, engine.compute_dtype
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=name, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    while step < cfg.steps:
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+        global_idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
+        mine = list(range(rank, len(global_idx), world))
+        per_micro = len(mine) // cfg.grad_accum
+        sums: dict[str, float] = {}
+        finite = True
+        for m in range(cfg.grad_accum):
+            pos = mine[m * per_micro:(m + 1) * per_micro]
+            idx = [global_idx[p] for p in pos]
+            gens = [_sample_generator(cfg.seed, step, p) for p in pos]
+            shape = data["chosen"].shape[1:]
+            t = torch.cat([timesteps.sample(1, generator=g) for g in gens])
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            xw, tw, _ = training_pair(data["chosen"][idx], t, noise)
+            xl, tl, _ = training_pair(data["rejected"][idx], t, noise)
+            x_t = torch.cat([xw, xl]).to(dev, dtype)
+            tt = torch.cat([t, t]).to(dev)
+            text = {k: torch.cat([data[k][idx]] * 2).to(dev) for k in TEXT_KEYS if k in data}
+            text = {k: v if v.dtype == torch.bool else v.to(dtype) for k, v in text.items()}
+            pred = engine(x_t, tt, **text)
+            with torch.no_grad():
+                ref = reference(x_t, tt, **text)
+            b = len(idx)
+            loss, stats = flow_dpo_loss(pred[:b], pred[b:], ref[:b], ref[b:], tw.to(dev), tl.to(dev), cfg.beta,
+                                        cfg.sft_weight)
+            if not engine.all_finite(loss.detach()):
+                finite = False
+                engine.discard()
+                break
+            engine.backward(loss)
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        grad_norm = float("nan")
+        if finite:
+            result = engine.step(lr)
+            grad_norm, finite = result["grad_norm"], not result["skipped"]
+        step += 1
+        if finite:
+            bad_in_row = 0
+            means = {k: engine.all_reduce_mean(v) for k, v in sums.items()}
+            for k in CURVES:
+                curves[k].append(means[k])
+        else:
+            skipped += 1
+            bad_in_row += 1
+            means = {}
+            for k in CURVES:
+                curves[k].append(float("nan"))
+            if bad_in_row >= cfg.max_bad_steps:
+                bar.close()
+                good = ckpt.latest_checkpoint(out)
+                raise NonFiniteLossError(
+                    f"{name}: {bad_in_row} non-finite steps in a row (last at step {step}); stopped. The last good "
+                    f"checkpoint is {good or 'none (no checkpoint yet)'}: lower dpo.lr or dpo.beta, then re-run to "
+                    f"resume from it")
+        bar.update(1)
+        if means:
+            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['implicit_acc']:.2f}")
+        if log_fn is not None and rank == 0 and means and (step % cfg.log_every == 0 or step == cfg.steps):
+            log_fn(step, {**means, "lr": lr, "grad_norm": grad_norm, "skipped_steps": float(skipped)})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    bar.close()
+
+    def window(k: str, last: bool) -> float:
+        vals = [x for x in curves[k] if x == x]
+        vals = vals[-10:] if last else vals[:10]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    result_out: dict[str, Any] = {
+        "step": step, "skipped_steps": skipped, "pairs": n, "seconds": time.perf_counter() - t_start,
+        **{f"{k}_first": window(k, False) for k in CURVES}, **{f"{k}_last": window(k, True) for k in CURVES},
+        "curves": curves, "model_dir": str(out / "final"), "world_size": world}
+    weights = engine.full_state_dict()
+    if rank == 0:
+        save_folder(out / "final", weights, model.config.to_dict())
+        ckpt.atomic_write_text(out / "metrics.json", json.dumps(result_out, indent=2, sort_keys=True) + "\n")
+    engine.barrier()
+    return result_out
+
+
+__all__ = ["DPOTrainConfig", "train_dpo", "write_pair_tensors", "load_pair_tensors", "batch_indices",
+           "frozen_reference"]
