@@ -5,7 +5,8 @@ data version (DVC's hash), its params section and the code version. `version` al
 is incremental and is what tells the data version. `latent_cache` on the clean manifest, the VAE
 folder, the encoder versions, its section and code; each DiT stage (t2i_pretrain -> t2v_lowres ->
 t2v_highres -> sft) on the latent cache's key, the hash of the upstream model's weights, its
-section and the code of the trainer/engine/model/diffusion; `evaluate` on the judged DiT's weights,
+section and the code of the trainer/engine/model/diffusion; `dpo` on the SFT weights, the VAE, the
+encoders, the clean data, the human labels and its section; `evaluate` on the judged DiTs' weights,
 the VAE, the encoders, its section and the evaluation code; `bundle` on the shipped DiT's weights.
 A cached task whose outputs were deleted runs again (the flow refreshes the cache entry when a
 stage's outputs are missing).
@@ -109,7 +110,7 @@ def _bundle_key(ctx, args: dict) -> str:
     out = root / pipeline.OUTPUTS
     return _key("bundle", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.BUNDLE_FROM),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"],
-                p.section_hash(pipeline.BUNDLE_FROM), tracking.code_version("stepvideo.generation"))
+                p.section_hash("sft"), tracking.code_version("stepvideo.generation"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -160,11 +161,35 @@ def dit_task(stage: str, params: Params, root: str, parent_run_id: str | None) -
     return pipeline.stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
 
 
+DPO_CODE = DIT_CODE + ("stepvideo.preference", "stepvideo.training.dpo_trainer", "stepvideo.stages_dpo",
+                       "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.evaluation.prompts")
+
+
+def _dpo_key(ctx, args: dict) -> str:
+    """DPO on the SFT weights (or dpo.init_from), the VAE, the encoders, the data, the labels, its section."""
+    from stepvideo.stages_dpo import dpo_parent, dpo_key
+
+    p: Params = args["params"]
+    root = Path(args["root"])
+    try:
+        key = dpo_key(p, root, dpo_parent(p, root)[0])
+    except (OSError, ValueError):
+        key = "missing"
+    return _key("dpo", args["root"], key, p.tracking.register, tracking.code_version(*DPO_CODE))
+
+
+@task(name="dpo", cache_key_fn=_dpo_key, persist_result=True, retries=1, retry_delay_seconds=5)
+def dpo_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """Video-DPO; a retry resumes from the candidates and checkpoints already written."""
+    return pipeline.stage_dpo(params, Path(root), parent_run_id=parent_run_id)
+
+
 def _evaluate_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     root = Path(args["root"])
     out = root / pipeline.OUTPUTS
     return _key("evaluate", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.EVALUATE_FROM),
+                _safe(pipeline.model_hash, out / "dit" / "sft"), p.section_hash("dpo"),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("evaluate"),
                 p.tracking.register, tracking.code_version("stepvideo.evaluation", "stepvideo.generation",
                                                            "stepvideo.stages_eval"))
@@ -205,7 +230,7 @@ def _report(name: str, cached: dict, summary: str = "") -> str:
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
     """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
-    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> evaluate -> bundle"""
+    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -267,17 +292,28 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                 if f"{name}_excluded_low_quality" in m else ""
             report.append(_report(name, cached, f"loss {m['loss_first']:.4f} -> {m['loss_last']:.4f} over "
                                                 f"{m['step']} steps{extra}"))
-        # later issue: Video-DPO (from sft) runs here; evaluation and the bundle then take its DiT
+        dpo = _run(dpo_task, cached, "dpo", out / "dit" / "dpo" / "config.json", params=params, root=str(root_path),
+                   parent_run_id=pid)
+        if dpo.get("skipped"):
+            report.append(_report("dpo", cached, "skipped (dpo.enabled: false): the SFT model is final"))
+        else:
+            dm = dpo["metrics"]
+            report.append(_report("dpo", cached, f"{dm['pairs']} pairs, implicit reward accuracy "
+                                                 f"{dm['implicit_acc_first']:.2f} -> {dm['implicit_acc_last']:.2f}, "
+                                                 f"margin {dm['reward_margin_first']:.3f} -> "
+                                                 f"{dm['reward_margin_last']:.3f} ({pipeline.DPO_REGISTERED})"))
         evaluation = _run(evaluate_task, cached, "evaluate", out / "eval" / "results.json", params=params,
                           root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         em = evaluation["metrics"]
+        vs_sft = (f"; SFT {em['eval_sft_overall']:.1%}, DPO wins {em['dpo_win_rate']:.1%} of pairs by the reward "
+                  f"(95% CI {em['dpo_ci_low']:.1%}-{em['dpo_ci_high']:.1%})" if "dpo_win_rate" in em else "")
         report.append(_report("evaluate", cached, f"benchmark accuracy {em.get('eval_overall', float('nan')):.1%} "
                                                   f"(en {em.get('eval_lang_en', float('nan')):.1%}, zh "
                                                   f"{em.get('eval_lang_zh', float('nan')):.1%}) over "
-                                                  f"{em['eval_videos']} videos; {evaluation['report']}"))
+                                                  f"{em['eval_videos']} videos{vs_sft}; {evaluation['report']}"))
         bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
     return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
             "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
-            "vae": vae, "latent_cache": latents, **dits, "evaluate": evaluation, "bundle": bundle}
+            "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle}

@@ -27,6 +27,11 @@ eval_app = typer.Typer(help="Evaluation: score clips, run the benchmark, write t
 app.add_typer(eval_app, name="eval")
 release_app = typer.Typer(help="The embedded release (stepvideo-tiny).", no_args_is_help=True)
 app.add_typer(release_app, name="release")
+dpo_app = typer.Typer(help="Video-DPO: candidates to label (the dpo stage does the rest).", no_args_is_help=True)
+app.add_typer(dpo_app, name="dpo")
+from stepvideo.cli_label import label_app  # noqa: E402  (its commands import stepvideo.cli lazily)
+
+app.add_typer(label_app, name="label")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
@@ -189,7 +194,7 @@ def params_write(preset: str = typer.Option(..., help="demo | small | step-video
 @user_errors
 def stage(name: str = typer.Argument(..., help="data | version | validate | text_encoders | text_cache | train_vae | "
                                                  "latent_cache | t2i_pretrain | t2v_lowres | t2v_highres | sft | "
-                                                 "evaluate | bundle"),
+                                                 "dpo | evaluate | bundle"),
           params: Path = PARAMS):
     """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
     from stepvideo import pipeline
@@ -341,6 +346,29 @@ def release_build(
     b = info["benchmark"]
     typer.echo(f"wrote {out or RELEASE_DIR}: {info['bytes'] / 2**20:.1f} MiB; benchmark overall "
                f"{100 * (b.get('overall') or 0):.1f}%, VAE {info['vae']['psnr']:.2f} dB / SSIM {info['vae']['ssim']:.3f}")
+
+
+# ------------------------------------------------------------------ dpo
+
+@dpo_app.command("candidates")
+@user_errors
+def dpo_candidates(
+    out: Path = typer.Option(Path("labels/candidates"), help="candidates folder (resumes when it exists)"),
+    model: Optional[str] = typer.Option(None, help="a bundle folder or models:/ URI [default: the project's SFT "
+                                                   "DiT with its VAE and text encoders]"),
+    per_prompt: Optional[int] = typer.Option(None, help="videos per prompt [params: dpo.candidates_per_prompt]"),
+    params: Path = PARAMS,
+):
+    """Generate N videos per prompt (training captions + benchmark-style prompts, never benchmark
+    prompts) with their seeds and latents, for `stepvideo label serve` and the dpo stage."""
+    from stepvideo.stages_dpo import make_candidates
+
+    p = _params(params)
+    if per_prompt is not None:
+        p.dpo.candidates_per_prompt = per_prompt
+    rows = make_candidates(p, _root(), out, model)
+    typer.echo(f"{out}: {len(rows)} candidates for {len({(r['prompt_id'], r['lang']) for r in rows})} prompts; "
+               f"label them with: stepvideo label serve --candidates {out}")
 
 
 # ------------------------------------------------------------------ eval

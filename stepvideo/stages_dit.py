@@ -37,8 +37,8 @@ DIT_PREVIOUS: dict[str, str | None] = {"t2i_pretrain": None, "t2v_lowres": "t2i_
 # stage -> its MLflow registered model
 DIT_REGISTERED: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
                                   "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
-# the DiT stage the shipped bundle takes its weights from (Video-DPO, a later stage, will take its place)
-BUNDLE_FROM = "sft"
+# the DiT the shipped bundle takes its weights from: Video-DPO's output (the SFT weights when dpo is off)
+BUNDLE_FROM = "dpo"
 BUNDLE_REGISTERED = "stepvideo-t2v"
 
 
@@ -286,23 +286,29 @@ def stage_sft(params: Params, root: Path, parent_run_id: str | None = None, prog
 
 
 def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
-    """The shippable text-to-video pipeline: the `BUNDLE_FROM` DiT + the VAE + the text encoders as one
-    `T2VPipeline.save_pretrained` folder (outputs/bundle), registered as `stepvideo-t2v` (alias
-    candidate), so `stepvideo generate --model models:/stepvideo-t2v@candidate` works. Its default
-    sampler is the stage's sample settings."""
+    """The shippable text-to-video pipeline: the cascade's final DiT (`BUNDLE_FROM`: Video-DPO's, or
+    the SFT weights when DPO is off) + the VAE + the text encoders as one `T2VPipeline.save_pretrained`
+    folder (outputs/bundle), registered as `stepvideo-t2v` (alias candidate), so `stepvideo generate
+    --model models:/stepvideo-t2v@candidate` works. Its default sampler is SFT's sample settings."""
     from stepvideo.diffusion.sampler import SamplerConfig
     from stepvideo.generation import T2VPipeline
 
+    from stepvideo.stages_dpo import DPO_REGISTERED
+
     dit_dir = _require(root / OUTPUTS / "dit" / BUNDLE_FROM, BUNDLE_FROM)
     vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
-    sp = getattr(params, BUNDLE_FROM)
-    dit_lineage = json.loads((dit_dir / "lineage.json").read_text()) if (dit_dir / "lineage.json").is_file() else {}
+    sp = params.sft  # the sampler the SFT stage rendered its samples with
+    read = lambda f: json.loads(f.read_text()) if f.is_file() else {}  # noqa: E731
+    dit_lineage = read(dit_dir / "lineage.json")
+    cascade = {**read(root / OUTPUTS / "dit" / "sft" / "lineage.json"), **dit_lineage}
     weights = model_hash(dit_dir)
-    parent = registered_version(DIT_REGISTERED[BUNDLE_FROM], weights) or f"folder:{weights}"
-    keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key")
-    lineage = {**{k: dit_lineage[k] for k in keep if k in dit_lineage}, "dit_stage": BUNDLE_FROM,
-               "parent_model_version": parent, "dit_weights": weights,
-               "params_hash": params.section_hash(BUNDLE_FROM), "git_commit": tracking.git_commit(root)}
+    registry = DIT_REGISTERED["sft"] if dit_lineage.get("skipped") else DPO_REGISTERED
+    parent = registered_version(registry, weights) or f"folder:{weights}"
+    keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key",
+            "pairs_version")
+    lineage = {**{k: cascade[k] for k in keep if k in cascade}, "dit_stage": "sft" if dit_lineage.get("skipped")
+               else "dpo", "parent_model_version": parent, "dit_weights": weights,
+               "params_hash": params.section_hash("sft"), "git_commit": tracking.git_commit(root)}
     out = root / OUTPUTS / "bundle"
     with tracking.run("bundle", experiment=params.tracking.experiment, tags=lineage, parent_run_id=parent_run_id):
         sampler = SamplerConfig(num_steps=sp.sample_steps, shift=sp.sample_shift, cfg_scale=sp.sample_cfg)

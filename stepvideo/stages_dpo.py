@@ -132,25 +132,83 @@ def _rm_pairs(rows: list[dict], folder: Path, rm_dir: Path, encode, params: Para
                         round_index)
 
 
+def dpo_prompts(params: Params, root: Path) -> list[dict]:
+    """Round 0's prompts: `dpo.train_prompts` training captions + `dpo.style_prompts` benchmark-style
+    prompts in EN and ZH (never benchmark prompts)."""
+    from stepvideo.preference.candidates import style_prompt_rows, train_prompts
+
+    dp = params.dpo
+    prompts = train_prompts(root / OUTPUTS / "validated" / "clean.jsonl", dp.train_prompts, dp.seed) + \
+        style_prompt_rows(dp.style_prompts, dp.seed + 1)
+    if not prompts:
+        raise ValueError("dpo: no prompts (dpo.train_prompts and dpo.style_prompts are 0, or the data has no "
+                         "training clips with attributes)")
+    return prompts
+
+
+def make_candidates(params: Params, root: Path, out: Path, model: str | None = None,
+                    progress: bool = True) -> list[dict]:
+    """Candidates for people to label (`stepvideo dpo candidates`): round 0's prompts and seeds, from
+    a bundle (`model`: a folder or models:/ URI) or by default the project's SFT DiT with its VAE and
+    text encoders (what the dpo stage itself generates). Resumable."""
+    from stepvideo.generation import T2VPipeline
+    from stepvideo.preference.candidates import generate_candidates
+
+    dp = params.dpo
+    if model:
+        device = _device()
+        pipe = T2VPipeline.from_pretrained(tracking.resolve_model(local_path(model, root)), device=device,
+                                           dtype="bfloat16" if device == "cuda" else None)
+        name = model
+    else:
+        sft, name = dpo_parent(params, root)
+        pipe = _pipe(sft, params, root, _load_encoders(params, root))
+    size = dict(frames=dp.frames or params.data.frames, height=dp.height or params.data.height,
+                width=dp.width or params.data.width)
+    return generate_candidates(pipe, dpo_prompts(params, root), out, per_prompt=dp.candidates_per_prompt,
+                               seed=dp.seed, steps=dp.sample_steps, cfg=dp.sample_cfg, shift=dp.sample_shift,
+                               batch_size=dp.generate_batch_size, fps=params.data.fps, model=name,
+                               progress=progress, **size)
+
+
+def _skip(sft: Path, parent_version: str, root: Path) -> dict[str, Any]:
+    """`dpo.enabled: false`: outputs/dit/dpo is the SFT weights (so evaluate, the bundle and dvc.yaml
+    see one final DiT), marked as such in lineage.json; nothing is trained or registered."""
+    from stepvideo.models.io import replace_folder, temp_folder_for
+
+    out = root / OUTPUTS / "dit" / "dpo"
+    tmp = temp_folder_for(out)
+    try:
+        shutil.copytree(sft, tmp, dirs_exist_ok=True)
+        lineage = {"stage": "dpo", "skipped": "dpo.enabled is false: these are the SFT weights",
+                   "parent_model_version": parent_version, "weights_hash": model_hash(tmp)}
+        (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+        (tmp / "metrics.json").unlink(missing_ok=True)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print("dpo: skipped (dpo.enabled is false); the SFT model is the cascade's final DiT", file=sys.stderr)
+    return {"model_dir": str(out), "metrics": {}, "registered_version": None, "lineage": lineage, "skipped": True}
+
+
 def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Video-DPO from the SFT model; see the module doc."""
     from stepvideo.models.io import replace_folder, temp_folder_for
-    from stepvideo.preference.candidates import generate_candidates, style_prompt_rows, train_prompts
+    from stepvideo.preference.candidates import generate_candidates
     from stepvideo.preference.pairs import RewardWeights, reward, reward_pairs, write_pairs, pair_tensors
     from stepvideo.training.dpo_trainer import DPOTrainConfig, train_dpo
 
     _check(params)
     dp = params.dpo
     sft, parent_version = dpo_parent(params, root)
+    if not dp.enabled:
+        return _skip(sft, parent_version, root)
     key = dpo_key(params, root, sft)
     work = root / ".cache" / "dpo" / key
     out, pairs_dir, rm_dir = root / OUTPUTS / "dit" / "dpo", root / OUTPUTS / "dpo" / "pairs", root / OUTPUTS / "dpo" / "reward_model"
     weights = RewardWeights(dp.reward_checks, dp.reward_flicker, dp.reward_color_noise)
-    clean = root / OUTPUTS / "validated" / "clean.jsonl"
-    prompts = train_prompts(clean, dp.train_prompts, dp.seed) + style_prompt_rows(dp.style_prompts, dp.seed + 1)
-    if not prompts:
-        raise ValueError("dpo: no prompts (dpo.train_prompts and dpo.style_prompts are 0, or the data has no "
-                         "training clips with attributes)")
+    prompts = dpo_prompts(params, root)
     size = dict(frames=dp.frames or params.data.frames, height=dp.height or params.data.height,
                 width=dp.width or params.data.width)
     lineage = {"stage": "dpo", "parent_model_version": parent_version, "sft_weights": model_hash(sft),
@@ -256,4 +314,4 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
             "pairs": str(pairs_dir), "pair_summary": summary, "rounds": rounds, "work_dir": str(work)}
 
 
-__all__ = ["DPO_REGISTERED", "stage_dpo", "dpo_parent", "dpo_key"]
+__all__ = ["DPO_REGISTERED", "stage_dpo", "dpo_parent", "dpo_key", "dpo_prompts", "make_candidates"]

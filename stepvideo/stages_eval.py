@@ -1,5 +1,6 @@
-"""The evaluation stage (after SFT): the benchmark on the SFT candidate, and the VAE's content check
-(the scorer on held-out ground-truth clips before and after a VAE round trip, run by train_vae).
+"""The evaluation stage (after Video-DPO): the benchmark on the cascade's final DiT beside its SFT
+parent, with the DPO-vs-SFT win rate; and the VAE's content check (the scorer on held-out
+ground-truth clips before and after a VAE round trip, run by train_vae).
 
 Both use `stepvideo.evaluation`, the one scorer that also serves as the DPO reward and the
 promotion input."""
@@ -18,7 +19,7 @@ from stepvideo.stage_utils import (OUTPUTS, _data_version, _device, _load_encode
                                    registered_version)
 from stepvideo.stages_dit import DIT_REGISTERED
 
-EVALUATE_FROM = "sft"  # the DiT stage the benchmark judges (Video-DPO, a later stage, will follow it)
+EVALUATE_FROM = "dpo"  # the cascade's final DiT (the SFT weights when dpo.enabled is false); SFT is its baseline
 
 
 def vae_content_metrics(vae_dir: Path, clean_manifest: Path, max_items: int, progress: bool = False) -> dict:
@@ -54,45 +55,91 @@ def _loss_curves(root: Path) -> dict[str, list[list[float]]]:
     return curves
 
 
+def _dpo_ran(root: Path) -> bool:
+    f = root / OUTPUTS / "dit" / "dpo" / "lineage.json"
+    return f.is_file() and not json.loads(f.read_text()).get("skipped")
+
+
+def preference_figures(params: Params, results: dict, baseline: dict, curves: dict | None = None) -> dict:
+    """The candidate's videos against the baseline's (same ids: same prompt, language and seed) by
+    the DPO reward: win rate with its 95% Wilson interval, mean reward and artifact scores of each."""
+    from stepvideo.preference.pairs import RewardWeights, reward, win_rate
+
+    dp = params.dpo
+    weights = RewardWeights(dp.reward_checks, dp.reward_flicker, dp.reward_color_noise)
+
+    def value(v: dict) -> float | None:
+        checks = v.get("checks") or []
+        if not checks:
+            return None
+        return reward({"passed_share": sum(c["pass"] for c in checks) / len(checks), "flicker": v["flicker"],
+                       "color_noise": v["color_noise"]}, weights)
+
+    base = {v["id"]: v for v in baseline["videos"]}
+    a, b = [], []
+    for v in results["videos"]:
+        if v["id"] in base and value(v) is not None and value(base[v["id"]]) is not None:
+            a.append(value(v))
+            b.append(value(base[v["id"]]))
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    s, bs = results["summary"], baseline["summary"]
+    return {"win_rate": win_rate(a, b), "reward_candidate": mean(a), "reward_baseline": mean(b),
+            "flicker_candidate": s.get("flicker"), "flicker_baseline": bs.get("flicker"),
+            "color_noise_candidate": s.get("color_noise"), "color_noise_baseline": bs.get("color_noise"),
+            "weights": weights.to_dict(), "curves": curves or {}}
+
+
 def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """The benchmark on the `EVALUATE_FROM` DiT (with the trained VAE and the text encoders): every
-    prompt in English and Chinese with fixed seeds, scored from pixels; writes outputs/eval/ (videos/,
-    results.json, report.html), logs every metric and the report to a nested MLflow run, and tags the
-    registered DiT version with its scores."""
+    """The benchmark on the cascade's final DiT (`outputs/dit/dpo`: Video-DPO's model, or the SFT
+    weights when `dpo.enabled` is false) with the trained VAE and the text encoders: every prompt in
+    English and Chinese with fixed seeds, scored from pixels. When DPO ran, the SFT model is judged
+    the same way first (outputs/eval/sft) and shown beside it, with the DPO-vs-SFT win rate by the
+    reward. Writes outputs/eval/ (videos/, results.json, report.html), logs every metric and the
+    report to a nested MLflow run, and tags each registered DiT version with its scores."""
     import shutil
 
-    from stepvideo.diffusion.sampler import SamplerConfig
     from stepvideo.evaluation.runner import load_prompts, run_benchmark, summary_metrics
-    from stepvideo.generation import T2VPipeline
     from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.stages_dpo import DPO_REGISTERED
 
     ep = params.evaluate
-    dit_dir = _require(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
+    final = _require(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
     vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
     prompts = load_prompts(ep.prompts or None)
     if ep.max_prompts > 0:
         prompts = prompts[:ep.max_prompts]
     height, width = ep.height or params.data.height, ep.width or params.data.width
-    weights = model_hash(dit_dir)
-    registered = registered_version(DIT_REGISTERED[EVALUATE_FROM], weights)
-    lineage = {"evaluated": registered or f"folder:{weights}", "dit_weights": weights,
+    with_dpo = _dpo_ran(root)
+    judged = [("sft", root / OUTPUTS / "dit" / "sft", DIT_REGISTERED["sft"])] if with_dpo else []
+    judged.append(("dpo" if with_dpo else "sft", final, DPO_REGISTERED if with_dpo else DIT_REGISTERED["sft"]))
+    weights = {name: model_hash(folder) for name, folder, _ in judged}
+    registered = {name: registered_version(reg, weights[name]) for name, _, reg in judged}
+    evaluated = {name: registered[name] or f"folder:{weights[name]}" for name in weights}
+    lineage = {"evaluated": evaluated[judged[-1][0]], "dit_weights": weights[judged[-1][0]],
                "data_version": _data_version(params, root), "params_hash": params.section_hash("evaluate"),
                "git_commit": tracking.git_commit(root)}
+    if with_dpo:
+        lineage["baseline"] = evaluated["sft"]
     out = root / OUTPUTS / "eval"
-    device = _device()
+    encoders = _load_encoders(params, root)
+    settings = dict(seeds=ep.seeds, batch_size=ep.batch_size, frames=ep.frames, height=height, width=width,
+                    steps=ep.steps, cfg=ep.cfg, shift=ep.shift, fps=params.data.fps, progress=progress,
+                    git_commit=lineage["git_commit"])
     with tracking.run("evaluate", experiment=params.tracking.experiment, params={"evaluate": vars(ep)},
                       tags=lineage, parent_run_id=parent_run_id):
-        pipe = T2VPipeline.from_components(dit_dir, vae_dir, _load_encoders(params, root), device=device,
-                                           dtype="bfloat16" if device == "cuda" else None,
-                                           sampler=SamplerConfig(num_steps=ep.steps, shift=ep.shift, cfg_scale=ep.cfg))
         tmp = temp_folder_for(out)
         try:
             t0 = time.perf_counter()
-            results = run_benchmark(pipe, prompts, tmp, model=lineage["evaluated"], seeds=ep.seeds,
-                                    batch_size=ep.batch_size, frames=ep.frames, height=height, width=width,
-                                    steps=ep.steps, cfg=ep.cfg, shift=ep.shift, fps=params.data.fps,
-                                    loss_curves=_loss_curves(root), progress=progress,
-                                    git_commit=lineage["git_commit"])
+            base = None
+            if with_dpo:
+                sft_results = run_benchmark(_pipe(judged[0][1], vae_dir, encoders, ep), prompts, tmp / "sft",
+                                            model=evaluated["sft"], loss_curves=_loss_curves(root), **settings)
+                base = {k: sft_results[k] for k in ("model", "summary", "videos", "settings")}
+                base["videos"] = [{**v, "video": f"sft/{v['video']}"} for v in base["videos"]]
+            curves = _dpo_curves(final) if with_dpo else None
+            extra = (lambda r: {"preference": preference_figures(params, r, base, curves)}) if with_dpo else None
+            results = run_benchmark(_pipe(final, vae_dir, encoders, ep), prompts, tmp, model=lineage["evaluated"],
+                                    baseline=base, loss_curves=_loss_curves(root), extra=extra, **settings)
             seconds = time.perf_counter() - t0
             replace_folder(tmp, out)
         except BaseException:
@@ -100,15 +147,47 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
             raise
         metrics = {**summary_metrics(results["summary"], "eval_"), "eval_seconds": seconds,
                    "eval_videos": results["summary"]["videos"]}
+        if with_dpo:
+            metrics.update(summary_metrics(base["summary"], "eval_sft_"))
+            pref = results["preference"]
+            metrics.update({f"dpo_{k}": float(v) for k, v in pref["win_rate"].items()})
+            metrics.update({f"dpo_{k}": float(pref[k]) for k in ("reward_candidate", "reward_baseline")
+                            if pref[k] is not None})
         tracking.log_metrics(metrics)
         tracking.log_artifact(out / "report.html", "eval")
         tracking.log_artifact(out / "results.json", "eval")
-        if registered:
-            name, version = registered.split("/")
-            tracking.tag_model_version(name, version, {k: f"{v:.4f}" for k, v in metrics.items()
-                                                       if k.startswith("eval_") and k != "eval_seconds"})
+        summaries = {judged[-1][0]: results["summary"], **({"sft": base["summary"]} if with_dpo else {})}
+        for name, summary in summaries.items():  # each registered DiT version gets its own scores
+            if registered[name]:
+                reg, version = registered[name].split("/")
+                tracking.tag_model_version(reg, version, {k: f"{v:.4f}"
+                                                          for k, v in summary_metrics(summary, "eval_").items()})
     overall = results["summary"]["overall"]
-    print(f"evaluate: {results['summary']['videos']} videos, overall accuracy "
-          f"{'n/a' if overall is None else f'{overall:.3f}'} ({seconds:.0f} s); report: {out / 'report.html'}",
-          file=sys.stderr)
+    line = (f"evaluate: {results['summary']['videos']} videos, overall accuracy "
+            f"{'n/a' if overall is None else f'{overall:.3f}'}")
+    if with_dpo:
+        w = results["preference"]["win_rate"]
+        line += (f"; SFT {base['summary']['overall']:.3f}; DPO beats SFT by the reward in {w['win_rate']:.1%} "
+                 f"(95% CI {w['ci_low']:.1%}-{w['ci_high']:.1%})")
+    print(f"{line} ({seconds:.0f} s); report: {out / 'report.html'}", file=sys.stderr)
     return {"out": str(out), "report": str(out / "report.html"), "metrics": metrics, "evaluated": lineage["evaluated"]}
+
+
+def _pipe(dit_dir: Path, vae_dir: Path, encoders: dict, ep: Any) -> Any:
+    from stepvideo.diffusion.sampler import SamplerConfig
+    from stepvideo.generation import T2VPipeline
+
+    device = _device()
+    return T2VPipeline.from_components(dit_dir, vae_dir, encoders, device=device,
+                                       dtype="bfloat16" if device == "cuda" else None,
+                                       sampler=SamplerConfig(num_steps=ep.steps, shift=ep.shift, cfg_scale=ep.cfg))
+
+
+def _dpo_curves(folder: Path) -> dict[str, list[float]]:
+    f = folder / "metrics.json"
+    if not f.is_file():
+        return {}
+    rounds = json.loads(f.read_text()).get("rounds") or []
+    names = {"loss": "loss", "implicit_acc": "implicit reward accuracy", "reward_margin": "reward margin",
+             "kl_proxy": "KL proxy"}
+    return {label: [x for r in rounds for x in (r.get("curves") or {}).get(k, [])] for k, label in names.items()}

@@ -1,5 +1,5 @@
 """The DiT cascade's stage functions (latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
--> bundle), run directly, a few steps each, on one tiny project shared by the module."""
+-> dpo -> bundle), run directly, a few steps each, on one tiny project shared by the module."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def dit_project(tmp_path_factory):
         pipeline.stage_vae(params, root, progress=False)
         latents = pipeline.stage_latent_cache(params, root, progress=False)
         results = {"latent_cache": latents}
-        for name in ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft"):
+        for name in ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft", "dpo"):
             results[name] = pipeline.STAGES[name](params, root, progress=False)
         results["bundle"] = pipeline.stage_bundle(params, root)
         yield root, params, results, mp
@@ -79,8 +79,101 @@ def test_init_from_chains_through_the_cascade(dit_project):
         registered = f"{pipeline_registered(prev)}/{results[prev]['registered_version']}"
         assert results[name]["lineage"]["parent_model_version"] == registered
         assert results[name]["lineage"]["init_weights"] == results[prev]["lineage"]["weights_hash"]
+    d = results["dpo"]["lineage"]
+    assert d["parent_model_version"] == f"stepvideo-dit-sft/{results['sft']['registered_version']}"
     b = results["bundle"]["lineage"]
-    assert b["parent_model_version"] == f"stepvideo-dit-sft/{results['sft']['registered_version']}"
+    assert b["parent_model_version"] == f"stepvideo-dit-dpo/{results['dpo']['registered_version']}"
+    assert b["pairs_version"] == d["pairs_version"] and b["dit_stage"] == "dpo"
+
+
+def test_dpo_stage_registers_the_model_with_its_lineage_and_pair_dataset(dit_project):
+    from mlflow import MlflowClient
+
+    from stepvideo import tracking
+    from stepvideo.models.dit import StepVideoDiT
+    from stepvideo.preference.pairs import read_pairs
+
+    root, params, results, _ = dit_project
+    r = results["dpo"]
+    folder = root / "outputs" / "dit" / "dpo"
+    StepVideoDiT.from_pretrained(folder)
+    pairs = read_pairs(root / "outputs" / "dpo" / "pairs")
+    assert pairs and all(p["source"] == "reward" and p["chosen"] != p["rejected"] for p in pairs)
+    assert r["lineage"]["pairs_version"] == tracking.file_hash(root / "outputs" / "dpo" / "pairs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(metrics["rounds"][0]["curves"]["implicit_acc"]) == params.dpo.steps
+    version = MlflowClient(tracking.tracking_uri()).get_model_version("stepvideo-dit-dpo", r["registered_version"])
+    for key in ("parent_model_version", "pairs_version", "reward_weights", "source", "data_version", "git_commit"):
+        assert version.tags[key] == str(r["lineage"][key])
+    assert json.loads(version.tags["reward_weights"])["checks"] == params.dpo.reward_checks
+    # a re-run resumes from the same work folder and gives the same weights
+    again = pipeline_stage("dpo")(params, root, progress=False)
+    assert again["work_dir"] == r["work_dir"] and again["lineage"]["weights_hash"] == r["lineage"]["weights_hash"]
+
+
+def test_dpo_disabled_passes_the_sft_weights_through(dit_project, tmp_path):
+    import dataclasses
+
+    from stepvideo.stage_utils import model_hash
+
+    root, params, results, _ = dit_project
+    off = dataclasses.replace(params, dpo=dataclasses.replace(params.dpo, enabled=False))
+    r = pipeline_stage("dpo")(off, root, progress=False)
+    assert r["skipped"] and model_hash(root / "outputs/dit/dpo") == model_hash(root / "outputs/dit/sft")
+    assert "enabled is false" in json.loads((root / "outputs/dit/dpo/lineage.json").read_text())["skipped"]
+    pipeline_stage("dpo")(params, root, progress=False)  # leave the project as the other tests found it
+
+
+def test_dpo_from_human_labels_then_an_onpolicy_round_ranked_by_the_reward_model(dit_project, tmp_path):
+    """People label candidates (`stepvideo dpo candidates` + the labels file the page writes); the
+    stage trains on their pairs, fits the reward model to them, and ranks round 2's fresh
+    candidates with it; the lineage names the annotators."""
+    import dataclasses
+
+    from stepvideo.preference.labeling import append_labels, label_pairs, load_candidates, make_label
+    from stepvideo.preference.pairs import read_pairs
+    from stepvideo.stages_dpo import make_candidates
+
+    root, params, results, _ = dit_project
+    cands = tmp_path / "cands"
+    make_candidates(params, root, cands, progress=False)
+    rows = load_candidates(cands)
+    labels = []
+    for pair in label_pairs(rows):  # alice and bob prefer the lower seed; carol disagrees once
+        a, b = sorted((pair["a"], pair["b"]), key=lambda c: int(c.rsplit("-s", 1)[1]))
+        labels.append(make_label(pair, a, b, "left", "alice"))
+        labels.append(make_label(pair, b, a, "right", "bob"))
+    labels.append(make_label(label_pairs(rows)[0], label_pairs(rows)[0]["a"], label_pairs(rows)[0]["b"], "tie", "carol"))
+    append_labels(cands / "labels.jsonl", labels)
+    human = dataclasses.replace(params, dpo=dataclasses.replace(
+        params.dpo, source="human", labels=str(cands / "labels.jsonl"), human_candidates=str(cands), rounds=2,
+        onpolicy_reward="reward_model", reward_model_steps=5, reward_model_heldout=0.5))
+    r = pipeline_stage("dpo")(human, root, progress=False)
+    pairs = read_pairs(root / "outputs" / "dpo" / "pairs")
+    assert {p["source"] for p in pairs if p["round"] == 0} == {"human"}
+    assert {p["source"] for p in pairs if p["round"] == 1} <= {"reward_model"}
+    assert r["lineage"]["annotators"] == "alice,bob,carol" and r["lineage"]["source"] == "human"
+    assert len(r["rounds"]) == 2 and r["rounds"][1]["candidates"] == r["rounds"][0]["candidates"]
+    assert "heldout_accuracy" in json.loads((root / "outputs/dpo/reward_model/metrics.json").read_text())
+    pipeline_stage("dpo")(params, root, progress=False)  # leave the project as the other tests found it
+
+
+def test_dpo_params_are_checked(dit_project):
+    import dataclasses
+
+    root, params, _, _ = dit_project
+    bad = dataclasses.replace(params, dpo=dataclasses.replace(params.dpo, source="human"))
+    with pytest.raises(ValueError, match="dpo.labels"):
+        pipeline_stage("dpo")(bad, root, progress=False)
+    bad = dataclasses.replace(params, dpo=dataclasses.replace(params.dpo, source="votes"))
+    with pytest.raises(ValueError, match="dpo.source must be one of"):
+        pipeline_stage("dpo")(bad, root, progress=False)
+
+
+def pipeline_stage(name: str):
+    from stepvideo import pipeline
+
+    return pipeline.STAGES[name]
 
 
 def pipeline_registered(name: str) -> str:
@@ -138,7 +231,7 @@ def test_bundle_loads_and_generates(dit_project):
     root, params, results, _ = dit_project
     pipe = T2VPipeline.from_pretrained(tracking.resolve_model("models:/stepvideo-t2v@candidate", root / "dl"))
     assert pipe.sampler.num_steps == params.sft.sample_steps
-    assert pipe.lineage["dit_stage"] == "sft" and pipe.lineage["parent_model_version"].startswith("stepvideo-dit-sft/")
+    assert pipe.lineage["dit_stage"] == "dpo" and pipe.lineage["parent_model_version"].startswith("stepvideo-dit-dpo/")
     video = pipe.generate("A large red circle moves right quickly on a navy background.", steps=1, num_frames=17)
     assert video.shape == (1, 17, 64, 64, 3)
 

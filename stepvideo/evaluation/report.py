@@ -319,6 +319,24 @@ def _gallery_table(videos: list[Mapping], categories: list[str]) -> str:
             f"user metrics per category:</p><table>{head}{''.join(rows)}</table></section>")
 
 
+def _preference_section(pref: Mapping) -> str:
+    """Video-DPO against its SFT parent on the same prompts and seeds: the reward win rate with its
+    interval, the artifact scores, and the DPO training curves."""
+    w = pref.get("win_rate") or {}
+    tiles = [_tile("DPO wins by the reward", _pct(w.get("win_rate")) + f" ({_pct(w.get('ci_low'))}–"
+                   f"{_pct(w.get('ci_high'))})"),
+             _tile("wins / ties / losses", f"{w.get('wins', '?')} / {w.get('ties', '?')} / {w.get('losses', '?')}"),
+             _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
+             _tile("mean flicker", _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
+             _tile("mean color noise", _fmt(pref.get("color_noise_candidate")), _fmt(pref.get("color_noise_baseline")))]
+    curves = pref.get("curves") or {}
+    plots = "".join(line_chart(f"DPO: {name}", [[i + 1, v] for i, v in enumerate(vals) if v == v])
+                    for name, vals in curves.items())
+    return (f"<section id='preference'><h2>Video-DPO vs SFT</h2><p class='small'>the DPO model against its SFT "
+            f"parent (the baseline) on the same prompts and seeds; reward weights {_e(pref.get('weights'))}; 95% "
+            f"Wilson interval</p><div class='tiles'>{''.join(tiles)}</div><div class='charts'>{plots}</div></section>")
+
+
 # ---------------------------------------------------------------- the page
 
 def render_report(results: Mapping, root: str | os.PathLike, title: str | None = None) -> str:
@@ -350,6 +368,9 @@ def render_report(results: Mapping, root: str | os.PathLike, title: str | None =
         body.append(f"<h3 id='cat-{_e(c)}'>{_e(c)} <span class='small'>({_e(label)})</span></h3>"
                     f"<div class='grid'>{''.join(cells)}</div>")
     body.append("</section>")
+    pref = results.get("preference")
+    if pref:
+        body.append(_preference_section(pref))
     curves = results.get("loss_curves") or {}
     if curves:
         plots = "".join(line_chart(f"loss: {stage}", pts or []) for stage, pts in curves.items())

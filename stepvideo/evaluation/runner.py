@@ -189,9 +189,12 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
                   batch_size: int = 8, frames: int = 17, height: int = 64, width: int = 64,
                   steps: int | None = None, cfg: float | None = None, shift: float | None = None, fps: int = 8,
                   metrics: dict[str, Callable] | None = None, baseline: dict | None = None,
-                  loss_curves: dict | None = None, progress: bool = True, git_commit: str = "") -> dict:
+                  loss_curves: dict | None = None, progress: bool = True, git_commit: str = "",
+                  extra: Callable[[dict], dict] | None = None) -> dict:
     """Generate, score and report; returns the results dict (also `out/results.json`; the page is
-    `out/report.html`). `baseline`: another run's results (shown beside this one in the report)."""
+    `out/report.html`). `baseline`: another run's results (shown beside this one in the report).
+    `extra(results)`: more top-level entries computed from the results before they are written
+    (e.g. the DPO-vs-SFT preference figures)."""
     from stepvideo.evaluation.metrics import run_metrics
     from stepvideo.evaluation.report import write_report
     from stepvideo.generation import save_video
@@ -241,6 +244,8 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
         results["baseline"] = baseline
     if loss_curves:
         results["loss_curves"] = loss_curves
+    if extra is not None:
+        results.update(extra(results))
     write_json(out / "results.json", results)
     write_report(results, out)
     return results

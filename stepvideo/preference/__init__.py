@@ -1,0 +1,1 @@
+"""Preference data for Video-DPO: candidates, human labels, pairs."""
