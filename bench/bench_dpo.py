@@ -89,6 +89,9 @@ def main() -> None:
           f"{result['kl_proxy_first']:.4f} -> {result['kl_proxy_last']:.4f}")
     print(f"  win rate DPO vs SFT by the reward: {w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}; "
           f"{w['wins']} wins, {w['ties']} ties, {w['losses']} losses of {w['n']})")
+    c = pref["win_rate_by_checks"]
+    print(f"  where the checks decide: {c['win_rate']:.3f} (95% CI {c['ci_low']:.3f}-{c['ci_high']:.3f}; {c['wins']} "
+          f"wins, {c['losses']} losses of {c['n']})")
     print(f"  mean reward SFT {pref['reward_baseline']:.4f} DPO {pref['reward_candidate']:.4f}; accuracy SFT "
           f"{base['summary']['overall']:.3f} DPO {dpo['summary']['overall']:.3f}; flicker SFT "
           f"{pref['flicker_baseline']:.3f} DPO {pref['flicker_candidate']:.3f}; colour noise SFT "

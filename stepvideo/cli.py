@@ -441,12 +441,13 @@ def eval_run(
     shift: Optional[float] = typer.Option(None, help="time shift [the pipeline's default]"),
     fps: int = typer.Option(8, help="frames per second of the written mp4s"),
     log: bool = typer.Option(True, help="record the evaluation as an MLflow run (and tag a models:/ version)"),
+    max_prompts: int = typer.Option(0, help="0: all; else N prompts spread over the categories (evaluate.max_prompts)"),
 ):
     """Generate every prompt in both languages with fixed seeds, score them, write the videos, a
     JSON of all scores and the HTML report."""
-    from stepvideo.evaluation.runner import evaluate_model, load_prompts
+    from stepvideo.evaluation.runner import balanced_subset, evaluate_model, load_prompts
 
-    prompt_list = load_prompts(prompts, categories)
+    prompt_list = balanced_subset(load_prompts(prompts, categories), max_prompts)
     results = evaluate_model(model, prompt_list, out, seeds=seeds, baseline=baseline, metric_specs=metric or [],
                              batch_size=batch_size, frames=frames, height=height, width=width, steps=steps,
                              cfg=cfg, shift=shift, fps=fps)

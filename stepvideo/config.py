@@ -245,7 +245,7 @@ class EvaluateParams:
     content the VAE keeps (the scorer on held-out clips before and after a VAE round trip)."""
 
     prompts: str = ""  # '' = the embedded benchmark (128 prompts x EN + ZH); else a benchmark .jsonl
-    max_prompts: int = 0  # 0: all; else the first N (quick runs)
+    max_prompts: int = 0  # 0: all; else N spread over the categories (runner.balanced_subset: quick runs)
     seeds: int = 1  # seeds per prompt (0..N-1), the same in both languages
     batch_size: int = 16
     frames: int = 17
@@ -292,14 +292,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "data": {"seed": 1},
         "text_encoders": {"llm": f"{RELEASE}/text_encoders/llm", "clip": f"{RELEASE}/text_encoders/clip"},
-        "vae": {"init_from": f"{RELEASE}/vae", "steps": 60, "lr": 1.0e-4, "warmup_steps": 5, "eval_every": 0,
-                "checkpoint_every": 30},
-        "t2i_pretrain": {"model": "small", "init_from": f"{RELEASE}/dit", "steps": 100, "lr": 5.0e-5,
+        "vae": {"init_from": f"{RELEASE}/vae", "steps": 30, "lr": 1.0e-4, "warmup_steps": 5, "eval_every": 0,
+                "checkpoint_every": 15},
+        "t2i_pretrain": {"model": "small", "init_from": f"{RELEASE}/dit", "steps": 60, "lr": 5.0e-5,
                          "warmup_steps": 10},
-        "t2v_lowres": {"model": "small", "steps": 100, "lr": 5.0e-5, "warmup_steps": 10},
-        "t2v_highres": {"model": "small", "steps": 100, "lr": 5.0e-5, "warmup_steps": 10},
-        "sft": {"model": "small", "steps": 60, "lr": 2.0e-5, "warmup_steps": 5, "checkpoint_every": 20},
-        "dpo": {"train_prompts": 16, "style_prompts": 8, "candidates_per_prompt": 4, "sample_steps": 12},
+        "t2v_lowres": {"model": "small", "steps": 60, "lr": 5.0e-5, "warmup_steps": 10},
+        "t2v_highres": {"model": "small", "steps": 60, "lr": 5.0e-5, "warmup_steps": 10},
+        "sft": {"model": "small", "steps": 40, "lr": 2.0e-5, "warmup_steps": 5, "checkpoint_every": 10},
+        # Video-DPO with reward pairs: 18 prompt groups (12 captions + 3 style prompts x EN/ZH) x 4 candidates
+        "dpo": {"train_prompts": 12, "style_prompts": 3, "candidates_per_prompt": 4, "sample_steps": 12},
+        # SFT and DPO each on 64 of the 128 prompts (every category), EN + ZH: 256 videos in all
+        "evaluate": {"max_prompts": 64, "vae_items": 32},
     },
     # `small`: everything from scratch on the embedded data (the recipe behind the `stepvideo-tiny`
     # release), sized for a CPU box in about two hours (README: the measured time of each stage).

@@ -62,7 +62,9 @@ def _dpo_ran(root: Path) -> bool:
 
 def preference_figures(params: Params, results: dict, baseline: dict, curves: dict | None = None) -> dict:
     """The candidate's videos against the baseline's (same ids: same prompt, language and seed) by
-    the DPO reward: win rate with its 95% Wilson interval, mean reward and artifact scores of each."""
+    the DPO reward: win rate with its 95% Wilson interval, the same over the videos whose share of
+    passed checks differs (`win_rate_by_checks`: where content, not the artifact scores, decides),
+    mean reward and artifact scores of each."""
     from stepvideo.preference.pairs import RewardWeights, reward, win_rate
 
     dp = params.dpo
@@ -75,15 +77,22 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
         return reward({"passed_share": sum(c["pass"] for c in checks) / len(checks), "flicker": v["flicker"],
                        "color_noise": v["color_noise"]}, weights)
 
+    def passed(v: dict) -> float:
+        return sum(c["pass"] for c in v["checks"]) / len(v["checks"])
+
     base = {v["id"]: v for v in baseline["videos"]}
-    a, b = [], []
+    a, b, ca, cb = [], [], [], []
     for v in results["videos"]:
         if v["id"] in base and value(v) is not None and value(base[v["id"]]) is not None:
             a.append(value(v))
             b.append(value(base[v["id"]]))
+            if passed(v) != passed(base[v["id"]]):  # the checks decide, not the artifact scores
+                ca.append(passed(v))
+                cb.append(passed(base[v["id"]]))
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     s, bs = results["summary"], baseline["summary"]
-    return {"win_rate": win_rate(a, b), "reward_candidate": mean(a), "reward_baseline": mean(b),
+    return {"win_rate": win_rate(a, b), "win_rate_by_checks": win_rate(ca, cb),
+            "reward_candidate": mean(a), "reward_baseline": mean(b),
             "flicker_candidate": s.get("flicker"), "flicker_baseline": bs.get("flicker"),
             "color_noise_candidate": s.get("color_noise"), "color_noise_baseline": bs.get("color_noise"),
             "weights": weights.to_dict(), "curves": curves or {}}
@@ -98,7 +107,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     report to a nested MLflow run, and tags each registered DiT version with its scores."""
     import shutil
 
-    from stepvideo.evaluation.runner import load_prompts, run_benchmark, summary_metrics
+    from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark, summary_metrics
     from stepvideo.models.io import replace_folder, temp_folder_for
     from stepvideo.stages_dpo import DPO_REGISTERED
 
@@ -106,8 +115,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     final = _require(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
     vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
     prompts = load_prompts(ep.prompts or None)
-    if ep.max_prompts > 0:
-        prompts = prompts[:ep.max_prompts]
+    prompts = balanced_subset(prompts, ep.max_prompts)
     height, width = ep.height or params.data.height, ep.width or params.data.width
     with_dpo = _dpo_ran(root)
     judged = [("sft", root / OUTPUTS / "dit" / "sft", DIT_REGISTERED["sft"])] if with_dpo else []
@@ -151,6 +159,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
             metrics.update(summary_metrics(base["summary"], "eval_sft_"))
             pref = results["preference"]
             metrics.update({f"dpo_{k}": float(v) for k, v in pref["win_rate"].items()})
+            metrics.update({f"dpo_checks_{k}": float(v) for k, v in pref["win_rate_by_checks"].items()})
             metrics.update({f"dpo_{k}": float(pref[k]) for k in ("reward_candidate", "reward_baseline")
                             if pref[k] is not None})
         tracking.log_metrics(metrics)

@@ -322,10 +322,11 @@ def _gallery_table(videos: list[Mapping], categories: list[str]) -> str:
 def _preference_section(pref: Mapping) -> str:
     """Video-DPO against its SFT parent on the same prompts and seeds: the reward win rate with its
     interval, the artifact scores, and the DPO training curves."""
-    w = pref.get("win_rate") or {}
+    w, c = pref.get("win_rate") or {}, pref.get("win_rate_by_checks") or {}
     tiles = [_tile("DPO wins by the reward", _pct(w.get("win_rate")) + f" ({_pct(w.get('ci_low'))}–"
                    f"{_pct(w.get('ci_high'))})"),
              _tile("wins / ties / losses", f"{w.get('wins', '?')} / {w.get('ties', '?')} / {w.get('losses', '?')}"),
+             _tile("where the checks decide", _pct(c.get("win_rate")) + f" of {c.get('n', '?')}"),
              _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
              _tile("mean flicker", _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
              _tile("mean color noise", _fmt(pref.get("color_noise_candidate")), _fmt(pref.get("color_noise_baseline")))]

@@ -274,6 +274,25 @@ def load_prompts(prompts: str | os.PathLike | None, categories: str | os.PathLik
     return load_official(path, categories)
 
 
+def balanced_subset(prompts: Sequence[Any], n: int) -> list:
+    """`n` of `prompts` spread over their categories: the first prompts of each category in turn
+    (file order within a category), so a quick run still judges every category; all when n <= 0."""
+    if n <= 0 or n >= len(prompts):
+        return list(prompts)
+    by_cat: dict[str, list] = {}
+    for p in prompts:
+        by_cat.setdefault(p["category"] if isinstance(p, dict) else p.category, []).append(p)
+    picked: list = []
+    depth = 0
+    while len(picked) < n:
+        for group in by_cat.values():
+            if depth < len(group) and len(picked) < n:
+                picked.append(group[depth])
+        depth += 1
+    keep = {id(p) for p in picked}
+    return [p for p in prompts if id(p) in keep]
+
+
 def cascade_loss_curves(uri: str) -> dict[str, list[list[float]]]:
     """The DiT stages' loss curves of the cascade run that registered `uri` (a models:/ URI whose
     version was registered inside a flow run): {stage: [[step, loss], ...]}; {} when there are none."""
