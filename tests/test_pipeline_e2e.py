@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 DIT_STAGES = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
               "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
 ALL_STAGES = ("data", "version", "validate", "text_encoders", "text_cache", "train_vae", "latent_cache", *DIT_STAGES,
-              "evaluate", "bundle")
+              "dpo", "evaluate", "bundle")
 
 
 def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
@@ -82,23 +82,34 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
         StepVideoDiT.from_pretrained(project / "outputs" / "dit" / name)
         parent = f"{registered}/{mv.version}"
     assert stages["sft"].data.metrics["sft_excluded_low_quality"] > 0
-    # evaluate: the benchmark on the SFT candidate, logged to its run and tagged on its version
+    # dpo: from the SFT candidate, registered with its lineage
+    dpo_mv = client.get_model_version_by_alias("stepvideo-dit-dpo", "candidate")
+    assert dpo_mv.tags["parent_model_version"] == parent and dpo_mv.tags["source"] == "reward"
+    assert dpo_mv.tags["pairs_version"] == first["dpo"]["lineage"]["pairs_version"]
+    assert stages["dpo"].data.metrics["pairs"] == first["dpo"]["metrics"]["pairs"] > 0
+    # evaluate: the DPO model beside its SFT parent, logged to its run and tagged on both versions
     ev = stages["evaluate"]
-    assert {"eval_overall", "eval_color", "eval_lang_en", "eval_lang_zh", "eval_consistency"} <= set(ev.data.metrics)
+    assert {"eval_overall", "eval_color", "eval_lang_en", "eval_lang_zh", "eval_consistency", "eval_sft_overall",
+            "dpo_win_rate", "dpo_ci_low", "dpo_ci_high"} <= set(ev.data.metrics)
     assert ev.data.metrics["eval_videos"] == 6  # 3 prompts x EN + ZH
     assert any(a.path == "eval" for a in client.list_artifacts(ev.info.run_id))
     sft_mv = client.get_model_version_by_alias("stepvideo-dit-sft", "candidate")
-    assert ev.data.tags["evaluated"] == f"stepvideo-dit-sft/{sft_mv.version}"
-    assert float(sft_mv.tags["eval_overall"]) == pytest.approx(ev.data.metrics["eval_overall"], abs=1e-4)
+    assert ev.data.tags["evaluated"] == f"stepvideo-dit-dpo/{dpo_mv.version}"
+    assert ev.data.tags["baseline"] == f"stepvideo-dit-sft/{sft_mv.version}"
+    assert float(dpo_mv.tags["eval_overall"]) == pytest.approx(ev.data.metrics["eval_overall"], abs=1e-4)
+    assert float(sft_mv.tags["eval_overall"]) == pytest.approx(ev.data.metrics["eval_sft_overall"], abs=1e-4)
     results = json.loads((project / "outputs/eval/results.json").read_text())
     assert len(results["videos"]) == 6 and set(results["loss_curves"]) == set(DIT_STAGES)
-    assert (project / "outputs/eval/report.html").is_file()
+    assert results["baseline"]["model"] == f"stepvideo-dit-sft/{sft_mv.version}"
+    assert results["preference"]["win_rate"]["n"] == 6
+    assert "Video-DPO vs SFT" in (project / "outputs/eval/report.html").read_text()
     bundle_mv = client.get_model_version_by_alias("stepvideo-t2v", "candidate")
-    assert bundle_mv.tags["parent_model_version"] == parent and bundle_mv.tags["data_version"] == data_version
+    assert bundle_mv.tags["parent_model_version"] == f"stepvideo-dit-dpo/{dpo_mv.version}"
+    assert bundle_mv.tags["data_version"] == data_version
     assert bundle_mv.tags["vae_version"] == vae_version
     assert bundle_mv.tags["params_hash"] and bundle_mv.tags["git_commit"]
     pipe = T2VPipeline.from_pretrained(tracking.resolve_model("models:/stepvideo-t2v@candidate", project / "dl2"))
-    assert pipe.lineage["dit_stage"] == "sft" and pipe.dit.config.in_channels == VideoVAE.from_pretrained(
+    assert pipe.lineage["dit_stage"] == "dpo" and pipe.dit.config.in_channels == VideoVAE.from_pretrained(
         project / "outputs/vae").config.z_channels
 
     second = cascade(root=str(project))
@@ -113,7 +124,7 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     changed = cascade(root=str(project))
     assert all(changed["cached"][k] for k in ("latent_cache", "t2i_pretrain", "t2v_lowres"))
-    assert not any(changed["cached"][k] for k in ("t2v_highres", "sft", "evaluate", "bundle"))
+    assert not any(changed["cached"][k] for k in ("t2v_highres", "sft", "dpo", "evaluate", "bundle"))
 
     # a changed params section busts exactly the stages that read it
     tiny_params(project, seed=2)
@@ -137,7 +148,7 @@ def test_dvc_repro_in_a_temporary_clone(project):
     assert (project / "outputs/text_cache/text_cache.safetensors").is_file()
     assert (project / "outputs/vae/config.json").is_file() and (project / "outputs/vae/lineage.json").is_file()
     assert (project / "outputs/latent_cache/cache.json").is_file()
-    for name in DIT_STAGES:
+    for name in (*DIT_STAGES, "dpo"):
         assert (project / "outputs/dit" / name / "config.json").is_file()
         assert (project / "outputs/dit" / name / "lineage.json").is_file()
     assert (project / "outputs/bundle/model_index.json").is_file()
