@@ -34,14 +34,14 @@ def main() -> None:
     ap.add_argument("--sft-weight", type=float, default=0.0)
     ap.add_argument("--pairs", default="margin")
     ap.add_argument("--min-margin", type=float, default=0.05)
-    ap.add_argument("--prompts", type=int, default=64, help="first N benchmark prompts (x EN + ZH)")
+    ap.add_argument("--prompts", type=int, default=64, help="N benchmark prompts over every category (x EN + ZH)")
     ap.add_argument("--eval-steps", type=int, default=20)
     args = ap.parse_args()
 
     import torch
 
     from stepvideo.config import load_params
-    from stepvideo.evaluation.runner import load_prompts, run_benchmark
+    from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark
     from stepvideo.preference.candidates import read_candidates
     from stepvideo.preference.pairs import RewardWeights, pair_tensors, reward_pairs
     from stepvideo.stage_utils import _load_encoders
@@ -69,10 +69,10 @@ def main() -> None:
                          sft_weight=args.sft_weight, checkpoint_every=max(args.steps, 1))
     result = train_dpo(cfg, pf, work / tag / "train", progress=False)
     train_s = time.perf_counter() - t0
-    prompts = load_prompts(None)[:args.prompts]
+    prompts = balanced_subset(load_prompts(None), args.prompts)
     settings = dict(seeds=1, batch_size=16, frames=params.data.frames, height=params.data.height,
                     width=params.data.width, steps=ep.steps, cfg=ep.cfg, shift=ep.shift, progress=False)
-    sft_dir = work / f"sft-eval-{args.prompts}-{ep.steps}"
+    sft_dir = work / f"sft-eval-balanced{args.prompts}-{ep.steps}"
     if (sft_dir / "results.json").is_file():
         base = json.loads((sft_dir / "results.json").read_text())
     else:

@@ -225,3 +225,16 @@ def test_reward_model_learns_a_separable_preference(tmp_path):
     assert min(s[:2]) > max(s[2:])
     with pytest.raises(ValueError, match="not a reward model"):
         LatentRewardModel.from_pretrained(_dit(tmp_path / "dit"))
+
+
+def test_non_finite_pairs_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
+    from stepvideo.training.dit_trainer import NonFiniteLossError
+
+    g = torch.Generator().manual_seed(0)
+    chosen = torch.randn(4, T, Z, H, W, generator=g)
+    chosen[:] = float("nan")  # every pair is broken: every step is skipped
+    bad = write_pair_tensors(tmp_path / "bad.safetensors", chosen, torch.randn(4, T, Z, H, W, generator=g), _text(4),
+                             {"version": "nan"})
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        train_dpo(_cfg(tmp_path, steps=6, max_bad_steps=3), bad, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "final").exists()
