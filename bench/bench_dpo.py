@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--min-margin", type=float, default=0.05)
     ap.add_argument("--prompts", type=int, default=64, help="N benchmark prompts over every category (x EN + ZH)")
     ap.add_argument("--eval-steps", type=int, default=20)
+    ap.add_argument("--reward-flicker", type=float, default=None, help="[params: dpo.reward_flicker]")
+    ap.add_argument("--reward-color-noise", type=float, default=None, help="[params: dpo.reward_color_noise]")
     args = ap.parse_args()
 
     import torch
@@ -53,12 +55,16 @@ def main() -> None:
     params = load_params(root / "params.yaml")
     ep = params.evaluate
     ep.steps = args.eval_steps
+    for name in ("reward_flicker", "reward_color_noise"):
+        if getattr(args, name) is not None:
+            setattr(params.dpo, name, getattr(args, name))
     encoders = _load_encoders(params, root)
     sft, vae = root / "outputs/dit/sft", root / "outputs/vae"
     weights = RewardWeights(params.dpo.reward_checks, params.dpo.reward_flicker, params.dpo.reward_color_noise)
     rows = read_candidates(args.candidates)
     pairs = reward_pairs(rows, weights, args.pairs, args.min_margin)
-    tag = f"b{args.beta:g}-lr{args.lr:g}-s{args.steps}-bs{args.batch_size}-sw{args.sft_weight:g}-{args.pairs}{args.min_margin:g}"
+    tag = (f"b{args.beta:g}-lr{args.lr:g}-s{args.steps}-bs{args.batch_size}-sw{args.sft_weight:g}-{args.pairs}"
+           f"{args.min_margin:g}-f{params.dpo.reward_flicker:g}-n{params.dpo.reward_color_noise:g}")
     work = (root / args.work).resolve()
     pipe = _pipe(sft, vae, encoders, ep)
     encode = lambda texts: {k: v.cpu() for k, v in pipe.encode_prompts(texts).items()}  # noqa: E731

@@ -7,7 +7,8 @@ folder, the encoder versions, its section and code; each DiT stage (t2i_pretrain
 t2v_highres -> sft) on the latent cache's key, the hash of the upstream model's weights, its
 section and the code of the trainer/engine/model/diffusion; `dpo` on the SFT weights, the VAE, the
 encoders, the clean data, the human labels and its section; `evaluate` on the judged DiTs' weights,
-the VAE, the encoders, its section and the evaluation code; `bundle` on the shipped DiT's weights.
+the VAE, the encoders, its section and the evaluation code; `bundle` on the shipped DiT's weights;
+`promote` is never cached (the registry's champion may have moved).
 A cached task whose outputs were deleted runs again (the flow refreshes the cache entry when a
 stage's outputs are missing).
 """
@@ -205,6 +206,12 @@ def bundle_task(params: Params, root: str, encoder_versions: str, parent_run_id:
     return pipeline.stage_bundle(params, Path(root), parent_run_id=parent_run_id)
 
 
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """Promotion by alias gates; never cached: the registry's champion may have moved since."""
+    return pipeline.stage_promote(params, Path(root), parent_run_id=parent_run_id)
+
+
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
     if outputs is not None and not outputs.exists():
         task_fn = task_fn.with_options(refresh_cache=True)  # a cached result whose files are gone
@@ -230,7 +237,8 @@ def _report(name: str, cached: dict, summary: str = "") -> str:
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
     """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
-    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle"""
+    -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
+    -> promote"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest"):
@@ -314,6 +322,9 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
+        promoted = _run(promote_task, cached, "promote", params=params, root=str(root_path), parent_run_id=pid)
+        report.append(_report("promote", cached, promoted.get("summary") or f"skipped ({promoted.get('why')})"))
     return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
             "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
-            "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle}
+            "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle,
+            "promote": promoted}

@@ -32,6 +32,9 @@ app.add_typer(dpo_app, name="dpo")
 from stepvideo.cli_label import label_app  # noqa: E402  (its commands import stepvideo.cli lazily)
 
 app.add_typer(label_app, name="label")
+from stepvideo.cli_registry import registry_app  # noqa: E402  (its commands import stepvideo.cli lazily)
+
+app.add_typer(registry_app, name="registry")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file")
 
@@ -194,7 +197,7 @@ def params_write(preset: str = typer.Option(..., help="demo | small | step-video
 @user_errors
 def stage(name: str = typer.Argument(..., help="data | version | validate | text_encoders | text_cache | train_vae | "
                                                  "latent_cache | t2i_pretrain | t2v_lowres | t2v_highres | sft | "
-                                                 "dpo | evaluate | bundle"),
+                                                 "dpo | evaluate | bundle | promote"),
           params: Path = PARAMS):
     """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
     from stepvideo import pipeline
@@ -422,7 +425,8 @@ def eval_score(
 @eval_app.command("run")
 @user_errors
 def eval_run(
-    model: str = typer.Option(..., help="a pipeline folder or MLflow URI (models:/stepvideo-t2v@candidate)"),
+    model: Optional[str] = typer.Option(None, help="a pipeline folder or MLflow URI (models:/stepvideo-t2v@candidate); "
+                                                   "omitted: the registry's champion, else the stepvideo-tiny release"),
     prompts: Optional[Path] = typer.Option(None, help="benchmark .jsonl (default: the embedded benchmark) or an "
                                                       "official-format .txt (one prompt per line; needs --categories)"),
     categories: Optional[Path] = typer.Option(None, help="official format: JSON/YAML {category: [first, last]} lines"),
@@ -447,6 +451,11 @@ def eval_run(
     JSON of all scores and the HTML report."""
     from stepvideo.evaluation.runner import balanced_subset, evaluate_model, load_prompts
 
+    if model is None:
+        from stepvideo.release import default_model
+
+        model, why = default_model()
+        typer.echo(f"no --model: using {why} ({model})", err=True)
     prompt_list = balanced_subset(load_prompts(prompts, categories), max_prompts)
     results = evaluate_model(model, prompt_list, out, seeds=seeds, baseline=baseline, metric_specs=metric or [],
                              batch_size=batch_size, frames=frames, height=height, width=width, steps=steps,

@@ -4,9 +4,10 @@ outputs under the project, records itself in MLflow, and returns paths and metri
 
     data (synth | ingest) -> version (DVC) -> validate -> text_encoders -> text_cache -> train_vae
       -> latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
+      -> promote
 
 The data, text and VAE stages live here; the DiT cascade in `stepvideo.stages_dit`, Video-DPO in
-`stepvideo.stages_dpo`, the evaluation stage in `stepvideo.stages_eval`, the helpers they share in `stepvideo.stage_utils`.
+`stepvideo.stages_dpo`, the evaluation stage in `stepvideo.stages_eval`, promotion in `stepvideo.stages_promote`, the helpers they share in `stepvideo.stage_utils`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from stepvideo.fileio import atomic_write_text
 from stepvideo.stage_utils import (OUTPUTS, _clean_rows, local_path, _data_version, _device, _load_encoders,  # noqa: F401
                                    _require, latent_cache_key, model_hash)
 from stepvideo.stages_dpo import DPO_REGISTERED, stage_dpo  # noqa: F401
+from stepvideo.stages_promote import stage_promote  # noqa: F401
 from stepvideo.stages_eval import EVALUATE_FROM, stage_evaluate, vae_content_metrics  # noqa: F401
 from stepvideo.stages_dit import (BUNDLE_FROM, BUNDLE_REGISTERED, DIT_PREVIOUS, DIT_REGISTERED,  # noqa: F401
                                   SAMPLE_PROMPTS, SAMPLE_PROMPTS_STILL, dit_train_config, render_samples,
@@ -223,4 +225,4 @@ STAGES = {"data": stage_data, "version": stage_version, "validate": stage_valida
           "text_encoders": stage_text_encoders, "text_cache": stage_text_cache, "train_vae": stage_vae,
           "latent_cache": stage_latent_cache, "t2i_pretrain": stage_t2i_pretrain, "t2v_lowres": stage_t2v_lowres,
           "t2v_highres": stage_t2v_highres, "sft": stage_sft, "dpo": stage_dpo,
-          "evaluate": stage_evaluate, "bundle": stage_bundle}
+          "evaluate": stage_evaluate, "bundle": stage_bundle, "promote": stage_promote}

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 DIT_STAGES = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
               "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
 ALL_STAGES = ("data", "version", "validate", "text_encoders", "text_cache", "train_vae", "latent_cache", *DIT_STAGES,
-              "dpo", "evaluate", "bundle")
+              "dpo", "evaluate", "bundle", "promote")
 
 
 def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
@@ -113,7 +113,8 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
         project / "outputs/vae").config.z_channels
 
     second = cascade(root=str(project))
-    assert all(second["cached"][k] for k in ALL_STAGES if k != "version")
+    assert all(second["cached"][k] for k in ALL_STAGES if k not in ("version", "promote"))  # never cached
+    assert first["promote"]["decision"]["outcome"] in ("first-model", "promoted", "rejected")
     assert second["version"]["data_version"] == first["version"]["data_version"]
 
     # a changed DiT section busts that stage and the ones after it, not the ones before
