@@ -37,7 +37,7 @@ def _pairs(path: Path, n: int = 4, same: bool = False, seed: int = 0) -> Path:
     return write_pair_tensors(path, chosen, rejected, _text(n, seed), {"version": f"test-{seed}-{same}"})
 
 
-def _cfg(tmp: Path, **kw) -> DiTTrainConfig:
+def _cfg(tmp: Path, **kw) -> DPOTrainConfig:
     base = dict(init_from=str(_dit(tmp / "sft")), beta=500.0, steps=6, batch_size=4, lr=1e-3, warmup_steps=0,
                 checkpoint_every=2, seed=1)
     base.update(kw)
