@@ -88,8 +88,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def registered_version(name: str, weights: str) -> str | None:
-    """'NAME/VERSION' of the newest registered version of `name` whose weights_hash tag is `weights`."""
+def registered_version(name: str, weights: str, tag: str = "weights_hash") -> str | None:
+    """'NAME/VERSION' of the newest registered version of `name` whose `tag` tag is `weights`."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -98,5 +98,5 @@ def registered_version(name: str, weights: str) -> str | None:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    hits = [int(v.version) for v in versions if (v.tags or {}).get("weights_hash") == weights]
+    hits = [int(v.version) for v in versions if (v.tags or {}).get(tag) == weights]
     return f"{name}/{max(hits)}" if hits else None

@@ -13,22 +13,14 @@ from typing import Any
 from stepvideo import tracking
 from stepvideo.config import Params
 from stepvideo.fileio import atomic_write_text
-from stepvideo.stage_utils import OUTPUTS, _require
+from stepvideo.stage_utils import OUTPUTS, _require, registered_version
 
 
 def bundle_version(name: str, dit_weights: str) -> str | None:
     """The newest version of `name` whose `dit_weights` tag is `dit_weights` (what the bundle stage
     registered for outputs/bundle), or None."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    hits = [int(v.version) for v in versions if (v.tags or {}).get("dit_weights") == dit_weights]
-    return str(max(hits)) if hits else None
+    found = registered_version(name, dit_weights, tag="dit_weights")
+    return found.rsplit("/", 1)[1] if found else None
 
 
 def _evaluated_weights(model: str) -> str | None:
