@@ -236,13 +236,13 @@ def _report(name: str, cached: dict, summary: str = "") -> str:
 @flow(name="stepvideo-cascade", log_prints=True)
 def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | None = None, source: str = "synth",
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
-    """synth (or ingest) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
+    """synth (or ingest, or `source='data'`: the data folder as it is) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
     -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
     -> promote"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
-    if source not in ("synth", "ingest"):
-        raise ValueError(f"source must be 'synth' or 'ingest', got {source!r}")
+    if source not in ("synth", "ingest", "data"):
+        raise ValueError(f"source must be 'synth', 'ingest' or 'data', got {source!r}")
     if source == "ingest" and not (videos and captions):
         raise ValueError("source='ingest' needs videos= and captions=")
     cached: dict[str, bool] = {}
@@ -254,13 +254,15 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         if source == "synth":
             data = _run(data_task, cached, "data", root_path / params.data.out / "manifest.jsonl", params=params,
                         root=str(root_path), parent_run_id=pid)
-        else:
+        elif source == "ingest":
             data = _run(ingest_task, cached, "ingest", params=params, root=str(root_path), videos=videos,
                         captions=captions, parent_run_id=pid)
+        else:  # the data folder as it is (synthesized or ingested before; what a retrain trains on)
+            data, _SECONDS["data"] = pipeline.existing_data(params, root_path), 0.0
         version = _run(version_task, cached, "version", params=params, root=str(root_path), push=push,
                        parent_run_id=pid)
         tracking.set_tags({"data_version": version["data_version"]})
-        first = "data" if source == "synth" else "ingest"
+        first = "ingest" if source == "ingest" else "data"
         report.append(_report(first, cached, ", ".join(f"{v} {k}" for k, v in data["metrics"].items())))
         report.append(_report("version", cached, f"data version {version['data_version']}"))
         validated = _run(validate_task, cached, "validate", root_path / pipeline.OUTPUTS / "validated" / "report.json",

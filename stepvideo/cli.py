@@ -161,11 +161,29 @@ def data_validate(
 def data_version_cmd(
     target: str = typer.Option("data", help="folder to track"),
     push: bool = typer.Option(True, help="push to the default DVC remote"),
+    notify: Optional[bool] = typer.Option(
+        None, "--notify/--no-notify",
+        help="send the Prefect event `stepvideo.data.versioned` (the on-new-data retrain waits for it) "
+             "[default: when the version moved and a Prefect server is configured]"),
 ):
     """`dvc add` (and push) the data folder; prints the data version (DVC's hash)."""
-    from stepvideo.data.versioning import version_data
+    from stepvideo.data.versioning import data_version, version_data
 
-    typer.echo(version_data(_root(), target, push=push))
+    root = _root()
+    dvc_file = root / f"{target}.dvc"
+    previous = data_version(dvc_file) if dvc_file.is_file() else None
+    version = version_data(root, target, push=push)
+    typer.echo(version)
+    if notify is False:
+        return
+    from flows.events import DATA_VERSIONED, api_url, emit_data_versioned
+
+    if notify is None and (version == previous or not api_url()):
+        if api_url():
+            typer.echo(f"data version unchanged: no {DATA_VERSIONED} event", err=True)
+        return
+    emit_data_versioned(root, target, version, previous)
+    typer.echo(f"sent {DATA_VERSIONED} ({previous or 'none'} -> {version}) to {api_url()}", err=True)
 
 
 # ------------------------------------------------------------------ params

@@ -310,6 +310,17 @@ class Params:
         blob = json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def training_hash(self) -> str:
+        """A short stable hash of every section that shapes the shipped model (`TRAINING_SECTIONS`):
+        the bundle's `cascade_params` lineage tag, which a scheduled retrain compares with."""
+        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in TRAINING_SECTIONS}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# What the shipped model depends on; evaluate, promote and tracking only judge or record it.
+TRAINING_SECTIONS = ("data", "validate", "text_encoders", "vae", "latent_cache", "t2i_pretrain", "t2v_lowres",
+                     "t2v_highres", "sft", "dpo")
+
 
 RELEASE = "release/stepvideo-tiny"  # the embedded release (stepvideo.release), relative to the checkout
 

@@ -59,6 +59,16 @@ def stage_ingest(params: Params, root: Path, videos: Path, captions: Path, paren
     return {"manifest": str(manifest), "data_dir": str(root / params.data.out), "metrics": {"rows": rows}}
 
 
+def existing_data(params: Params, root: Path) -> dict[str, Any]:
+    """The data folder as it is (synthesized or ingested earlier): what a retrain trains on."""
+    manifest = root / params.data.out / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no data to train on; write it first (stepvideo data synth, or "
+                                f"stepvideo data ingest --out {params.data.out})")
+    rows = sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {"manifest": str(manifest), "data_dir": str(root / params.data.out), "metrics": {"rows": rows}}
+
+
 def stage_version(params: Params, root: Path, push: bool = True, parent_run_id: str | None = None) -> dict[str, Any]:
     """`dvc add` + `dvc push` the data folder; the data version is DVC's content hash."""
     with tracking.run("version", experiment=params.tracking.experiment, parent_run_id=parent_run_id) as r:

@@ -308,7 +308,8 @@ def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -
             "pairs_version")
     lineage = {**{k: cascade[k] for k in keep if k in cascade}, "dit_stage": "sft" if dit_lineage.get("skipped")
                else "dpo", "parent_model_version": parent, "dit_weights": weights,
-               "params_hash": params.section_hash("sft"), "git_commit": tracking.git_commit(root)}
+               "params_hash": params.section_hash("sft"), "cascade_params": params.training_hash(),
+               "git_commit": tracking.git_commit(root)}
     out = root / OUTPUTS / "bundle"
     with tracking.run("bundle", experiment=params.tracking.experiment, tags=lineage, parent_run_id=parent_run_id):
         sampler = SamplerConfig(num_steps=sp.sample_steps, shift=sp.sample_shift, cfg_scale=sp.sample_cfg)

@@ -38,8 +38,15 @@ def tracking_uri() -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
-def artifact_root() -> str:
-    return os.environ.get("STEPVIDEO_MLFLOW_ARTIFACTS") or (project_root() / "mlflow" / "artifacts").as_uri()
+def artifact_root() -> str | None:
+    """Where a new experiment keeps its artifacts: $STEPVIDEO_MLFLOW_ARTIFACTS, else the project's
+    mlflow/artifacts beside the sqlite store; None against a tracking server (its own artifact root,
+    e.g. `mlflow server --artifacts-destination s3://...`)."""
+    if os.environ.get("STEPVIDEO_MLFLOW_ARTIFACTS"):
+        return os.environ["STEPVIDEO_MLFLOW_ARTIFACTS"]
+    if tracking_uri().startswith(("http://", "https://", "databricks")):
+        return None
+    return (project_root() / "mlflow" / "artifacts").as_uri()
 
 
 def git_commit(root: Path | None = None) -> str:
