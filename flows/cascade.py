@@ -325,7 +325,8 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                       root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("bundle", cached, f"{bundle['bundle']} (stepvideo-t2v@candidate)"))
         promoted = _run(promote_task, cached, "promote", params=params, root=str(root_path), parent_run_id=pid)
-        report.append(_report("promote", cached, promoted.get("summary") or f"skipped ({promoted.get('why')})"))
+        report.append(_report("promote", cached, f"{promoted['summary']}; {promoted['report']}"
+                              if promoted.get("summary") else f"skipped ({promoted.get('why')})"))
     return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
             "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
             "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle,

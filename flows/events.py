@@ -46,5 +46,10 @@ def emit_data_versioned(root: Path, target: str, version: str, previous: str | N
         async with get_events_client(reconnection_attempts=2) as client:
             await client.emit(event)
 
-    asyncio.run(send())
+    try:
+        asyncio.run(send())
+    except OSError as e:  # refused, unreachable, name not found: what a user fixes in PREFECT_API_URL
+        raise ConnectionError(f"could not send {DATA_VERSIONED} to the Prefect server at {url}: {e} "
+                              "(the data version is recorded; send the event again with "
+                              "`stepvideo data version --notify`)") from e
     return event

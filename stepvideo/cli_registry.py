@@ -16,7 +16,8 @@ registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, s
                                 "back by a person's decision.", no_args_is_help=True)
 
 SCORES = ("overall", "lang_en", "lang_zh", "consistency", "flicker", "color_noise")
-LINEAGE = ("parent_model_version", "data_version", "dit_weights", "weights_hash", "pairs_version", "git_commit")
+LINEAGE = ("parent_model_version", "data_version", "dit_weights", "weights_hash", "pairs_version", "cascade_params",
+           "git_commit")
 PROMOTION = ("promotion", "promoted_by", "promotion_champion", "replaced_version", "promotion_reason",
              "promotion_reasons", "rolled_back_by", "rollback_reason", "restored_by")
 

@@ -12,7 +12,7 @@ def _collect() -> tuple[type[BaseException], ...]:
     from stepvideo.data.video_io import VideoReadError
 
     return (ParamsError, ManifestError, IngestError, VideoReadError, VersioningError, ReferenceError,
-            FileNotFoundError, ValueError)
+            FileNotFoundError, ValueError, ConnectionError)
 
 
 USER_ERRORS = _collect()

@@ -62,7 +62,8 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
     the `dit_weights` tag of outputs/bundle) with the benchmark results of outputs/eval (the same
     DiT) against the version holding `champion`, judged on the same prompts/seeds/settings (its
     scores cached on its version, else evaluated). Pass: champion moves, the old one -> previous;
-    fail: challenger. Writes outputs/promote/decision.json and decision.txt; its own MLflow run
+    fail: challenger. Writes outputs/promote/decision.json, decision.txt and report.html (the
+    evaluation report led by the decision: every gate with both figures); its own MLflow run
     logs every gate's figures. `promote.enabled: false` or `tracking.register: false`: skipped."""
     pp = params.promote
     out = root / OUTPUTS / "promote"
@@ -99,8 +100,14 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "decision.json", json.dumps(outcome, indent=2, sort_keys=True, default=str) + "\n")
         atomic_write_text(out / "decision.txt", "\n".join(lines) + "\n")
-        tracking.log_artifact(out / "decision.json", "promotion")
-        tracking.log_artifact(out / "decision.txt", "promotion")
+        # the evaluation page led by the decision (outputs/eval stays the evaluate stage's own output)
+        from stepvideo.evaluation.report import write_report
+
+        write_report({**results, "promotion": {"decision": outcome["decision"], "candidate": candidate,
+                                               "champion": outcome["champion"]}},
+                     eval_file.parent, out / "report.html", title=f"Promotion of {candidate}")
+        for name in ("decision.json", "decision.txt", "report.html"):
+            tracking.log_artifact(out / name, "promotion")
     d = outcome["decision"]
     failed = [g for g in (d or {}).get("gates", []) if not g["passed"]]
     summary = lines[0] + ("; failed: " + ", ".join(_figures(g) for g in failed) if failed else "")
@@ -110,4 +117,4 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
     print("promote: " + "\n".join(lines), file=sys.stderr)
     return {"decision": d, "metrics": metrics, "candidate": candidate, "aliases": outcome["aliases"],
             "champion_before": outcome["champion"], "champion_scores": outcome["champion_scores"],
-            "summary": summary, "out": str(out)}
+            "summary": summary, "out": str(out), "report": str(out / "report.html")}

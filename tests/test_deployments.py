@@ -110,7 +110,7 @@ def test_deployments_on_demand_schedule_skip_and_data_trigger(project, tmp_path)
 
     mport, pport = _free_port(), _free_port()
     mlflow_url, api = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{pport}/api"
-    artifacts = tmp_path / "mlflow-server-artifacts"
+    artifacts = tmp_path / "mlflow-server" / "artifacts"
     env = {k: v for k, v in os.environ.items() if k not in ("STEPVIDEO_MLFLOW_ARTIFACTS", "PREFECT_API_URL")}
     env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
                 "PREFECT_SERVER_API_HOST": "127.0.0.1"})
@@ -118,10 +118,10 @@ def test_deployments_on_demand_schedule_skip_and_data_trigger(project, tmp_path)
                   "PREFECT_WORKER_QUERY_SECONDS": "1"}
     logs = [tmp_path / "mlflow-server.log", tmp_path / "prefect-server.log", tmp_path / "worker.log"]
     with contextlib.ExitStack() as stack:
-        mlflow_server = stack.enter_context(_process(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-             "--artifacts-destination", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(mport),
-             "--workers", "1"], env, logs[0], tmp_path))
+        mlflow_server = stack.enter_context(_process(  # the recipe, on sqlite + a folder
+            ["bash", str(REPO / "infra" / "mlflow" / "serve.sh")],
+            {**env, "STEPVIDEO_MLFLOW_HOME": str(tmp_path / "mlflow-server"), "STEPVIDEO_MLFLOW_PORT": str(mport)},
+            logs[0], tmp_path))
         prefect_server = stack.enter_context(_process(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)], env, logs[1],
             tmp_path))
@@ -188,5 +188,8 @@ def test_deployments_on_demand_schedule_skip_and_data_trigger(project, tmp_path)
         assert len(new) == 1
         aliases = ml.get_registered_model("stepvideo-t2v").aliases
         assert str(new[0].version) in (aliases.get("champion"), aliases.get("challenger")), aliases
+        shown = _cli([stepvideo, "registry", "show", "stepvideo-t2v"], client_env, project).stdout
+        assert shown.startswith("stepvideo-t2v: 2 version(s); aliases:") and data_v2 in shown
+    print("\n" + shown)
     print(f"\ndeployment test: on-demand cascade {t_cascade:.0f} s, skipped retrain {t_skip:.0f} s, "
           f"data-triggered retrain {t_trigger:.0f} s, whole test {time.perf_counter() - t_start:.0f} s")

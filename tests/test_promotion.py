@@ -334,6 +334,18 @@ def test_stage_promote_finds_the_bundle_version_and_records_the_decision(bundle,
     assert run.data.tags["stage"] == "promote" and run.data.tags["promotion"] == "first-model"
     assert run.data.metrics["gate_min_overall_candidate"] == pytest.approx(0.20)
     assert run.data.params["promote.min_overall"] == "0.15"
+    page = (root / "outputs" / "promote" / "report.html").read_text()
+    assert "Promotion: first-model" in page and "min_overall" in page
+    # a worse bundle: rejected, and its page names each failed gate with both figures
+    index["lineage"]["dit_weights"] = "cafe000000000000"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    worse = register(folder, params.promote.registered, dit_weights="cafe000000000000")
+    eval_file.write_text(json.dumps({**results(summary(0.18)), "model": "folder:cafe000000000000"}))
+    rejected = stage_promote(params, root, progress=False)
+    assert rejected["decision"]["outcome"] == "rejected" and rejected["aliases"]["challenger"] == worse
+    page = (root / "outputs" / "promote" / "report.html").read_text()
+    assert "Promotion: rejected" in page and f"against champion version {version}" in page
+    assert "<td>overall</td><td>0.1800</td><td>0.2000</td>" in page and "FAIL" in page
     eval_file.write_text(json.dumps({**results(summary(0.20)), "model": "folder:0123456789abcdef"}))
     with pytest.raises(ValueError, match="run the evaluate stage again"):
         stage_promote(params, root, progress=False)

@@ -338,6 +338,22 @@ def _preference_section(pref: Mapping) -> str:
             f"Wilson interval</p><div class='tiles'>{''.join(tiles)}</div><div class='charts'>{plots}</div></section>")
 
 
+def _promotion_section(promotion: Mapping) -> str:
+    """The promote stage's decision: the verdict, then every gate with both figures and its limit."""
+    d = promotion.get("decision") or {}
+    rows = "".join(f"<tr><td>{_e(g.get('gate'))}</td><td>{_fmt(g.get('candidate'), 4)}</td>"
+                   f"<td>{_fmt(g.get('champion'), 4)}</td><td>{_fmt(g.get('limit'), 4)}</td>"
+                   f"<td class='{'ok' if g.get('passed') else 'bad'}'>{'pass' if g.get('passed') else 'FAIL'}</td></tr>"
+                   for g in d.get("gates") or [])
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in d.get("reasons") or [])
+    champ = promotion.get("champion")
+    against = f"against champion version {_e(champ)}" if champ else "no champion yet: the first-model minimums"
+    return (f"<section id='promotion'><h2>Promotion: {_e(d.get('outcome', 'no decision'))}</h2>"
+            f"<p class='small'>{_e(promotion.get('candidate'))} {against}</p>"
+            f"<table><tr><th>gate</th><th>candidate</th><th>champion</th><th>limit</th><th></th></tr>{rows}</table>"
+            + (f"<ul>{reasons}</ul>" if reasons else "") + "</section>")
+
+
 # ---------------------------------------------------------------- the page
 
 def render_report(results: Mapping, root: str | os.PathLike, title: str | None = None) -> str:
@@ -350,8 +366,10 @@ def render_report(results: Mapping, root: str | os.PathLike, title: str | None =
     gallery = not summary.get("categories") and not any(v.get("checks") for v in videos)
     title = title or f"Evaluation: {results.get('model', 'unknown model')}"
     categories = _ordered_categories(videos)
-    body = [_header(results, title, gallery),
-            _gallery_table(videos, categories) if gallery else _accuracy_section(results, categories)]
+    body = [_header(results, title, gallery)]
+    if results.get("promotion"):  # the promote stage's copy of the page leads with its decision
+        body.append(_promotion_section(results["promotion"]))
+    body.append(_gallery_table(videos, categories) if gallery else _accuracy_section(results, categories))
     nav = " · ".join(f'<a href="#cat-{_e(c)}">{_e(c)}</a>' for c in categories)
     body.append(f"<section id='videos'><h2>Videos</h2><p class='small'>{nav} — videos loaded: "
                 f"<span id='videos-loaded'>0</span> / <span id='videos-total'>?</span></p>")
