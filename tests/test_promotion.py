@@ -186,7 +186,7 @@ def test_champion_scores_cached_when_the_eval_key_matches_else_evaluated(bundle,
 
     prompts = load_prompts(None)[:2]
     real = {"settings": {"frames": 17, "height": 32, "width": 32, "seeds": 1, "steps": 1, "cfg": 5.0, "shift": 3.0,
-                         "fps": 8}, "videos": generation_jobs(prompts, 1)}
+                         "fps": 8, "device": "cpu", "dtype": "float32"}, "videos": generation_jobs(prompts, 1)}
     name = fresh()
     v = [register(bundle, name) for _ in range(4)]
     kw = dict(work_dir=tmp_path, evaluate=counting, batch_size=4)
@@ -197,6 +197,11 @@ def test_champion_scores_cached_when_the_eval_key_matches_else_evaluated(bundle,
     assert tags(name, v[0])["promotion_eval_key"] == eval_key(real)
     assert promote(name, v[3], {**real, "summary": summary(0.17)}, GATES, **kw)["champion_scores"] == "cache"
     assert len(calls) == 1
+    # a candidate generated in bf16 on a GPU is not compared with the champion's fp32 CPU scores
+    gpu = {**real, "settings": {**real["settings"], "device": "cuda", "dtype": "bfloat16"}, "summary": summary(0.3)}
+    assert eval_key(gpu) != eval_key(real)
+    with pytest.raises(ValueError, match="another device type or dtype"):
+        promote(name, register(bundle, name), gpu, GATES, **kw)
 
 
 def test_champion_moved_while_judging_is_judged_again(bundle, tmp_path, monkeypatch):

@@ -139,6 +139,7 @@ def vae_roundtrip(vae: Any, device: str = "cpu") -> Transform:
 def _pipeline_settings(pipe: Any, frames: int, height: int, width: int, steps: int | None, cfg: float | None,
                        shift: float | None, seeds: int, fps: int) -> dict:
     return {"frames": frames, "height": height, "width": width, "seeds": seeds, "fps": fps,
+            "device": pipe.device.type, "dtype": str(pipe.dtype).removeprefix("torch."),
             "steps": steps if steps is not None else pipe.sampler.num_steps,
             "cfg": cfg if cfg is not None else pipe.sampler.cfg_scale,
             "shift": shift if shift is not None else pipe.sampler.shift}

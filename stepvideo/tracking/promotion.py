@@ -126,11 +126,13 @@ def decide(candidate: Mapping, champion: Mapping | None, gates: Any) -> Decision
 
 def eval_spec(results: Mapping) -> dict:
     """What makes two benchmark runs comparable: every judged video's (prompt id, language, seed,
-    text) and the sampler settings that change the pixels (not fps or batch size)."""
+    text), the sampler settings that change the pixels (not fps or batch size), and the device type
+    and dtype they were generated with (bf16 on a GPU and fp32 on the CPU give other videos)."""
     videos = sorted((str(v.get("prompt_id")), str(v.get("lang")), int(v.get("seed", 0)), str(v.get("prompt")))
                     for v in results.get("videos") or [])
     s = results.get("settings") or {}
-    settings = {k: s.get(k) for k in ("frames", "height", "width", "seeds", "steps", "cfg", "shift")}
+    settings = {k: s.get(k) for k in ("frames", "height", "width", "seeds", "steps", "cfg", "shift", "device",
+                                      "dtype")}
     return {"videos": videos, "settings": settings}
 
 
@@ -266,7 +268,8 @@ def champion_scores(name: str, version: str, results: Mapping, *, run: Any, work
                       shift=s["shift"], fps=s.get("fps", 8), batch_size=batch_size, progress=progress)
     if eval_key(judged) != key:
         raise ValueError(f"the champion {name}/{version} was judged on other videos than the candidate "
-                         f"(eval key {eval_key(judged)} vs {key}): the benchmark file changed?")
+                         f"(eval key {eval_key(judged)} vs {key}): the benchmark file changed, or the candidate was "
+                         "evaluated on another device type or dtype than this machine's?")
     uri = _log_scores(run, "champion", name, version, key, judged)
     if (out / "results.json").is_file():
         tracking.log_artifact(out / "results.json", "promotion/champion")
