@@ -102,6 +102,10 @@ def main() -> None:
           f"{base['summary']['overall']:.3f} DPO {dpo['summary']['overall']:.3f}; flicker SFT "
           f"{pref['flicker_baseline']:.3f} DPO {pref['flicker_candidate']:.3f}; colour noise SFT "
           f"{pref['color_noise_baseline']:.2f} DPO {pref['color_noise_candidate']:.2f}")
+    for k in ("flicker", "color_noise"):
+        ch = pref[f"{k}_change"]
+        print(f"  {k} change DPO - SFT per video: {ch['mean']:+.3f} (95% bootstrap CI {ch['ci_low']:+.3f} to "
+              f"{ch['ci_high']:+.3f}); {ch['up']} up, {ch['down']} down, {ch['equal']} equal of {ch['n']}")
 
 
 if __name__ == "__main__":

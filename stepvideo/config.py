@@ -200,7 +200,9 @@ class DPOParams:
     source: str = "reward"  # reward (the scorer) | human (labels) | reward_model (fitted to the labels)
     labels: str = ""  # human labels (JSONL, `stepvideo label serve/import`); with source human or reward_model
     human_candidates: str = ""  # the candidates folder those labels refer to
-    pairs: str = "margin"  # margin (every pair of a prompt above min_margin) | best_worst
+    # margin (every pair of a prompt above min_margin) | best_worst | dominant (margin, keeping only pairs whose
+    # chosen video is no worse in checks, flicker and colour noise; source reward)
+    pairs: str = "margin"
     min_margin: float = 0.0  # 0: every pair whose rewards differ (108 pairs from the demo's 72 candidates)
     reward_checks: float = 1.0  # weight of the share of the prompt's checks passed
     reward_flicker: float = 0.02  # penalty per unit of the scorer's flicker

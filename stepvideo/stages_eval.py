@@ -64,8 +64,9 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
     """The candidate's videos against the baseline's (same ids: same prompt, language and seed) by
     the DPO reward: win rate with its 95% Wilson interval, the same over the videos whose share of
     passed checks differs (`win_rate_by_checks`: where content, not the artifact scores, decides),
-    mean reward and artifact scores of each."""
-    from stepvideo.preference.pairs import RewardWeights, reward, win_rate
+    mean reward and artifact scores of each, and each artifact score's paired change (DPO - SFT: mean
+    with its bootstrap interval, how many videos went up / down / stayed)."""
+    from stepvideo.preference.pairs import RewardWeights, paired_difference, reward, win_rate
 
     dp = params.dpo
     weights = RewardWeights(dp.reward_checks, dp.reward_flicker, dp.reward_color_noise)
@@ -82,10 +83,14 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
 
     base = {v["id"]: v for v in baseline["videos"]}
     a, b, ca, cb = [], [], [], []
+    artifacts: dict[str, tuple[list, list]] = {"flicker": ([], []), "color_noise": ([], [])}
     for v in results["videos"]:
         if v["id"] in base and value(v) is not None and value(base[v["id"]]) is not None:
             a.append(value(v))
             b.append(value(base[v["id"]]))
+            for k, (xs, ys) in artifacts.items():
+                xs.append(v[k])
+                ys.append(base[v["id"]][k])
             if passed(v) != passed(base[v["id"]]):  # the checks decide, not the artifact scores
                 ca.append(passed(v))
                 cb.append(passed(base[v["id"]]))
@@ -95,6 +100,8 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
             "reward_candidate": mean(a), "reward_baseline": mean(b),
             "flicker_candidate": s.get("flicker"), "flicker_baseline": bs.get("flicker"),
             "color_noise_candidate": s.get("color_noise"), "color_noise_baseline": bs.get("color_noise"),
+            "flicker_change": paired_difference(*artifacts["flicker"]),
+            "color_noise_change": paired_difference(*artifacts["color_noise"]),
             "weights": weights.to_dict(), "curves": curves or {}}
 
 
@@ -162,6 +169,8 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
             metrics.update({f"dpo_checks_{k}": float(v) for k, v in pref["win_rate_by_checks"].items()})
             metrics.update({f"dpo_{k}": float(pref[k]) for k in ("reward_candidate", "reward_baseline")
                             if pref[k] is not None})
+            for k in ("flicker", "color_noise"):  # DPO - SFT per video: mean, interval, up/down counts
+                metrics.update({f"dpo_{k}_change_{m}": float(v) for m, v in pref[f"{k}_change"].items()})
         tracking.log_metrics(metrics)
         tracking.log_artifact(out / "report.html", "eval")
         tracking.log_artifact(out / "results.json", "eval")

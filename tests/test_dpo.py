@@ -196,6 +196,19 @@ def test_reward_pairs_best_worst_and_margin():
     assert {(p["chosen"], p["rejected"]) for p in allp} == {("a", "b"), ("c", "b")}
     with pytest.raises(ValueError, match="best_worst"):
         reward_pairs(rows, w, "everything")
+    # dominant: c beats b by the reward (0.8 vs 0.5) but flickers more, so it is no longer a pair
+    dom = reward_pairs(rows + [_cand("g", "p1", 0.5, noise=5.0)], w, "dominant", 0.0)
+    assert {(p["chosen"], p["rejected"]) for p in dom} == {("a", "b"), ("a", "c"), ("a", "g"), ("b", "g")}
+
+
+def test_paired_difference_counts_and_interval():
+    from stepvideo.preference.pairs import paired_difference
+
+    d = paired_difference([0.0] * 90 + [1.0] * 10, [0.0] * 100)
+    assert (d["up"], d["down"], d["equal"], d["n"]) == (10, 0, 90, 100) and d["mean"] == pytest.approx(0.1)
+    assert 0.0 < d["ci_low"] < 0.1 < d["ci_high"] < 0.2
+    assert paired_difference([1.0, 2.0], [1.0, 2.0])["ci_high"] == 0.0
+    assert d == paired_difference([0.0] * 90 + [1.0] * 10, [0.0] * 100)  # seeded
 
 
 def test_win_rate_and_interval():

@@ -330,6 +330,11 @@ def _preference_section(pref: Mapping) -> str:
              _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
              _tile("mean flicker", _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
              _tile("mean color noise", _fmt(pref.get("color_noise_candidate")), _fmt(pref.get("color_noise_baseline")))]
+    for key, label in (("flicker_change", "flicker change"), ("color_noise_change", "color noise change")):
+        ch = pref.get(key)
+        if ch:  # DPO - SFT per video: mean [95% bootstrap interval], videos up / down / equal
+            tiles.append(_tile(label, f"{_fmt(ch.get('mean'))} [{_fmt(ch.get('ci_low'))}, {_fmt(ch.get('ci_high'))}]"
+                                      f" · {ch.get('up', '?')} up / {ch.get('down', '?')} down / {ch.get('equal', '?')} ="))
     curves = pref.get("curves") or {}
     plots = "".join(line_chart(f"DPO: {name}", [[i + 1, v] for i, v in enumerate(vals) if v == v])
                     for name, vals in curves.items())

@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 
 from stepvideo.fileio import atomic_write_text
 
-PAIR_MODES = ("best_worst", "margin")
+# best_worst: one pair per prompt; margin: every pair whose rewards differ; dominant: every pair where
+# the chosen video is also no worse on each part of the reward (checks, flicker, colour noise)
+PAIR_MODES = ("best_worst", "margin", "dominant")
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,12 @@ def _groups(rows: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 def ranked_pairs(rows: Sequence[dict], value: Callable[[dict], float | None], mode: str = "best_worst",
-                 min_margin: float = 0.0, source: str = "reward", round_index: int = 0) -> list[dict]:
+                 min_margin: float = 0.0, source: str = "reward", round_index: int = 0,
+                 keep: Callable[[dict, dict], bool] | None = None) -> list[dict]:
     """Pairs within each (prompt, language) group of candidates, ranked by `value(row)`:
-    `best_worst` = the best against the worst, `margin` = every pair; either only when the two differ
-    by more than `min_margin` (equal values never make a pair)."""
+    `best_worst` = the best against the worst, `margin` (and `dominant`) = every pair; only when the
+    two differ by more than `min_margin` (equal values never make a pair) and `keep(chosen row,
+    rejected row)` holds when given."""
     if mode not in PAIR_MODES:
         raise ValueError(f"dpo.pairs must be one of {PAIR_MODES}, got {mode!r}")
     out = []
@@ -69,7 +73,7 @@ def ranked_pairs(rows: Sequence[dict], value: Callable[[dict], float | None], mo
             continue
         candidates = [(scored[0], scored[-1])] if mode == "best_worst" else itertools.combinations(scored, 2)
         for (va, _, a), (vb, _, b) in candidates:
-            if va - vb > min_margin:
+            if va - vb > min_margin and (keep is None or keep(a, b)):
                 out.append({"prompt_id": pid, "lang": lang, "prompt": a["prompt"], "chosen": a["id"],
                             "rejected": b["id"], "source": source, "margin": va - vb, "round": round_index,
                             "chosen_value": va, "rejected_value": vb})
@@ -78,8 +82,17 @@ def ranked_pairs(rows: Sequence[dict], value: Callable[[dict], float | None], mo
 
 def reward_pairs(rows: Sequence[dict], weights: RewardWeights, mode: str = "best_worst", min_margin: float = 0.0,
                  round_index: int = 0) -> list[dict]:
-    """`ranked_pairs` by the scorer's reward."""
-    return ranked_pairs(rows, lambda r: reward(r.get("score"), weights), mode, min_margin, "reward", round_index)
+    """`ranked_pairs` by the scorer's reward; `dominant` keeps a pair only when the chosen video passes
+    at least the rejected one's share of checks and neither flickers nor strays in colour more
+    (no trading one artifact for another)."""
+    return ranked_pairs(rows, lambda r: reward(r.get("score"), weights), mode, min_margin, "reward", round_index,
+                        keep=_dominates if mode == "dominant" else None)
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    sa, sb = a["score"], b["score"]
+    return (sa["passed_share"] >= sb["passed_share"] and sa["flicker"] <= sb["flicker"]
+            and sa["color_noise"] <= sb["color_noise"])
 
 
 def write_pairs(folder: str | os.PathLike, pairs: Sequence[dict], meta: dict[str, Any]) -> dict[str, Any]:
@@ -161,5 +174,23 @@ def win_rate(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> dict[st
             "ci_high": centre + half}
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = 5000, seed: int = 0) -> dict:
+    """`a[i] - b[i]` over paired videos: the mean with a 95% bootstrap interval (seeded), and how many
+    went up, down or stayed equal (an artifact score is 0 on most videos: the counts say more)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scores must have one length, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    if not d:
+        return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "up": 0, "down": 0,
+                "equal": 0}
+    import random
+
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(d, k=len(d))) / len(d) for _ in range(resamples))
+    return {"n": len(d), "mean": sum(d) / len(d), "ci_low": means[int(0.025 * resamples)],
+            "ci_high": means[int(0.975 * resamples) - 1], "up": sum(x > 0 for x in d), "down": sum(x < 0 for x in d),
+            "equal": sum(x == 0 for x in d)}
+
+
 __all__ = ["RewardWeights", "reward", "ranked_pairs", "reward_pairs", "write_pairs", "read_pairs", "pair_tensors",
-           "win_rate", "PAIR_MODES"]
+           "win_rate", "paired_difference", "PAIR_MODES"]
