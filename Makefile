@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup demo test test-fast bench mlflow-ui clean
+.PHONY: setup demo test test-fast bench mlflow-ui mlflow-server clean
 
 # The venv is stale when pyproject.toml changes; a second `make setup` with nothing changed installs nothing.
 $(STAMP): pyproject.toml
@@ -36,6 +36,9 @@ bench: $(STAMP)
 
 mlflow-ui: $(STAMP)   ## browse runs and the model registry at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+mlflow-server: $(STAMP)  ## a tracking server (sqlite + ./mlflow-server/artifacts) on :5000; see infra/mlflow/README.md
+	PATH=$(CURDIR)/$(BIN):$$PATH infra/mlflow/serve.sh
 
 clean:
 	rm -rf outputs .prefect mlflow/mlflow.db mlflow/artifacts
