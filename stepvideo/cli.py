@@ -280,6 +280,28 @@ def flow_run(
                f"(make mlflow-ui); samples under outputs/dit/*/samples/")
 
 
+@flow_app.command("retrain")
+@user_errors
+def flow_retrain(
+    params: Path = PARAMS,
+    source: str = typer.Option("data", help="data (the data folder as it is) | synth (regenerate it first)"),
+    force: bool = typer.Option(False, help="retrain even when nothing changed"),
+    push: bool = typer.Option(True, help="push the data version to the DVC remote"),
+):
+    """What the scheduled deployment runs: skip when the data version and training params match the
+    judged bundle's lineage (champion, else challenger), else run the cascade and promote."""
+    root = _root()
+    prefect_env(root)
+    quiet_library_logs()
+    from flows.retrain import retrain
+
+    state = retrain(root=str(root), params_file=str(params), source=source, push=push, force=force,
+                    reason="manual", return_state=True)
+    typer.echo(f"retrain: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------ compat
 
 @compat_app.command("verify")

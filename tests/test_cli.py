@@ -9,7 +9,7 @@ from stepvideo.cli import app
 
 runner = CliRunner()
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "ingest"], ["data", "validate"], ["data", "version"],
-            ["params", "show"], ["params", "write"], ["stage"], ["flow", "run"], ["compat", "verify"],
+            ["params", "show"], ["params", "write"], ["stage"], ["flow", "run"], ["flow", "retrain"], ["compat", "verify"],
             ["model", "info"], ["generate"]]
 
 
