@@ -67,7 +67,7 @@ def tiny_params(root: Path, **data) -> Path:
                         "sample_steps": 2, "sample_prompts": 2})
     p["sft"].update({"average_last": 2})
     p["dpo"].update({"train_prompts": 2, "style_prompts": 1, "candidates_per_prompt": 2, "sample_steps": 2,
-                     "steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1, "min_margin": 0.0,
+                     "steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1, "min_margin": 0.0, "rounds": 1,
                      "generate_batch_size": 8})
     p["evaluate"].update({"max_prompts": 3, "steps": 2, "batch_size": 6, "vae_items": 2})
     path.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
