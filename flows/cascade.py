@@ -316,7 +316,11 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                           root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         em = evaluation["metrics"]
         vs_sft = (f"; SFT {em['eval_sft_overall']:.1%}, DPO wins {em['dpo_win_rate']:.1%} of pairs by the reward "
-                  f"(95% CI {em['dpo_ci_low']:.1%}-{em['dpo_ci_high']:.1%})" if "dpo_win_rate" in em else "")
+                  f"(95% CI {em['dpo_ci_low']:.1%}-{em['dpo_ci_high']:.1%}), per video colour noise "
+                  f"{em.get('dpo_color_noise_change_mean', float('nan')):+.2f}, flicker "
+                  f"{em.get('dpo_flicker_change_mean', float('nan')):+.3f} (over the "
+                  f"{em.get('dpo_flicker_change_n', 0):.0f} videos with an object in both)"
+                  if "dpo_win_rate" in em else "")
         report.append(_report("evaluate", cached, f"benchmark accuracy {em.get('eval_overall', float('nan')):.1%} "
                                                   f"(en {em.get('eval_lang_en', float('nan')):.1%}, zh "
                                                   f"{em.get('eval_lang_zh', float('nan')):.1%}) over "

@@ -65,7 +65,8 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
     the DPO reward: win rate with its 95% Wilson interval, the same over the videos whose share of
     passed checks differs (`win_rate_by_checks`: where content, not the artifact scores, decides),
     mean reward and artifact scores of each, and each artifact score's paired change (DPO - SFT: mean
-    with its bootstrap interval, how many videos went up / down / stayed)."""
+    with its bootstrap interval, how many videos went up / down / stayed; flicker over the videos
+    where both show a tracked object)."""
     from stepvideo.preference.pairs import RewardWeights, paired_difference, reward, win_rate
 
     dp = params.dpo
@@ -89,8 +90,9 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
             a.append(value(v))
             b.append(value(base[v["id"]]))
             for k, (xs, ys) in artifacts.items():
-                xs.append(v[k])
-                ys.append(base[v["id"]][k])
+                if v.get(k) is not None and base[v["id"]].get(k) is not None:  # flicker: both show an object
+                    xs.append(v[k])
+                    ys.append(base[v["id"]][k])
             if passed(v) != passed(base[v["id"]]):  # the checks decide, not the artifact scores
                 ca.append(passed(v))
                 cb.append(passed(base[v["id"]]))
@@ -99,6 +101,7 @@ def preference_figures(params: Params, results: dict, baseline: dict, curves: di
     return {"win_rate": win_rate(a, b), "win_rate_by_checks": win_rate(ca, cb),
             "reward_candidate": mean(a), "reward_baseline": mean(b),
             "flicker_candidate": s.get("flicker"), "flicker_baseline": bs.get("flicker"),
+            "flicker_videos_candidate": s.get("flicker_videos"), "flicker_videos_baseline": bs.get("flicker_videos"),
             "color_noise_candidate": s.get("color_noise"), "color_noise_baseline": bs.get("color_noise"),
             "flicker_change": paired_difference(*artifacts["flicker"]),
             "color_noise_change": paired_difference(*artifacts["color_noise"]),

@@ -251,3 +251,23 @@ def test_non_finite_pairs_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
         train_dpo(_cfg(tmp_path, steps=6, max_bad_steps=3), bad, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_preference_figures_pair_flicker_only_where_both_show_an_object():
+    from stepvideo.config import Params
+    from stepvideo.evaluation.scorer import summarize
+    from stepvideo.stages_eval import preference_figures
+
+    def video(i, flicker, passed=True):
+        return {"id": f"v{i}", "prompt_id": f"p{i}", "seed": 0, "lang": "en", "passed": passed,
+                "flicker": flicker, "color_noise": 1.0, "checks": [{"category": "color", "pass": passed}]}
+
+    sft = [video(0, None), video(1, 2.0), video(2, 1.0)]
+    dpo = [video(0, 9.0), video(1, 1.0), video(2, None, passed=False)]
+    pref = preference_figures(Params(), {"videos": dpo, "summary": summarize(dpo)},
+                              {"videos": sft, "summary": summarize(sft)})
+    ch = pref["flicker_change"]
+    assert ch["n"] == 1 and ch["mean"] == pytest.approx(-1.0) and ch["down"] == 1
+    assert pref["color_noise_change"]["n"] == 3
+    assert pref["flicker_candidate"] == pytest.approx(5.0) and pref["flicker_videos_candidate"] == 2
+    assert pref["win_rate"]["n"] == 3

@@ -180,3 +180,21 @@ def test_summary_accuracy_languages_and_consistency():
     assert s["overall"] == pytest.approx((0.5 + 0.25) / 2)
     assert s["languages"] == {"en": 0.5, "zh": 0.25}
     assert s["consistency"] == 0.75  # 3 of 4 paired checks agree
+
+
+def test_flicker_is_not_measured_where_the_object_is_lost():
+    """A video whose object never shows has no flicker figure (not a perfect one); summaries average
+    flicker over the videos that have one and say how many."""
+    from stepvideo.preference.pairs import RewardWeights, reward
+
+    attrs, frames = clip([mover("right")], [(-0.3, 0.0)])
+    empty = render({**attrs, "objects": []}, 17, 64, 64, starts=[])
+    lost, seen = score_frames(empty, attrs), score_frames(frames, attrs)
+    assert lost["flicker"] is None and seen["flicker"] is not None and seen["flicker"] >= 0
+    assert not lost["passed"]  # the checks charge the missing object
+    s = summarize([{**seen, "lang": "en"}, {**lost, "lang": "en"}])
+    assert s["flicker"] == pytest.approx(seen["flicker"]) and s["flicker_videos"] == 1
+    assert summarize([{**lost, "lang": "en"}])["flicker"] is None
+    w = RewardWeights(checks=1.0, flicker=0.5, color_noise=0.0)
+    share = lambda r: sum(c["pass"] for c in r["checks"]) / len(r["checks"])  # noqa: E731
+    assert reward({**lost, "passed_share": share(lost)}, w) == pytest.approx(share(lost))  # no flicker term

@@ -264,7 +264,8 @@ def _header(results: Mapping, title: str, gallery: bool) -> str:
     else:
         tiles.append(_tile("overall accuracy", _pct(s.get("overall")), b(_pct(bs.get("overall")))))
         tiles.append(_tile("bilingual consistency", _pct(s.get("consistency")), b(_pct(bs.get("consistency")))))
-    tiles.append(_tile("mean flicker", _fmt(s.get("flicker")), b(_fmt(bs.get("flicker")))))
+    tiles.append(_tile(f"mean flicker ({_e(s.get('flicker_videos', '?'))} videos with an object)",
+                       _fmt(s.get("flicker")), b(_fmt(bs.get("flicker")))))
     tiles.append(_tile("mean color noise", _fmt(s.get("color_noise")), b(_fmt(bs.get("color_noise")))))
     base_means = _metric_means(bs, (baseline or {}).get("videos") or [])
     for k, v in _metric_means(s, videos).items():
@@ -328,9 +329,12 @@ def _preference_section(pref: Mapping) -> str:
              _tile("wins / ties / losses", f"{w.get('wins', '?')} / {w.get('ties', '?')} / {w.get('losses', '?')}"),
              _tile("where the checks decide", _pct(c.get("win_rate")) + f" of {c.get('n', '?')}"),
              _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
-             _tile("mean flicker", _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
+             _tile(f"mean flicker (over {_e(pref.get('flicker_videos_candidate', '?'))} / "
+                   f"{_e(pref.get('flicker_videos_baseline', '?'))} videos with an object)",
+                   _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
              _tile("mean color noise", _fmt(pref.get("color_noise_candidate")), _fmt(pref.get("color_noise_baseline")))]
-    for key, label in (("flicker_change", "flicker change"), ("color_noise_change", "color noise change")):
+    for key, label in (("flicker_change", "flicker change (videos where both show an object)"),
+                       ("color_noise_change", "color noise change")):
         ch = pref.get(key)
         if ch:  # DPO - SFT per video: mean [95% bootstrap interval], videos up / down / equal
             tiles.append(_tile(label, f"{_fmt(ch.get('mean'))} [{_fmt(ch.get('ci_low'))}, {_fmt(ch.get('ci_high'))}]"

@@ -40,10 +40,12 @@ def write_json(path: Path, data: Any) -> Path:
 
 def summary_metrics(summary: dict, prefix: str) -> dict[str, float]:
     """Flat metrics of a scorer summary (for MLflow): {prefix}overall, {prefix}<category>,
-    {prefix}lang_<lang>, {prefix}consistency, {prefix}flicker, {prefix}color_noise and, for a
-    benchmark run, {prefix}chance_overall and {prefix}chance_<category>."""
+    {prefix}lang_<lang>, {prefix}consistency, {prefix}flicker (+ {prefix}flicker_videos: over how
+    many), {prefix}color_noise and, for a benchmark run, {prefix}chance_overall and
+    {prefix}chance_<category>."""
     out = {f"{prefix}overall": summary.get("overall"), f"{prefix}consistency": summary.get("consistency"),
-           f"{prefix}flicker": summary.get("flicker"), f"{prefix}color_noise": summary.get("color_noise")}
+           f"{prefix}flicker": summary.get("flicker"), f"{prefix}flicker_videos": summary.get("flicker_videos"),
+           f"{prefix}color_noise": summary.get("color_noise")}
     out.update({f"{prefix}{k}": v for k, v in (summary.get("categories") or {}).items()})
     out.update({f"{prefix}lang_{k}": v for k, v in (summary.get("languages") or {}).items()})
     out.update({f"{prefix}user_{k}": v for k, v in (summary.get("user_metrics") or {}).items()})

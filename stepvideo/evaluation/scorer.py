@@ -18,7 +18,10 @@ the promotion gates. It reads pixels only (see `segment.py` for how a frame is s
 
 It also gives two artifact scores per video: `flicker` (the jerk of each object's area and
 centroid: temporal instability of the segmentation) and `color_noise` (how far background pixels
-stray from the known background colors, in RGB levels).
+stray from the known background colors, in RGB levels). Flicker is measured on the objects the
+scorer tracks over 3 or more frames; a video with none has no flicker figure (None), not a perfect
+one: a model that loses its objects must not read as stable (the checks count the lost object).
+Summaries average flicker over the videos that have one and say how many (`flicker_videos`).
 """
 
 from __future__ import annotations
@@ -177,10 +180,10 @@ class Track:
             prev = math.atan2(m.imag, m.real)
         return total / k
 
-    def flicker(self) -> float:
+    def flicker(self) -> float | None:
         f = self.clean
         if len(f) < 3:
-            return 0.0
+            return None  # too short a track to measure a jerk
         area = np.array([self.segs[t].area for t in f])
         pos = np.array([[self.segs[t].cx, self.segs[t].cy] for t in f])
         r = math.sqrt(np.median(area) / math.pi)
@@ -321,9 +324,9 @@ def score_frames(frames: np.ndarray, attrs: dict) -> dict:
     for c in checks:
         seen = scene_obs[c.category] if c.object is None else observed[(c.category, c.object)]
         rows.append({**c.to_dict(), "observed": seen, "pass": seen == c.expected})
-    flick = [t.flicker() for t in tracks.values() if t.present]
+    flick = [f for t in tracks.values() if t.present and (f := t.flicker()) is not None]
     return {"checks": rows, "passed": all(r["pass"] for r in rows),
-            "flicker": float(np.mean(flick)) if flick else 0.0, "color_noise": _color_noise(scene)}
+            "flicker": float(np.mean(flick)) if flick else None, "color_noise": _color_noise(scene)}
 
 
 # ------------------------------------------------------------------ summaries
@@ -333,7 +336,8 @@ def summarize(videos: list[dict]) -> dict:
     """Accuracy per category (share of its checks passed), per language, per language and
     category, overall (the mean of the category accuracies, so rare categories weigh the same), and
     bilingual consistency: for prompt pairs scored in both languages (same `prompt_id` and seed),
-    the share of checks whose verdict is the same in English and in Chinese."""
+    the share of checks whose verdict is the same in English and in Chinese. Flicker: the mean over
+    the videos with a tracked object (`flicker_videos` of them)."""
     def acc(rows: list[dict]) -> dict[str, float | None]:
         out = {}
         for cat in CATEGORIES:
@@ -342,6 +346,7 @@ def summarize(videos: list[dict]) -> dict:
         return out
 
     cats = acc(videos)
+    flickers = [v["flicker"] for v in videos if v.get("flicker") is not None]
     known = [v for v in cats.values() if v is not None]
     langs = sorted({v.get("lang") for v in videos if v.get("lang")})
     by_lang = {lang: [v for v in videos if v.get("lang") == lang] for lang in langs}
@@ -364,5 +369,5 @@ def summarize(videos: list[dict]) -> dict:
             "checks": {cat: sum(c["category"] == cat for r in videos for c in r["checks"]) for cat in CATEGORIES},
             "videos": len(videos),
             "passed": float(np.mean([v["passed"] for v in videos])) if videos else None,
-            "flicker": float(np.mean([v["flicker"] for v in videos])) if videos else None,
+            "flicker": float(np.mean(flickers)) if flickers else None, "flicker_videos": len(flickers),
             "color_noise": float(np.mean([v["color_noise"] for v in videos])) if videos else None}

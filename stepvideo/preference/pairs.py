@@ -47,7 +47,14 @@ def reward(score: dict | None, w: RewardWeights) -> float | None:
     """One video's reward from its `candidates.score_summary` (None: not judgeable)."""
     if not score:
         return None
-    return w.checks * score["passed_share"] - w.flicker * score["flicker"] - w.color_noise * score["color_noise"]
+    return w.checks * score["passed_share"] - w.flicker * flicker_penalty(score) - w.color_noise * score["color_noise"]
+
+
+def flicker_penalty(score: dict) -> float:
+    """The scorer's flicker, 0 for a video without a tracked object (None: nothing flickers there;
+    the checks already charge the missing object)."""
+    f = score.get("flicker")
+    return 0.0 if f is None else float(f)
 
 
 def _groups(rows: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -91,7 +98,7 @@ def reward_pairs(rows: Sequence[dict], weights: RewardWeights, mode: str = "best
 
 def _dominates(a: dict, b: dict) -> bool:
     sa, sb = a["score"], b["score"]
-    return (sa["passed_share"] >= sb["passed_share"] and sa["flicker"] <= sb["flicker"]
+    return (sa["passed_share"] >= sb["passed_share"] and flicker_penalty(sa) <= flicker_penalty(sb)
             and sa["color_noise"] <= sb["color_noise"])
 
 
