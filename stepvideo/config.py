@@ -77,7 +77,7 @@ class TextEncoderParams:
 class VAEParams:
     """`train_vae`: model geometry (a VAEConfig preset, or a folder to fine-tune) and the recipe."""
 
-    model: str = "demo"  # demo | tiny | official (VAEConfig presets)
+    model: str = "demo"  # demo | small | tiny | official (VAEConfig presets)
     init_from: str = ""  # a VAE folder (ours or converted official weights) to start from
     steps: int = 250
     batch_size: int = 2
@@ -87,6 +87,9 @@ class VAEParams:
     lr_schedule: str = "cosine"  # constant | cosine
     warmup_steps: int = 20
     kl_weight: float = 1.0e-6
+    l2_weight: float = 0.0
+    edge_weight: float = 0.0  # L1 between spatial gradients
+    object_weight: float = 0.0  # pixels far from their frame's median colour weigh 1 + this
     sample_posterior: bool = False
     disc_weight: float = 0.0
     disc_start_step: int = 0
@@ -122,6 +125,7 @@ class DiTStageParams:
     caption channels are filled in from the VAE and the text encoders at run time."""
 
     model: str = "demo"  # a DiTConfig.PRESETS name: demo | small | step-video-t2v
+    patch_size: int = 0  # latent pixels per token side (0: the preset's; 2 keeps an 8x-spatial VAE's token count)
     # '' = the previous stage's output (t2i_pretrain: from scratch); else a folder or models:/NAME@ALIAS
     init_from: str = ""
     resolution: str = "full"  # full | low (the latent cache's copy at latent_cache.low_res_factor)
@@ -353,16 +357,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 64x64x17 keeps the VAE affordable; 3x more media than `demo`; the DiT is the `small` preset.
     "small": {
         "data": {"clips": 1200, "images": 1200, "seed": 0},
-        "vae": {"steps": 2000, "batch_size": 4, "image_prob": 0.75, "lr": 1.0e-3, "warmup_steps": 50,
+        # the VAE recipe bench/bench_learning.py picked (README, "Learning per CPU-second"): 8x8x8
+        # geometry, 90% image batches, L1 + L2 + edge loss with object pixels weighted 1 + 4
+        "vae": {"model": "small", "steps": 5000, "batch_size": 4, "image_prob": 0.9, "lr": 1.0e-3,
+                "warmup_steps": 100, "l2_weight": 1.0, "edge_weight": 1.0, "object_weight": 4.0,
                 "checkpoint_every": 250, "eval_every": 500, "eval_max_items": 32},
-        "t2i_pretrain": {"model": "small", "steps": 1000, "batch_size": 32, "lr": 5.0e-4, "warmup_steps": 100,
-                         "checkpoint_every": 250},
-        "t2v_lowres": {"model": "small", "steps": 1200, "batch_size": 32, "lr": 3.0e-4, "warmup_steps": 100,
-                       "checkpoint_every": 250},
-        "t2v_highres": {"model": "small", "steps": 1200, "batch_size": 16, "lr": 2.0e-4, "warmup_steps": 50,
-                        "checkpoint_every": 250},
-        "sft": {"model": "small", "steps": 300, "batch_size": 16, "lr": 5.0e-5, "checkpoint_every": 50,
-                "average_last": 3, "keep_checkpoints": 3},
+        # patch 2 on the 8x8 latent grid: the DiT sees as many tokens as it did on the 16x VAE's 4x4 grid
+        "t2i_pretrain": {"model": "small", "patch_size": 2, "steps": 1000, "batch_size": 32, "lr": 5.0e-4,
+                         "warmup_steps": 100, "checkpoint_every": 250},
+        "t2v_lowres": {"model": "small", "patch_size": 2, "steps": 1200, "batch_size": 32, "lr": 3.0e-4,
+                       "warmup_steps": 100, "checkpoint_every": 250},
+        "t2v_highres": {"model": "small", "patch_size": 2, "steps": 1200, "batch_size": 16, "lr": 2.0e-4,
+                        "warmup_steps": 50, "checkpoint_every": 250},
+        "sft": {"model": "small", "patch_size": 2, "steps": 300, "batch_size": 16, "lr": 5.0e-5,
+                "checkpoint_every": 50, "average_last": 3, "keep_checkpoints": 3},
         "evaluate": {"vae_items": 100},
     },
     "step-video-t2v": {

@@ -211,12 +211,14 @@ def vae_train_config(params: Params, root: Path = Path(".")) -> "tuple[VAETrainC
     from stepvideo.training.vae_trainer import VAETrainConfig, two_stage_recipe
 
     vp = params.vae
-    presets = {"demo": VAEConfig.demo, "tiny": VAEConfig.tiny, "official": VAEConfig.official}
+    presets = {"demo": VAEConfig.demo, "small": VAEConfig.small, "tiny": VAEConfig.tiny,
+               "official": VAEConfig.official}
     if vp.model not in presets:
         raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
     model = presets[vp.model]()
     common = dict(batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
                   lr_schedule=vp.lr_schedule, warmup_steps=vp.warmup_steps, kl_weight=vp.kl_weight,
+                  l2_weight=vp.l2_weight, edge_weight=vp.edge_weight, object_weight=vp.object_weight,
                   sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
                   disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
                   perceptual_backbone_path=vp.perceptual_backbone_path or None, seed=vp.seed,

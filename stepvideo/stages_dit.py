@@ -131,8 +131,9 @@ def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -
         min_quality = None  # no row has a quality score (ingested data): the filter cannot apply
     z = int(cache.meta["z_channels"])
     dims = [int(cache.text.encoders[n]["dim"]) for n in ("llm", "clip") if n in cache.text.encoders]
+    patch = {"patch_size": sp.patch_size} if sp.patch_size else {}
     model = DiTConfig.preset(sp.model, in_channels=z, out_channels=z, caption_channels=dims,
-                             gradient_checkpointing=sp.gradient_checkpointing)
+                             gradient_checkpointing=sp.gradient_checkpointing, **patch)
     return DiTTrainConfig(
         model=model.to_dict(), init_from=str(init) if init else None, resolution=sp.resolution,
         kinds=kinds, still_share=sp.still_share, min_quality=min_quality,

@@ -65,6 +65,13 @@ class CausalConv3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[2] == 1 and self.time_pad:
+            # One frame (an image): the prepended frames are zeros, so only the kernel's last
+            # temporal slice meets data. The same sum as the 3D conv, ~3x cheaper on the CPU
+            # (bench/bench_learning.py; image batches are most of the VAE's training steps).
+            c = self.conv
+            return F.conv2d(x[:, :, 0], c.weight[:, :, -1], c.bias, stride=c.stride[1:],
+                            padding=c.padding[1:]).unsqueeze(2)
         return self.conv(pad_time_front(x, self.time_pad))
 
 
