@@ -54,6 +54,9 @@ CANDIDATES: dict[str, tuple[str, dict, dict]] = {
     "object4": ("object pixels weighted 1 + 4 (far from the frame's median colour)", {}, {"object_weight": 4.0}),
     "groups4": ("GroupNorm with 4 groups instead of per-frame layer norm", {"norm_groups": 4}, {}),
     "blocks2": ("two res blocks per level (deeper)", {"num_res_blocks": 2}, {}),
+    "small": ("the recipe picked from the rows above (the `small` preset's VAE: VAEConfig.small)",
+              {**S8, "norm_groups": 4}, {"image_prob": 0.9, "l2_weight": 1.0, "edge_weight": 1.0,
+                                         "object_weight": 4.0, "warmup_steps": 100}),
     "stage1": ("the report's stage-1 form: 4x8x8, no dual path", {"patchify": False, "dual_path": False,
                                                                "latent_chunk": 5}, {}),
 }
