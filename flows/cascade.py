@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from stepvideo import pipeline, tracking
+from stepvideo import pipeline, stages, tracking
 from stepvideo.config import Params, load_params
 
 
@@ -32,13 +32,13 @@ def _key(*parts: object) -> str:
 
 def _data_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    return _key("data", args["root"], p.section_hash("data"), tracking.code_version("stepvideo.data"))
+    return _key("data", args["root"], p.section_hash("data"), stages.code_version("data"))
 
 
 def _validate_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     return _key("validate", args["root"], args["data_version"], p.section_hash("validate"),
-                tracking.code_version("stepvideo.data"))
+                stages.code_version("validate"))
 
 
 def _clean(args: dict) -> Path:
@@ -48,12 +48,12 @@ def _clean(args: dict) -> Path:
 def _text_encoders_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     return _key("text_encoders", args["root"], tracking.file_hash(_clean(args)), p.section_hash("text_encoders"),
-                tracking.code_version("stepvideo.models.text_encoders"))
+                stages.code_version("text_encoders"))
 
 
 def _text_cache_key(ctx, args: dict) -> str:
     return _key("text_cache", args["root"], tracking.file_hash(_clean(args)), args["encoder_versions"],
-                tracking.code_version("stepvideo.data.text_cache"))
+                stages.code_version("text_cache"))
 
 
 def _vae_key(ctx, args: dict) -> str:
@@ -61,9 +61,7 @@ def _vae_key(ctx, args: dict) -> str:
     init = pipeline.local_path(p.vae.init_from, Path(args["root"]))
     return _key("train_vae", args["root"], tracking.file_hash(_clean(args)), p.section_hash("vae"),
                 _safe(pipeline.model_hash, init) if init else "scratch",
-                tracking.code_version("stepvideo.models.vae", "stepvideo.models.vae_blocks",
-                                      "stepvideo.training.vae_trainer", "stepvideo.training.checkpoint",
-                                      "stepvideo.training.schedule"))
+                stages.code_version("train_vae"))
 
 
 def _safe(fn, *args) -> str:
@@ -79,14 +77,7 @@ def _latent_cache_key(ctx, args: dict) -> str:
     out = Path(args["root"]) / pipeline.OUTPUTS
     return _key("latent_cache", args["root"], args["data_version"], _safe(tracking.file_hash, _clean(args)),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("latent_cache"),
-                tracking.code_version("stepvideo.data.latent_cache", "stepvideo.data.text_cache",
-                                      "stepvideo.models.vae"))
-
-
-DIT_CODE = ("stepvideo.training.dit_trainer", "stepvideo.training.engine", "stepvideo.training.checkpoint",
-            "stepvideo.training.schedule", "stepvideo.training.ema", "stepvideo.models.dit",
-            "stepvideo.models.attention", "stepvideo.models.rope", "stepvideo.diffusion", "stepvideo.data.latent_cache",
-            "stepvideo.generation")
+                stages.code_version("latent_cache"))
 
 
 def _upstream(root: Path, name: str, init_from: str) -> str:
@@ -102,7 +93,7 @@ def _dit_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     name, root = args["stage"], Path(args["root"])
     return _key(name, args["root"], pipeline.latent_cache_key(root), _upstream(root, name, getattr(p, name).init_from),
-                p.section_hash(name), p.tracking.register, tracking.code_version(*DIT_CODE))
+                p.section_hash(name), p.tracking.register, stages.code_version(name))
 
 
 def _bundle_key(ctx, args: dict) -> str:
@@ -111,7 +102,7 @@ def _bundle_key(ctx, args: dict) -> str:
     out = root / pipeline.OUTPUTS
     return _key("bundle", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.BUNDLE_FROM),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"],
-                p.section_hash("sft"), tracking.code_version("stepvideo.generation"))
+                p.section_hash("sft"), stages.code_version("bundle"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -162,10 +153,6 @@ def dit_task(stage: str, params: Params, root: str, parent_run_id: str | None) -
     return pipeline.stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
 
 
-DPO_CODE = DIT_CODE + ("stepvideo.preference", "stepvideo.training.dpo_trainer", "stepvideo.stages_dpo",
-                       "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.evaluation.prompts")
-
-
 def _dpo_key(ctx, args: dict) -> str:
     """DPO on the SFT weights (or dpo.init_from), the VAE, the encoders, the data, the labels, its section."""
     from stepvideo.stages_dpo import dpo_parent, dpo_key
@@ -176,7 +163,7 @@ def _dpo_key(ctx, args: dict) -> str:
         key = dpo_key(p, root, dpo_parent(p, root)[0])
     except (OSError, ValueError):
         key = "missing"
-    return _key("dpo", args["root"], key, p.tracking.register, tracking.code_version(*DPO_CODE))
+    return _key("dpo", args["root"], key, p.tracking.register, stages.code_version("dpo"))
 
 
 @task(name="dpo", cache_key_fn=_dpo_key, persist_result=True, retries=1, retry_delay_seconds=5)
@@ -192,8 +179,7 @@ def _evaluate_key(ctx, args: dict) -> str:
     return _key("evaluate", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.EVALUATE_FROM),
                 _safe(pipeline.model_hash, out / "dit" / "sft"), p.section_hash("dpo"),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("evaluate"),
-                p.tracking.register, tracking.code_version("stepvideo.evaluation", "stepvideo.generation",
-                                                           "stepvideo.stages_eval"))
+                p.tracking.register, stages.code_version("evaluate"))
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True)
