@@ -353,7 +353,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evaluate": {"max_prompts": 64, "vae_items": 32},
     },
     # `small`: everything from scratch on the embedded data (the recipe behind the `stepvideo-tiny`
-    # release), sized for a CPU box in about two hours (README: the measured time of each stage).
+    # release): a few CPU-hours on 2 cores, most of it the VAE's 5,000 steps (README: "Learning per
+    # CPU-second" for the recipe, "The release" for the measured time of each stage).
     # 64x64x17 keeps the VAE affordable; 3x more media than `demo`; the DiT is the `small` preset.
     "small": {
         "data": {"clips": 1200, "images": 1200, "seed": 0},
