@@ -125,7 +125,9 @@ class DiTStageParams:
     caption channels are filled in from the VAE and the text encoders at run time."""
 
     model: str = "demo"  # a DiTConfig.PRESETS name: demo | small | step-video-t2v
-    patch_size: int = 0  # latent pixels per token side (0: the preset's; 2 keeps an 8x-spatial VAE's token count)
+    # latent pixels per token side (0: the starting model's when fine-tuning, else the preset's);
+    # 2 on an 8x-spatial VAE gives the DiT as many tokens as patch 1 on a 16x one
+    patch_size: int = 0
     # '' = the previous stage's output (t2i_pretrain: from scratch); else a folder or models:/NAME@ALIAS
     init_from: str = ""
     resolution: str = "full"  # full | low (the latent cache's copy at latent_cache.low_res_factor)

@@ -106,6 +106,20 @@ def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
     return folder, registered_version(DIT_REGISTERED[prev], weights) or f"folder:{weights}"
 
 
+def stage_patch_size(patch_size: int, init: Path | None) -> int:
+    """The stage's DiT patch size: `patch_size` when set, else the starting model's (a fine-tune
+    keeps its geometry: `make demo` on a release trained at patch 2), else 0 (the preset's)."""
+    if patch_size:
+        return int(patch_size)
+    config = Path(init) / "config.json" if init else None
+    if config is not None and config.is_file():
+        try:
+            return int(json.loads(config.read_text()).get("patch_size") or 0)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{config}: not a readable DiT config ({e})") from e
+    return 0
+
+
 def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -> "DiTTrainConfig":
     """The trainer config of DiT stage `name`: its params section, the model geometry fitted to the
     latent cache (z channels of the VAE, widths of the text encoders)."""
@@ -131,7 +145,8 @@ def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -
         min_quality = None  # no row has a quality score (ingested data): the filter cannot apply
     z = int(cache.meta["z_channels"])
     dims = [int(cache.text.encoders[n]["dim"]) for n in ("llm", "clip") if n in cache.text.encoders]
-    patch = {"patch_size": sp.patch_size} if sp.patch_size else {}
+    patch_size = stage_patch_size(sp.patch_size, init)
+    patch = {"patch_size": patch_size} if patch_size else {}
     model = DiTConfig.preset(sp.model, in_channels=z, out_channels=z, caption_channels=dims,
                              gradient_checkpointing=sp.gradient_checkpointing, **patch)
     return DiTTrainConfig(

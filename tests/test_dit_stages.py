@@ -271,3 +271,18 @@ def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
     assert len(list((work / "outputs" / "dit" / "t2v_lowres" / "samples").glob("*.mp4"))) == 1
     after = MlflowClient(tracking.tracking_uri()).search_model_versions("name = 'stepvideo-dit-t2v-lowres'")
     assert len(after) == before + 1  # one registration, by rank 0
+
+
+def test_a_fine_tune_keeps_the_starting_models_patch_size(tmp_path):
+    import json
+
+    from stepvideo.stages_dit import stage_patch_size
+
+    (tmp_path / "config.json").write_text(json.dumps({"patch_size": 2}))
+    assert stage_patch_size(0, tmp_path) == 2  # inherited from the folder it starts from
+    assert stage_patch_size(1, tmp_path) == 1  # an explicit value wins
+    assert stage_patch_size(0, None) == 0  # from scratch: the preset's
+    assert stage_patch_size(0, tmp_path / "missing") == 0
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        stage_patch_size(0, tmp_path)
