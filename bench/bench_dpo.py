@@ -54,8 +54,8 @@ def main() -> None:
     from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark
     from stepvideo.preference.candidates import read_candidates
     from stepvideo.preference.pairs import RewardWeights, reward_pairs
-    from stepvideo.stage_utils import _load_encoders
-    from stepvideo.stages_eval import _pipe, preference_figures
+    from stepvideo.stages.common import load_encoders
+    from stepvideo.stages.evaluate import _pipe, preference_figures
 
     torch.set_num_threads(2)
     root = args.root.resolve()
@@ -65,7 +65,7 @@ def main() -> None:
     for name in ("reward_flicker", "reward_color_noise"):
         if getattr(args, name) is not None:
             setattr(params.dpo, name, getattr(args, name))
-    encoders = _load_encoders(params, root)
+    encoders = load_encoders(params, root)
     sft, vae = root / "outputs/dit/sft", root / "outputs/vae"
     weights = RewardWeights(params.dpo.reward_checks, params.dpo.reward_flicker, params.dpo.reward_color_noise)
     work = (root / args.work).resolve()

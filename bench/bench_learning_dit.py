@@ -130,11 +130,11 @@ class PixelPatchify(torch.nn.Module):
 def project_inputs(root: Path) -> dict[str, Any]:
     """Rows, media root, text encoders, text cache and VAE folder of a project where the cascade ran."""
     from stepvideo.config import load_params
-    from stepvideo.stage_utils import OUTPUTS, _clean_rows, _load_encoders
+    from stepvideo.stages.common import OUTPUTS, clean_rows, load_encoders
 
     params = load_params(root / "params.yaml")
-    clean, rows = _clean_rows(root)
-    return {"rows": rows, "data_root": clean.parent, "encoders": _load_encoders(params, root),
+    clean, rows = clean_rows(root)
+    return {"rows": rows, "data_root": clean.parent, "encoders": load_encoders(params, root),
             "text_cache": root / OUTPUTS / "text_cache" / "text_cache.safetensors",
             "vae_dir": root / OUTPUTS / "vae", "latent_cache": root / OUTPUTS / "latent_cache"}
 
@@ -221,7 +221,7 @@ def _train(cfg, cache: Path, out: Path, threads: int, progress: bool) -> tuple[d
 def run_candidate(name: str, seconds: float, inputs: dict, work: Path, threads: int, prompts: int, sample_steps: int,
                   progress: bool, smoke: bool = False) -> dict:
     from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark, summary_metrics
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.models.dit import StepVideoDiT
 
     tag = f"{name}-{seconds:g}s"

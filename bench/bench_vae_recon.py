@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from stepvideo.config import load_params, preset
     from stepvideo.data.manifest import read_manifest
     from stepvideo.data.synth import SynthConfig, generate
-    from stepvideo.pipeline import vae_train_config
+    from stepvideo.stages.vae import vae_train_config
     from stepvideo.training.vae_trainer import load_clips, train_vae, train_vae_recipe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,1 +1,1 @@
-"""Prefect flows: thin drivers over `stepvideo.pipeline`'s stage functions."""
+"""Prefect flows: thin drivers over the stage functions of `stepvideo.stages`."""

@@ -22,8 +22,17 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from stepvideo import pipeline, stages, tracking
+from stepvideo import stages, tracking
 from stepvideo.config import Params, load_params
+from stepvideo.stages.bundle import BUNDLE_FROM, stage_bundle
+from stepvideo.stages.common import OUTPUTS, latent_cache_key, local_path, model_hash
+from stepvideo.stages.data import existing_data, stage_data, stage_ingest, stage_validate, stage_version
+from stepvideo.stages.dit import DIT_PREVIOUS, stage_dit, stage_latent_cache
+from stepvideo.stages.dpo import DPO_REGISTERED, dpo_key, dpo_parent, stage_dpo
+from stepvideo.stages.evaluate import EVALUATE_FROM, stage_evaluate
+from stepvideo.stages.promote import stage_promote
+from stepvideo.stages.text import stage_text_cache, stage_text_encoders
+from stepvideo.stages.vae import stage_vae
 
 
 def _key(*parts: object) -> str:
@@ -42,7 +51,7 @@ def _validate_key(ctx, args: dict) -> str:
 
 
 def _clean(args: dict) -> Path:
-    return Path(args["root"]) / pipeline.OUTPUTS / "validated" / "clean.jsonl"
+    return Path(args["root"]) / OUTPUTS / "validated" / "clean.jsonl"
 
 
 def _text_encoders_key(ctx, args: dict) -> str:
@@ -58,9 +67,9 @@ def _text_cache_key(ctx, args: dict) -> str:
 
 def _vae_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    init = pipeline.local_path(p.vae.init_from, Path(args["root"]))
+    init = local_path(p.vae.init_from, Path(args["root"]))
     return _key("train_vae", args["root"], tracking.file_hash(_clean(args)), p.section_hash("vae"),
-                _safe(pipeline.model_hash, init) if init else "scratch",
+                _safe(model_hash, init) if init else "scratch",
                 stages.code_version("train_vae"))
 
 
@@ -74,7 +83,7 @@ def _safe(fn, *args) -> str:
 
 def _latent_cache_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    out = Path(args["root"]) / pipeline.OUTPUTS
+    out = Path(args["root"]) / OUTPUTS
     return _key("latent_cache", args["root"], args["data_version"], _safe(tracking.file_hash, _clean(args)),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("latent_cache"),
                 stages.code_version("latent_cache"))
@@ -82,81 +91,79 @@ def _latent_cache_key(ctx, args: dict) -> str:
 
 def _upstream(root: Path, name: str, init_from: str) -> str:
     """The identity of the model a DiT stage starts from: its weights' hash (or the URI it names)."""
-    init_from = pipeline.local_path(init_from, root)
+    init_from = local_path(init_from, root)
     if init_from:
-        return init_from if init_from.startswith(("models:/", "runs:/")) else _safe(pipeline.model_hash, init_from)
-    prev = pipeline.DIT_PREVIOUS[name]
-    return "scratch" if prev is None else _safe(pipeline.model_hash, root / pipeline.OUTPUTS / "dit" / prev)
+        return init_from if init_from.startswith(("models:/", "runs:/")) else _safe(model_hash, init_from)
+    prev = DIT_PREVIOUS[name]
+    return "scratch" if prev is None else _safe(model_hash, root / OUTPUTS / "dit" / prev)
 
 
 def _dit_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     name, root = args["stage"], Path(args["root"])
-    return _key(name, args["root"], pipeline.latent_cache_key(root), _upstream(root, name, getattr(p, name).init_from),
+    return _key(name, args["root"], latent_cache_key(root), _upstream(root, name, getattr(p, name).init_from),
                 p.section_hash(name), p.tracking.register, stages.code_version(name))
 
 
 def _bundle_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     root = Path(args["root"])
-    out = root / pipeline.OUTPUTS
-    return _key("bundle", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.BUNDLE_FROM),
+    out = root / OUTPUTS
+    return _key("bundle", args["root"], _safe(model_hash, out / "dit" / BUNDLE_FROM),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"],
                 p.section_hash("sft"), stages.code_version("bundle"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
 def data_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_data(params, Path(root), parent_run_id=parent_run_id)
+    return stage_data(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def ingest_task(params: Params, root: str, videos: str, captions: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_ingest(params, Path(root), Path(videos), Path(captions), parent_run_id=parent_run_id)
+    return stage_ingest(params, Path(root), Path(videos), Path(captions), parent_run_id=parent_run_id)
 
 
 @task(name="version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def version_task(params: Params, root: str, push: bool, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_version(params, Path(root), push=push, parent_run_id=parent_run_id)
+    return stage_version(params, Path(root), push=push, parent_run_id=parent_run_id)
 
 
 @task(name="validate", cache_key_fn=_validate_key, persist_result=True)
 def validate_task(params: Params, root: str, data_version: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_validate(params, Path(root), parent_run_id=parent_run_id)
+    return stage_validate(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="text_encoders", cache_key_fn=_text_encoders_key, persist_result=True)
 def text_encoders_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_text_encoders(params, Path(root), parent_run_id=parent_run_id)
+    return stage_text_encoders(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="text_cache", cache_key_fn=_text_cache_key, persist_result=True)
 def text_cache_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_text_cache(params, Path(root), parent_run_id=parent_run_id)
+    return stage_text_cache(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="train_vae", cache_key_fn=_vae_key, persist_result=True, retries=1, retry_delay_seconds=5)
 def vae_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_vae(params, Path(root), parent_run_id=parent_run_id)
+    return stage_vae(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="latent_cache", cache_key_fn=_latent_cache_key, persist_result=True, retries=1, retry_delay_seconds=5)
 def latent_cache_task(params: Params, root: str, data_version: str, encoder_versions: str,
                       parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_latent_cache(params, Path(root), parent_run_id=parent_run_id)
+    return stage_latent_cache(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="dit", task_run_name="{stage}", cache_key_fn=_dit_key, persist_result=True, retries=1,
       retry_delay_seconds=5)
 def dit_task(stage: str, params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
     """One DiT stage; a retry resumes from the stage's last checkpoint."""
-    return pipeline.stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
+    return stage_dit(stage, params, Path(root), parent_run_id=parent_run_id)
 
 
 def _dpo_key(ctx, args: dict) -> str:
     """DPO on the SFT weights (or dpo.init_from), the VAE, the encoders, the data, the labels, its section."""
-    from stepvideo.stages_dpo import dpo_parent, dpo_key
-
     p: Params = args["params"]
     root = Path(args["root"])
     try:
@@ -169,33 +176,33 @@ def _dpo_key(ctx, args: dict) -> str:
 @task(name="dpo", cache_key_fn=_dpo_key, persist_result=True, retries=1, retry_delay_seconds=5)
 def dpo_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
     """Video-DPO; a retry resumes from the candidates and checkpoints already written."""
-    return pipeline.stage_dpo(params, Path(root), parent_run_id=parent_run_id)
+    return stage_dpo(params, Path(root), parent_run_id=parent_run_id)
 
 
 def _evaluate_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     root = Path(args["root"])
-    out = root / pipeline.OUTPUTS
-    return _key("evaluate", args["root"], _safe(pipeline.model_hash, out / "dit" / pipeline.EVALUATE_FROM),
-                _safe(pipeline.model_hash, out / "dit" / "sft"), p.section_hash("dpo"),
+    out = root / OUTPUTS
+    return _key("evaluate", args["root"], _safe(model_hash, out / "dit" / EVALUATE_FROM),
+                _safe(model_hash, out / "dit" / "sft"), p.section_hash("dpo"),
                 _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("evaluate"),
                 p.tracking.register, stages.code_version("evaluate"))
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True)
 def evaluate_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_evaluate(params, Path(root), parent_run_id=parent_run_id)
+    return stage_evaluate(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="bundle", cache_key_fn=_bundle_key, persist_result=True)
 def bundle_task(params: Params, root: str, encoder_versions: str, parent_run_id: str | None) -> dict[str, Any]:
-    return pipeline.stage_bundle(params, Path(root), parent_run_id=parent_run_id)
+    return stage_bundle(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
     """Promotion by alias gates; never cached: the registry's champion may have moved since."""
-    return pipeline.stage_promote(params, Path(root), parent_run_id=parent_run_id)
+    return stage_promote(params, Path(root), parent_run_id=parent_run_id)
 
 
 def _run(task_fn, cached: dict, name: str, outputs: Path | None = None, **kwargs) -> dict[str, Any]:
@@ -244,21 +251,21 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
             data = _run(ingest_task, cached, "ingest", params=params, root=str(root_path), videos=videos,
                         captions=captions, parent_run_id=pid)
         else:  # the data folder as it is (synthesized or ingested before; what a retrain trains on)
-            data, _SECONDS["data"] = pipeline.existing_data(params, root_path), 0.0
+            data, _SECONDS["data"] = existing_data(params, root_path), 0.0
         version = _run(version_task, cached, "version", params=params, root=str(root_path), push=push,
                        parent_run_id=pid)
         tracking.set_tags({"data_version": version["data_version"]})
         first = "ingest" if source == "ingest" else "data"
         report.append(_report(first, cached, ", ".join(f"{v} {k}" for k, v in data["metrics"].items())))
         report.append(_report("version", cached, f"data version {version['data_version']}"))
-        validated = _run(validate_task, cached, "validate", root_path / pipeline.OUTPUTS / "validated" / "report.json",
+        validated = _run(validate_task, cached, "validate", root_path / OUTPUTS / "validated" / "report.json",
                          params=params, root=str(root_path),
                          data_version=version["data_version"], parent_run_id=pid)
         tracking.log_metrics({f"validate.{k}": v for k, v in validated["metrics"].items()})
         vm = validated["metrics"]
         report.append(_report("validate", cached, f"{vm['rows']} rows, {vm['bad_rows']} quarantined "
                                                   f"(clean {vm['clean_fraction']:.1%})"))
-        out = root_path / pipeline.OUTPUTS
+        out = root_path / OUTPUTS
         encoders = _run(text_encoders_task, cached, "text_encoders", out / "text_encoders", params=params,
                         root=str(root_path), parent_run_id=pid)
         versions = ",".join(f"{k}={v}" for k, v in sorted(encoders["versions"].items()))
@@ -280,7 +287,7 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
                                                       f"resolutions {latents['resolutions']}"))
         dits: dict[str, Any] = {}
-        for name in pipeline.DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
+        for name in DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
             dits[name] = r = _run(dit_task, cached, name, out / "dit" / name / "config.json", stage=name,
                                   params=params, root=str(root_path), parent_run_id=pid)
             m = r["metrics"]
@@ -297,7 +304,7 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
             report.append(_report("dpo", cached, f"{dm['pairs']} pairs, implicit reward accuracy "
                                                  f"{dm['implicit_acc_first']:.2f} -> {dm['implicit_acc_last']:.2f}, "
                                                  f"margin {dm['reward_margin_first']:.3f} -> "
-                                                 f"{dm['reward_margin_last']:.3f} ({pipeline.DPO_REGISTERED})"))
+                                                 f"{dm['reward_margin_last']:.3f} ({DPO_REGISTERED})"))
         evaluation = _run(evaluate_task, cached, "evaluate", out / "eval" / "results.json", params=params,
                           root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         em = evaluation["metrics"]

@@ -218,16 +218,16 @@ def stage(name: str = typer.Argument(..., help="data | version | validate | text
                                                  "dpo | evaluate | bundle | promote"),
           params: Path = PARAMS):
     """Run one pipeline stage (what dvc.yaml calls); records an MLflow run."""
-    from stepvideo import pipeline
+    from stepvideo.stages import STAGES
 
-    if name not in pipeline.STAGES:
-        raise typer.BadParameter(f"unknown stage {name!r} (known: {', '.join(pipeline.STAGES)})")
+    if name not in STAGES:
+        raise typer.BadParameter(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
     from stepvideo.data.validation import ValidationFailed
 
     p = _params(params)
     quiet_library_logs()
     try:
-        result = pipeline.STAGES[name](p, _root())
+        result = STAGES[name](p, _root())
     except ValidationFailed as e:
         typer.secho(f"validation failed: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
@@ -348,7 +348,7 @@ def generate_cmd(
     """Sample a video from text and write it as mp4 (and optionally GIF)."""
     from tqdm import tqdm
 
-    from stepvideo.generation import T2VPipeline, save_video
+    from stepvideo.pipelines.t2v import T2VPipeline, save_video
     from stepvideo.tracking import resolve_model
 
     if model is None:
@@ -404,7 +404,7 @@ def dpo_candidates(
 ):
     """Generate N videos per prompt (training captions + benchmark-style prompts, never benchmark
     prompts) with their seeds and latents, for `stepvideo label serve` and the dpo stage."""
-    from stepvideo.stages_dpo import make_candidates
+    from stepvideo.stages.dpo import make_candidates
 
     p = _params(params)
     if per_prompt is not None:

@@ -156,7 +156,7 @@ class DiTStageParams:
     keep_checkpoints: int = 2
     max_bad_steps: int = 3  # non-finite steps in a row before the run stops
     # the sample videos rendered from the stage's output (fixed EN + ZH prompts)
-    sample_prompts: int = 4  # how many of pipeline.SAMPLE_PROMPTS (0: none)
+    sample_prompts: int = 4  # how many of stages.dit.SAMPLE_PROMPTS (0: none)
     sample_steps: int = 20
     sample_cfg: float = 5.0
     sample_shift: float = 3.0
@@ -185,7 +185,7 @@ def _sft() -> DiTStageParams:
 
 @dataclass
 class DPOParams:
-    """Video-DPO after SFT (`stepvideo.stages_dpo`): candidates from the SFT model, preference pairs
+    """Video-DPO after SFT (`stepvideo.stages.dpo`): candidates from the SFT model, preference pairs
     from the scorer's reward or from people's labels, the flow-matching DPO loss against the frozen
     SFT model, on-policy rounds. `enabled: false` skips it (evaluate and the bundle then take SFT)."""
 

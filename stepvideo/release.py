@@ -25,7 +25,7 @@ import torch
 from stepvideo import tracking
 from stepvideo.config import Params, dump_params
 from stepvideo.evaluation.checks import CATEGORIES
-from stepvideo.stage_utils import OUTPUTS, PACKAGE_ROOT, _clean_rows, _require
+from stepvideo.stages.common import OUTPUTS, PACKAGE_ROOT, clean_rows, require_output
 
 RELEASE_NAME = "stepvideo-tiny"
 RELEASE_DIR = PACKAGE_ROOT / "release" / RELEASE_NAME
@@ -58,7 +58,7 @@ def default_model() -> tuple[str, str]:
 def _heldout_media(root: Path, max_items: int) -> list[np.ndarray]:
     from stepvideo.training.vae_trainer import load_clips
 
-    clean, rows = _clean_rows(root)
+    clean, rows = clean_rows(root)
     return load_clips(rows, clean.parent, split="heldout", max_items=max_items)
 
 
@@ -89,17 +89,17 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
     """Write the release folder from the cascade outputs under `root` (see the module docstring)."""
     from PIL import Image
 
-    from stepvideo.generation import MODEL_INDEX, T2VPipeline
+    from stepvideo.pipelines.t2v import MODEL_INDEX, T2VPipeline
     from stepvideo.models.io import replace_folder, temp_folder_for
-    from stepvideo.stages_eval import vae_content_metrics
+    from stepvideo.evaluation.runner import vae_content_metrics
 
     root = Path(root)
-    bundle = _require(root / OUTPUTS / "bundle", "bundle", marker=MODEL_INDEX)
+    bundle = require_output(root / OUTPUTS / "bundle", "bundle", marker=MODEL_INDEX)
     results_file = root / OUTPUTS / "eval" / "results.json"
     if not results_file.is_file():
         raise FileNotFoundError(f"{results_file}: no benchmark results; run the evaluate stage first")
     results = json.loads(results_file.read_text())
-    vae_train = json.loads((_require(root / OUTPUTS / "vae", "train_vae") / "metrics.json").read_text())
+    vae_train = json.loads((require_output(root / OUTPUTS / "vae", "train_vae") / "metrics.json").read_text())
     out = Path(out)
     tmp = temp_folder_for(out)
     try:
@@ -110,7 +110,7 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
         media = _heldout_media(root, vae_items)
         vae = {**vae_quality(shipped.vae, media), "items": len(media),
                "train_heldout_psnr": vae_train.get("heldout_psnr"), "train_heldout_ssim": vae_train.get("heldout_ssim")}
-        clean, _ = _clean_rows(root)
+        clean, _ = clean_rows(root)
         vae.update(vae_content_metrics(tmp / "vae", clean, vae_items))
         grid, samples = _sample_grid(shipped)
         Image.fromarray(grid).save(tmp / "samples.png", optimize=True)

@@ -75,7 +75,7 @@ def test_generate_writes_a_decodable_mp4_of_the_requested_shape(tmp_path):
 def test_generate_from_an_mlflow_model_uri(tmp_path):
     from stepvideo import tracking
     from stepvideo.data.video_io import read_video
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
     bundle = T2VPipeline.random(preset="demo", seed=1, workdir=tmp_path / "work").save_pretrained(tmp_path / "bundle")
     with tracking.run("unit", experiment="unit-tests"):

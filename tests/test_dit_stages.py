@@ -15,7 +15,7 @@ from conftest import REPO, tiny_params
 @pytest.fixture(scope="module")
 def dit_project(tmp_path_factory):
     """A tiny project with the stages up to the latent cache run, then the four DiT stages."""
-    from stepvideo import pipeline
+    from stepvideo.stages import STAGES
     from stepvideo.config import load_params
 
     root = tmp_path_factory.mktemp("dit") / "project"
@@ -26,15 +26,15 @@ def dit_project(tmp_path_factory):
         mp.setenv("STEPVIDEO_ROOT", str(root))
         tiny_params(root)
         params = load_params(root / "params.yaml")
-        pipeline.stage_data(params, root, progress=False)
-        pipeline.stage_validate(params, root, progress=False)
-        pipeline.stage_text_encoders(params, root)
-        pipeline.stage_vae(params, root, progress=False)
-        latents = pipeline.stage_latent_cache(params, root, progress=False)
+        STAGES["data"](params, root, progress=False)
+        STAGES["validate"](params, root, progress=False)
+        STAGES["text_encoders"](params, root)
+        STAGES["train_vae"](params, root, progress=False)
+        latents = STAGES["latent_cache"](params, root, progress=False)
         results = {"latent_cache": latents}
         for name in ("t2i_pretrain", "t2v_lowres", "t2v_highres", "sft", "dpo"):
-            results[name] = pipeline.STAGES[name](params, root, progress=False)
-        results["bundle"] = pipeline.stage_bundle(params, root)
+            results[name] = STAGES[name](params, root, progress=False)
+        results["bundle"] = STAGES["bundle"](params, root)
         yield root, params, results, mp
 
 
@@ -114,7 +114,7 @@ def test_dpo_stage_registers_the_model_with_its_lineage_and_pair_dataset(dit_pro
 def test_dpo_disabled_passes_the_sft_weights_through(dit_project, tmp_path):
     import dataclasses
 
-    from stepvideo.stage_utils import model_hash
+    from stepvideo.stages.common import model_hash
 
     root, params, results, _ = dit_project
     off = dataclasses.replace(params, dpo=dataclasses.replace(params.dpo, enabled=False))
@@ -132,7 +132,7 @@ def test_dpo_from_human_labels_then_an_onpolicy_round_ranked_by_the_reward_model
 
     from stepvideo.preference.labeling import append_labels, label_pairs, load_candidates, make_label
     from stepvideo.preference.pairs import read_pairs
-    from stepvideo.stages_dpo import make_candidates
+    from stepvideo.stages.dpo import make_candidates
 
     root, params, results, _ = dit_project
     cands = tmp_path / "cands"
@@ -171,15 +171,15 @@ def test_dpo_params_are_checked(dit_project):
 
 
 def pipeline_stage(name: str):
-    from stepvideo import pipeline
+    from stepvideo.stages import STAGES
 
-    return pipeline.STAGES[name]
+    return STAGES[name]
 
 
 def pipeline_registered(name: str) -> str:
-    from stepvideo import pipeline
+    from stepvideo.stages.dit import DIT_REGISTERED
 
-    return pipeline.DIT_REGISTERED[name]
+    return DIT_REGISTERED[name]
 
 
 def test_sft_leaves_out_the_degraded_clips(dit_project):
@@ -197,36 +197,36 @@ def test_sft_leaves_out_the_degraded_clips(dit_project):
 def test_rerun_resumes_and_a_changed_section_starts_afresh(dit_project):
     import dataclasses
 
-    from stepvideo import pipeline
+    from stepvideo.stages import STAGES
 
     root, params, results, _ = dit_project
-    again = pipeline.stage_t2i_pretrain(params, root, progress=False)
+    again = STAGES["t2i_pretrain"](params, root, progress=False)
     assert again["work_dir"] == results["t2i_pretrain"]["work_dir"]
     assert again["lineage"]["weights_hash"] == results["t2i_pretrain"]["lineage"]["weights_hash"]
     changed = dataclasses.replace(params, t2i_pretrain=dataclasses.replace(params.t2i_pretrain, lr=1e-4,
                                                                            sample_prompts=0))
-    fresh = pipeline.stage_t2i_pretrain(changed, root, progress=False)
+    fresh = STAGES["t2i_pretrain"](changed, root, progress=False)
     assert fresh["work_dir"] != results["t2i_pretrain"]["work_dir"] and fresh["samples"] == []
     # leave the project as the other tests found it
-    pipeline.stage_t2i_pretrain(params, root, progress=False)
+    STAGES["t2i_pretrain"](params, root, progress=False)
 
 
 def test_a_missing_previous_stage_is_named(dit_project, tmp_path):
-    from stepvideo import pipeline
+    from stepvideo.stages import STAGES
 
     root, params, _, _ = dit_project
     other = tmp_path / "other"
     (other / "outputs").mkdir(parents=True)
     (other / "outputs" / "latent_cache").symlink_to(root / "outputs" / "latent_cache", target_is_directory=True)
     with pytest.raises(FileNotFoundError, match="t2i_pretrain"):
-        pipeline.stage_t2v_lowres(params, other, progress=False)
+        STAGES["t2v_lowres"](params, other, progress=False)
     with pytest.raises(FileNotFoundError, match="latent_cache"):
-        pipeline.stage_t2i_pretrain(params, tmp_path / "empty", progress=False)
+        STAGES["t2i_pretrain"](params, tmp_path / "empty", progress=False)
 
 
 def test_bundle_loads_and_generates(dit_project):
     from stepvideo import tracking
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
     root, params, results, _ = dit_project
     pipe = T2VPipeline.from_pretrained(tracking.resolve_model("models:/stepvideo-t2v@candidate", root / "dl"))
@@ -276,7 +276,7 @@ def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
 def test_a_fine_tune_keeps_the_starting_models_patch_size(tmp_path):
     import json
 
-    from stepvideo.stages_dit import stage_patch_size
+    from stepvideo.stages.dit import stage_patch_size
 
     (tmp_path / "config.json").write_text(json.dumps({"patch_size": 2}))
     assert stage_patch_size(0, tmp_path) == 2  # inherited from the folder it starts from

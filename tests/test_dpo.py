@@ -256,7 +256,7 @@ def test_non_finite_pairs_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
 def test_preference_figures_pair_flicker_only_where_both_show_an_object():
     from stepvideo.config import Params
     from stepvideo.evaluation.scorer import summarize
-    from stepvideo.stages_eval import preference_figures
+    from stepvideo.stages.evaluate import preference_figures
 
     def video(i, flicker, passed=True):
         return {"id": f"v{i}", "prompt_id": f"p{i}", "seed": 0, "lang": "en", "passed": passed,

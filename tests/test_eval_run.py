@@ -88,7 +88,7 @@ def test_eval_score_cli_writes_json_and_names_bad_rows(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
     folder = tmp_path_factory.mktemp("bundle") / "pipe"
     T2VPipeline.random("demo", seed=0).save_pretrained(folder)

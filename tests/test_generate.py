@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from stepvideo.data.video_io import read_video
-from stepvideo.generation import MODEL_INDEX, T2VPipeline, save_video
+from stepvideo.pipelines.t2v import MODEL_INDEX, T2VPipeline, save_video
 from stepvideo.models.dit import StepVideoDiT
 from stepvideo.models.text_encoders import TextEncoder, sample_captions
 from stepvideo.models.vae import VideoVAE

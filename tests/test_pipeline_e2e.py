@@ -58,13 +58,13 @@ def test_flow_runs_end_to_end_records_mlflow_and_hits_cache(project):
     assert any(a.path == "validation" for a in client.list_artifacts(v.info.run_id))
 
     # the DiT cascade: each stage's folder registered with its lineage, chained by init_from
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.models.dit import StepVideoDiT
 
     data_version = first["version"]["data_version"]
     vae_version = tracking.file_hash(project / "outputs/vae")
     assert stages["latent_cache"].data.tags["latent_cache_key"] == first["latent_cache"]["key"]
-    from stepvideo.pipeline import model_hash
+    from stepvideo.stages.common import model_hash
 
     parent = f"folder:{model_hash(project / 'release' / 'stepvideo-tiny' / 'dit')}"  # the demo starts from the release
     for name, registered in DIT_STAGES.items():

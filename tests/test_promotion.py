@@ -87,7 +87,7 @@ def test_first_model_rule_absolute_minimums():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
     tmp = tmp_path_factory.mktemp("promotion-bundle")
     return T2VPipeline.random(preset="demo", seed=0, workdir=tmp / "work").save_pretrained(tmp / "bundle")
@@ -313,7 +313,7 @@ def test_stage_promote_finds_the_bundle_version_and_records_the_decision(bundle,
     from mlflow import MlflowClient
 
     from stepvideo.config import preset
-    from stepvideo.stages_promote import stage_promote
+    from stepvideo.stages.promote import stage_promote
 
     root = tmp_path / "project"
     folder = root / "outputs" / "bundle"
@@ -409,7 +409,7 @@ def assert_rejected(champ: dict, version: str, out: dict) -> None:
 def test_release_with_noised_weights_is_never_promoted(release_champion, tmp_path):
     import torch
 
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.release import RELEASE_DIR
 
     pipe = T2VPipeline.from_pretrained(RELEASE_DIR)
@@ -433,7 +433,7 @@ def caption_shuffled_release(work: Path, clips: int = 48, steps: int = 120, lr: 
     from stepvideo.data.latent_cache import build_latent_cache
     from stepvideo.data.manifest import read_manifest
     from stepvideo.data.synth import SynthConfig, generate
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.models.dit import DiTConfig, StepVideoDiT
     from stepvideo.release import RELEASE_DIR
     from stepvideo.training.dit_trainer import DiTTrainConfig, train_dit

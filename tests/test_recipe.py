@@ -22,7 +22,7 @@ def test_small_recipe_runs_from_scratch_and_rebuilds_the_release(project, tmp_pa
     from stepvideo import tracking
     from stepvideo.cli import app
     from stepvideo.config import dump_params, preset
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
     (project / "params.yaml").write_text(dump_params(preset("small")))
     tiny_params(project)

@@ -68,7 +68,7 @@ def test_retrain_skips_only_when_data_and_params_match_the_champion_or_challenge
 
 
 def test_existing_data_source_needs_a_manifest(project):
-    from stepvideo.pipeline import existing_data
+    from stepvideo.stages.data import existing_data
 
     params = load_params(project / "params.yaml")
     with pytest.raises(FileNotFoundError, match=r"data/manifest.jsonl: no data to train on"):

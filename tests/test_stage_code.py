@@ -28,9 +28,9 @@ def test_every_path_exists_and_the_stage_modules_are_listed():
         for p in stages.code_paths(stage):
             assert (ROOT / p).exists(), p
     # the modules where the stages and their config builders live (the drifted entries of issue 22)
-    assert "stepvideo/stages_dit.py" in stages.code_paths("sft")
-    assert "stepvideo/stage_utils.py" in stages.code_paths("t2i_pretrain")
-    assert "stepvideo/pipeline.py" in stages.code_paths("train_vae")
+    assert "stepvideo/stages/dit.py" in stages.code_paths("sft")
+    assert "stepvideo/stages/common.py" in stages.code_paths("t2i_pretrain")
+    assert "stepvideo/stages/vae.py" in stages.code_paths("train_vae")
 
 
 def test_the_flow_hashes_only_the_table():
@@ -55,6 +55,49 @@ def test_a_dit_cache_key_moves_with_the_stage_module(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tracking, "code_version", record)
     key = cascade._dit_key(None, {"params": preset("demo"), "stage": "sft", "root": str(tmp_path)})
-    assert key and seen and "stepvideo.stages_dit" in seen[-1] and "stepvideo.stage_utils" in seen[-1]
+    assert key and seen and "stepvideo.stages.dit" in seen[-1] and "stepvideo.stages.common" in seen[-1]
     monkeypatch.setitem(stages.STAGE_CODE, "sft", stages.STAGE_CODE["sft"] + ("stepvideo.fileio",))
     assert cascade._dit_key(None, {"params": preset("demo"), "stage": "sft", "root": str(tmp_path)}) != key
+
+
+def test_each_stage_lists_the_module_that_defines_it():
+    for name in stages.STAGES:
+        module = stages.STAGES[name].__module__
+        if name in stages.STAGE_CODE:  # `version` (dvc add) is never cached
+            assert module in stages.STAGE_CODE[name], (name, module)
+    assert list(stages.STAGES)[:3] == ["data", "version", "validate"] and list(stages.STAGES)[-1] == "promote"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every stepvideo module a file imports, at the top or inside a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("stepvideo")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stepvideo"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_the_stage_modules_import_one_way_and_the_package_imports_none_of_them():
+    package = ROOT / "stepvideo" / "stages"
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    graph = {n: {m.rsplit(".", 1)[-1] for m in _imports(package / f"{n}.py")
+                 if m.startswith("stepvideo.stages.") and m.rsplit(".", 1)[-1] in names} for n in names}
+    seen: dict[str, int] = {}
+
+    def visit(n: str, path: tuple[str, ...]) -> None:  # depth-first: a grey node met again is a cycle
+        seen[n] = 1
+        for m in graph[n]:
+            assert seen.get(m) != 1, f"import cycle: {' -> '.join(path + (n, m))}"
+            if m not in seen:
+                visit(m, path + (n,))
+        seen[n] = 2
+
+    for n in sorted(names):
+        if n not in seen:
+            visit(n, ())
+    assert not {m for m in _imports(package / "__init__.py") if m.startswith("stepvideo.stages.")}

@@ -211,7 +211,7 @@ def test_two_stage_recipe_and_gan(tmp_path):
 
 def test_params_select_the_two_stage_recipe():
     from stepvideo.config import preset
-    from stepvideo.pipeline import vae_train_config
+    from stepvideo.stages.vae import vae_train_config
 
     params = preset("small")  # from scratch (the demo fine-tunes the release)
     first, main = vae_train_config(params)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from stepvideo.evaluation.scorer import score_frames, summarize
 from stepvideo.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 Frames = np.ndarray
 Transform = Callable[[Frames], Frames]
@@ -119,7 +122,7 @@ def vae_roundtrip(vae: Any, device: str = "cpu") -> Transform:
     """frames -> VAE encode (posterior mean) -> decode -> frames, for `score_manifest(transform=)`."""
     import torch
 
-    from stepvideo.generation import frames_to_uint8
+    from stepvideo.pipelines.t2v import frames_to_uint8
     from stepvideo.models.vae import frames_to_tensor
 
     def run(frames: Frames) -> Frames:
@@ -136,6 +139,25 @@ def vae_roundtrip(vae: Any, device: str = "cpu") -> Transform:
 
 
 # ------------------------------------------------------------------ generating
+
+
+def vae_content_metrics(vae_dir: str | os.PathLike, clean_manifest: str | os.PathLike, max_items: int, progress: bool = False) -> dict:
+    """The scorer's accuracy on held-out ground-truth clips as they are (`scorer_gt_*`) and after a
+    round trip through the VAE (`scorer_vae_*`): how much of the content the VAE keeps."""
+    from stepvideo.data.manifest import read_manifest
+    from stepvideo.models.vae import VideoVAE
+
+    if max_items <= 0:
+        return {}
+    if not any(r.get("attributes") for r in read_manifest(clean_manifest) if r.get("split") == "heldout"):
+        log.warning("%s has no held-out rows with ground-truth attributes (not the embedded dataset): the "
+                    "scorer's content check of the VAE is skipped", clean_manifest)
+        return {}
+    vae = VideoVAE.from_pretrained(vae_dir).eval()
+    gt = score_manifest(clean_manifest, split="heldout", max_items=max_items, progress=progress)
+    rt = score_manifest(clean_manifest, split="heldout", max_items=max_items, transform=vae_roundtrip(vae),
+                        progress=progress)
+    return {**summary_metrics(gt["summary"], "scorer_gt_"), **summary_metrics(rt["summary"], "scorer_vae_")}
 
 
 def _pipeline_settings(pipe: Any, frames: int, height: int, width: int, steps: int | None, cfg: float | None,
@@ -200,7 +222,7 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
     (e.g. the DPO-vs-SFT preference figures)."""
     from stepvideo.evaluation.metrics import run_metrics
     from stepvideo.evaluation.report import write_report
-    from stepvideo.generation import save_video
+    from stepvideo.pipelines.t2v import save_video
 
     if seeds < 1 or batch_size < 1:
         raise ValueError(f"seeds and batch_size must be >= 1, got {seeds} and {batch_size}")
@@ -314,7 +336,7 @@ def evaluate_model(model: str, prompts: Sequence[Any], out: str | os.PathLike, *
     import torch
 
     from stepvideo.evaluation.metrics import load_metrics
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.tracking import git_commit, resolve_model
 
     out = Path(out)

@@ -118,7 +118,7 @@ def generate_candidates(pipe: Any, prompts: Sequence[dict], out: str | os.PathLi
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from stepvideo.generation import frames_to_uint8, save_video
+    from stepvideo.pipelines.t2v import frames_to_uint8, save_video
 
     if per_prompt < 1 or batch_size < 1:
         raise ValueError(f"per_prompt and batch_size must be >= 1, got {per_prompt} and {batch_size}")

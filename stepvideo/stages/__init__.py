@@ -1,48 +1,94 @@
-"""The one table of each stage's code: what a stage's cached result depends on.
+"""The cascade's stages, one module per concern, and the one table of each stage's code.
 
-Both drivers read it: the Prefect flow's cache keys hash these modules (:func:`code_version`) and
-`dvc.yaml`'s code `deps` are these paths (:func:`code_paths`; tests/test_stage_code.py fails when
-the two drift). A module listed here that changes re-runs the stage under either driver. A package
-name covers every file in it.
+    data (synth | ingest) -> version (DVC) -> validate -> text_encoders -> text_cache -> train_vae
+      -> latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
+      -> promote
 
-Each stage lists the module that defines it and the helpers it calls (`stepvideo.pipeline` holds
-the data/encoder/VAE stages and their config builders, `stepvideo.stages_dit` the latent cache, the
-DiT stages and the bundle, `stepvideo.stage_utils` the shared stage helpers).
+Each stage is a plain function `(params, root, parent_run_id=None, ...) -> dict` that reads its
+inputs from paths under the project, writes its outputs, records itself in MLflow and returns paths
+and metrics. Both drivers call them: the Prefect flow (`flows/cascade.py`) and `dvc repro` through
+`stepvideo stage NAME` (:data:`STAGES`). Modules: `data` (data, ingest, version, validate), `text`
+(text encoders, text cache), `vae`, `dit` (latent cache and the four DiT stages), `dpo`, `evaluate`,
+`bundle`, `promote`; `common` holds the helpers they share.
+
+:data:`STAGE_CODE` is what a stage's cached result depends on. The Prefect flow's cache keys hash
+these modules (:func:`code_version`) and `dvc.yaml`'s code `deps` are these paths (:func:`code_paths`;
+tests/test_stage_code.py fails when the two drift). A module listed here that changes re-runs the
+stage under either driver; a package name covers every file in it. Importing this package imports
+no stage module: :data:`STAGES` resolves each function on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-_STAGE = ("stepvideo.pipeline", "stepvideo.stage_utils")
+_COMMON = ("stepvideo.stages.common",)
 _VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.io")
-_DIT = ("stepvideo.stages_dit", "stepvideo.stage_utils", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
+_DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
         "stepvideo.training.checkpoint", "stepvideo.training.schedule", "stepvideo.training.ema",
         "stepvideo.models.dit", "stepvideo.models.attention", "stepvideo.models.rope", "stepvideo.models.io",
-        "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.generation")
+        "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.pipelines")
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "data": _STAGE + ("stepvideo.data",),
-    "validate": _STAGE + ("stepvideo.data",),
-    "text_encoders": _STAGE + ("stepvideo.models.text_encoders",),
-    "text_cache": _STAGE + ("stepvideo.data.text_cache", "stepvideo.models.text_encoders"),
-    "train_vae": _STAGE + _VAE_MODEL + ("stepvideo.training.vae_trainer", "stepvideo.training.checkpoint",
-                                        "stepvideo.training.schedule"),
-    "latent_cache": ("stepvideo.stages_dit", "stepvideo.stage_utils", "stepvideo.data.latent_cache",
+    "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
+    "validate": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
+    "text_encoders": _COMMON + ("stepvideo.stages.text", "stepvideo.models.text_encoders"),
+    "text_cache": _COMMON + ("stepvideo.stages.text", "stepvideo.data.text_cache", "stepvideo.models.text_encoders"),
+    "train_vae": _COMMON + _VAE_MODEL + ("stepvideo.stages.vae", "stepvideo.evaluation.runner",
+                                         "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment",
+                                         "stepvideo.training.vae_trainer", "stepvideo.training.vae_losses",
+                                         "stepvideo.training.checkpoint", "stepvideo.training.schedule"),
+    "latent_cache": ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.data.latent_cache",
                      "stepvideo.data.text_cache") + _VAE_MODEL,
     "t2i_pretrain": _DIT,
     "t2v_lowres": _DIT,
     "t2v_highres": _DIT,
     "sft": _DIT,
-    "dpo": _DIT + ("stepvideo.stages_dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
+    "dpo": _DIT + ("stepvideo.stages.dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
                    "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.evaluation.prompts"),
-    "evaluate": ("stepvideo.stages_eval", "stepvideo.stage_utils", "stepvideo.evaluation", "stepvideo.generation",
-                 "stepvideo.preference.pairs"),
-    "bundle": ("stepvideo.stages_dit", "stepvideo.stage_utils", "stepvideo.generation"),
-    "promote": ("stepvideo.stages_promote", "stepvideo.stage_utils", "stepvideo.tracking.promotion",
+    "evaluate": ("stepvideo.stages.evaluate", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
+                 "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs"),
+    "bundle": ("stepvideo.stages.bundle", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
+               "stepvideo.pipelines"),
+    "promote": ("stepvideo.stages.promote", "stepvideo.stages.common", "stepvideo.tracking.promotion",
                 "stepvideo.evaluation"),
 }
+
+
+# stage -> (module, function) in cascade order: what `stepvideo stage NAME` and the flow run
+_STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "data": ("data", "stage_data"), "version": ("data", "stage_version"), "validate": ("data", "stage_validate"),
+    "text_encoders": ("text", "stage_text_encoders"), "text_cache": ("text", "stage_text_cache"),
+    "train_vae": ("vae", "stage_vae"), "latent_cache": ("dit", "stage_latent_cache"),
+    "t2i_pretrain": ("dit", "stage_t2i_pretrain"), "t2v_lowres": ("dit", "stage_t2v_lowres"),
+    "t2v_highres": ("dit", "stage_t2v_highres"), "sft": ("dit", "stage_sft"), "dpo": ("dpo", "stage_dpo"),
+    "evaluate": ("evaluate", "stage_evaluate"), "bundle": ("bundle", "stage_bundle"),
+    "promote": ("promote", "stage_promote"),
+}
+
+
+class _Stages(Mapping[str, Callable[..., dict]]):
+    """name -> stage function, in cascade order; a stage's module is imported when first asked for."""
+
+    def __getitem__(self, name: str) -> Callable[..., dict]:
+        module, function = _STAGE_FUNCTIONS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STAGE_FUNCTIONS)
+
+    def __len__(self) -> int:
+        return len(_STAGE_FUNCTIONS)
+
+    def __repr__(self) -> str:
+        return f"STAGES({', '.join(_STAGE_FUNCTIONS)})"
+
+
+STAGES: Mapping[str, Callable[..., Any]] = _Stages()
 
 
 def _origin(module: str) -> Path:
@@ -73,4 +119,4 @@ def code_version(stage: str) -> str:
     return tracking.code_version(*sorted(set(STAGE_CODE[stage])))
 
 
-__all__ = ["STAGE_CODE", "code_paths", "code_version"]
+__all__ = ["STAGES", "STAGE_CODE", "code_paths", "code_version"]

@@ -15,37 +15,15 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.stage_utils import (OUTPUTS, _data_version, _device, _load_encoders, _require, model_hash,
-                                   registered_version)
-from stepvideo.stages_dit import DIT_REGISTERED
+from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, model_hash, project_data_version,
+                                     registered_version, require_output)
+from stepvideo.stages.dit import DIT_PREVIOUS, DIT_REGISTERED
+from stepvideo.stages.dpo import DPO_REGISTERED
 
 EVALUATE_FROM = "dpo"  # the cascade's final DiT (the SFT weights when dpo.enabled is false); SFT is its baseline
 
 
-def vae_content_metrics(vae_dir: Path, clean_manifest: Path, max_items: int, progress: bool = False) -> dict:
-    """The scorer's accuracy on held-out ground-truth clips as they are (`scorer_gt_*`) and after a
-    round trip through the VAE (`scorer_vae_*`): how much of the content the VAE keeps."""
-    from stepvideo.evaluation.runner import score_manifest, summary_metrics, vae_roundtrip
-    from stepvideo.models.vae import VideoVAE
-
-    from stepvideo.data.manifest import read_manifest
-
-    if max_items <= 0:
-        return {}
-    if not any(r.get("attributes") for r in read_manifest(clean_manifest) if r.get("split") == "heldout"):
-        print(f"train_vae: {clean_manifest} has no held-out rows with ground-truth attributes (not the embedded "
-              "dataset): the scorer's content check is skipped", file=sys.stderr)
-        return {}
-    vae = VideoVAE.from_pretrained(vae_dir).eval()
-    gt = score_manifest(clean_manifest, split="heldout", max_items=max_items, progress=progress)
-    rt = score_manifest(clean_manifest, split="heldout", max_items=max_items, transform=vae_roundtrip(vae),
-                        progress=progress)
-    return {**summary_metrics(gt["summary"], "scorer_gt_"), **summary_metrics(rt["summary"], "scorer_vae_")}
-
-
 def _loss_curves(root: Path) -> dict[str, list[list[float]]]:
-    from stepvideo.stages_dit import DIT_PREVIOUS
-
     curves = {}
     for name in DIT_PREVIOUS:
         f = root / OUTPUTS / "dit" / name / "metrics.json"
@@ -119,11 +97,10 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
 
     from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark, summary_metrics
     from stepvideo.models.io import replace_folder, temp_folder_for
-    from stepvideo.stages_dpo import DPO_REGISTERED
 
     ep = params.evaluate
-    final = _require(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
-    vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
+    final = require_output(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
+    vae_dir = require_output(root / OUTPUTS / "vae", "train_vae")
     prompts = load_prompts(ep.prompts or None)
     prompts = balanced_subset(prompts, ep.max_prompts)
     height, width = ep.height or params.data.height, ep.width or params.data.width
@@ -134,12 +111,12 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     registered = {name: registered_version(reg, weights[name]) for name, _, reg in judged}
     evaluated = {name: registered[name] or f"folder:{weights[name]}" for name in weights}
     lineage = {"evaluated": evaluated[judged[-1][0]], "dit_weights": weights[judged[-1][0]],
-               "data_version": _data_version(params, root), "params_hash": params.section_hash("evaluate"),
+               "data_version": project_data_version(params, root), "params_hash": params.section_hash("evaluate"),
                "git_commit": tracking.git_commit(root)}
     if with_dpo:
         lineage["baseline"] = evaluated["sft"]
     out = root / OUTPUTS / "eval"
-    encoders = _load_encoders(params, root)
+    encoders = load_encoders(params, root)
     settings = dict(seeds=ep.seeds, batch_size=ep.batch_size, frames=ep.frames, height=height, width=width,
                     steps=ep.steps, cfg=ep.cfg, shift=ep.shift, fps=params.data.fps, progress=progress,
                     git_commit=lineage["git_commit"])
@@ -196,9 +173,9 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
 
 def _pipe(dit_dir: Path, vae_dir: Path, encoders: dict, ep: Any) -> Any:
     from stepvideo.diffusion.sampler import SamplerConfig
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
-    device = _device()
+    device = default_device()
     return T2VPipeline.from_components(dit_dir, vae_dir, encoders, device=device,
                                        dtype="bfloat16" if device == "cuda" else None,
                                        sampler=SamplerConfig(num_steps=ep.steps, shift=ep.shift, cfg_scale=ep.cfg))

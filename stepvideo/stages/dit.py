@@ -1,5 +1,5 @@
 """The DiT cascade's stages: latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft ->
-bundle (see `stepvideo.pipeline` for the whole order)."""
+bundle (`stepvideo.stages.STAGES` has the whole order)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.stage_utils import (OUTPUTS, _clean_rows, local_path, _data_version, _device, _load_encoders, _require,
-                                   model_hash, registered_version)
+from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
+                                     project_data_version, registered_version, require_output)
+
+if TYPE_CHECKING:
+    from stepvideo.training.dit_trainer import DiTTrainConfig
 
 
 # The sample prompts every DiT stage renders at its end, in the embedded domain's caption style
@@ -37,9 +40,6 @@ DIT_PREVIOUS: dict[str, str | None] = {"t2i_pretrain": None, "t2v_lowres": "t2i_
 # stage -> its MLflow registered model
 DIT_REGISTERED: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
                                   "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
-# the DiT the shipped bundle takes its weights from: Video-DPO's output (the SFT weights when dpo is off)
-BUNDLE_FROM = "dpo"
-BUNDLE_REGISTERED = "stepvideo-t2v"
 
 
 def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = None,
@@ -54,18 +54,18 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
     from stepvideo.models.vae import VideoVAE
 
     lp = params.latent_cache
-    clean, rows = _clean_rows(root)
-    vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
+    clean, rows = clean_rows(root)
+    vae_dir = require_output(root / OUTPUTS / "vae", "train_vae")
     out = root / OUTPUTS / "latent_cache"
     clean_version, vae_version = tracking.file_hash(clean), tracking.file_hash(vae_dir)
     full = most_common_size([(r["height"], r["width"]) for r in rows])
     low = low_resolution(*full, factor=lp.low_res_factor)
-    tags = {"data_version": _data_version(params, root), "clean_manifest": clean_version,
+    tags = {"data_version": project_data_version(params, root), "clean_manifest": clean_version,
             "vae_version": vae_version, "params_hash": params.section_hash("latent_cache")}
     with tracking.run("latent_cache", experiment=params.tracking.experiment,
                       params={"latent_cache": dataclasses.asdict(lp)}, tags=tags, parent_run_id=parent_run_id):
-        encoders = _load_encoders(params, root)
-        vae = VideoVAE.from_pretrained(vae_dir).to(_device())
+        encoders = load_encoders(params, root)
+        vae = VideoVAE.from_pretrained(vae_dir).to(default_device())
         t0 = time.perf_counter()
         build_latent_cache(rows, clean.parent, vae, encoders, out, data_version=clean_version,
                            vae_version=vae_version, low_res=low, batch_size=lp.batch_size, progress=progress,
@@ -165,13 +165,13 @@ def render_samples(dit: Any, params: Params, root: Path, sp: Any, size: tuple[in
                    fps: int = 8, encoders: dict[str, Any] | None = None) -> list[Path]:
     """The stage's sample videos: `sp.sample_prompts` of the fixed prompts at `size`, as mp4 + GIF
     (a 1-frame sample: PNG + GIF) under `out`, with prompts.json naming each file's prompt."""
-    from stepvideo.generation import T2VPipeline, save_video
+    from stepvideo.pipelines.t2v import T2VPipeline, save_video
 
     prompts = (SAMPLE_PROMPTS_STILL if sp.sample_frames == 1 else SAMPLE_PROMPTS)[:max(sp.sample_prompts, 0)]
     if not prompts:
         return []
-    device = _device()
-    pipe = T2VPipeline.from_components(dit, root / OUTPUTS / "vae", encoders or _load_encoders(params, root),
+    device = default_device()
+    pipe = T2VPipeline.from_components(dit, root / OUTPUTS / "vae", encoders or load_encoders(params, root),
                                        device=device, dtype="bfloat16" if device == "cuda" else None)
     out.mkdir(parents=True, exist_ok=True)
     files, index = [], {}
@@ -209,7 +209,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
     if name not in DIT_PREVIOUS:
         raise ValueError(f"unknown DiT stage {name!r} (known: {', '.join(DIT_PREVIOUS)})")
     sp = getattr(params, name)
-    cache_dir = _require(root / OUTPUTS / "latent_cache", "latent_cache", marker="cache.json")
+    cache_dir = require_output(root / OUTPUTS / "latent_cache", "latent_cache", marker="cache.json")
     cache = LatentCache(cache_dir)
     init, parent_version = _dit_init(name, sp.init_from, root)
     cfg = dit_train_config(params, name, cache, init)
@@ -218,7 +218,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
     work = root / ".cache" / "dit" / name / key
     out = root / OUTPUTS / "dit" / name
     encoder_versions = cache.meta["encoder_versions"]
-    lineage = {"stage": name, "data_version": _data_version(params, root), "clean_manifest": cache.meta["data_version"],
+    lineage = {"stage": name, "data_version": project_data_version(params, root), "clean_manifest": cache.meta["data_version"],
                "vae_version": cache.meta["vae_version"],
                **{f"{k}_version": v for k, v in encoder_versions.items()},
                "parent_model_version": parent_version, "init_weights": init_hash,
@@ -245,7 +245,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
         result = train_dit(cfg, cache_dir, work, log_fn=log, progress=progress, name=name)
         seconds = time.perf_counter() - t0
         size = cache.resolutions[sp.resolution]
-        fps = next((int(r.get("fps") or 0) for r in _clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
+        fps = next((int(r.get("fps") or 0) for r in clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
         tmp = temp_folder_for(out)
         try:
             shutil.copytree(result["model_dir"], tmp, dirs_exist_ok=True)
@@ -299,43 +299,3 @@ def stage_sft(params: Params, root: Path, parent_run_id: str | None = None, prog
     """Supervised fine-tuning on the high-quality clips (`sft.min_quality`), from t2v_highres; the
     output is the mean of the last `sft.average_last` checkpoints."""
     return stage_dit("sft", params, root, parent_run_id, progress)
-
-
-def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
-    """The shippable text-to-video pipeline: the cascade's final DiT (`BUNDLE_FROM`: Video-DPO's, or
-    the SFT weights when DPO is off) + the VAE + the text encoders as one `T2VPipeline.save_pretrained`
-    folder (outputs/bundle), registered as `stepvideo-t2v` (alias candidate), so `stepvideo generate
-    --model models:/stepvideo-t2v@candidate` works. Its default sampler is SFT's sample settings."""
-    from stepvideo.diffusion.sampler import SamplerConfig
-    from stepvideo.generation import T2VPipeline
-
-    from stepvideo.stages_dpo import DPO_REGISTERED
-
-    dit_dir = _require(root / OUTPUTS / "dit" / BUNDLE_FROM, BUNDLE_FROM)
-    vae_dir = _require(root / OUTPUTS / "vae", "train_vae")
-    sp = params.sft  # the sampler the SFT stage rendered its samples with
-    read = lambda f: json.loads(f.read_text()) if f.is_file() else {}  # noqa: E731
-    dit_lineage = read(dit_dir / "lineage.json")
-    cascade = {**read(root / OUTPUTS / "dit" / "sft" / "lineage.json"), **dit_lineage}
-    weights = model_hash(dit_dir)
-    registry = DIT_REGISTERED["sft"] if dit_lineage.get("skipped") else DPO_REGISTERED
-    parent = registered_version(registry, weights) or f"folder:{weights}"
-    keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key",
-            "pairs_version")
-    lineage = {**{k: cascade[k] for k in keep if k in cascade}, "dit_stage": "sft" if dit_lineage.get("skipped")
-               else "dpo", "parent_model_version": parent, "dit_weights": weights,
-               "params_hash": params.section_hash("sft"), "cascade_params": params.training_hash(),
-               "git_commit": tracking.git_commit(root)}
-    out = root / OUTPUTS / "bundle"
-    with tracking.run("bundle", experiment=params.tracking.experiment, tags=lineage, parent_run_id=parent_run_id):
-        sampler = SamplerConfig(num_steps=sp.sample_steps, shift=sp.sample_shift, cfg_scale=sp.sample_cfg)
-        pipe = T2VPipeline.from_components(dit_dir, vae_dir, _load_encoders(params, root), sampler=sampler,
-                                           lineage={"cascade": dit_lineage})
-        pipe.save_pretrained(out, lineage=lineage)
-        metrics = {"dit_parameters": pipe.dit.num_parameters(), "vae_parameters": pipe.vae.num_parameters(),
-                   "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
-        tracking.log_metrics(metrics)
-        registered = None
-        if params.tracking.register:
-            registered = tracking.register_folder(out, BUNDLE_REGISTERED, tags=lineage, aliases=("candidate",))
-    return {"bundle": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}

@@ -12,7 +12,7 @@ from stepvideo.config import Params
 from stepvideo.data.versioning import data_version
 
 OUTPUTS = "outputs"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout: where release/ lives
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout: where release/ lives
 
 
 def local_path(value: str, root: Path) -> str:
@@ -27,7 +27,7 @@ def local_path(value: str, root: Path) -> str:
     return str(Path(root) / value)
 
 
-def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
+def load_encoders(params: Params, root: Path) -> dict[str, Any]:
     from stepvideo.models.text_encoders import TextEncoder
 
     te = params.text_encoders
@@ -38,12 +38,12 @@ def _load_encoders(params: Params, root: Path) -> dict[str, Any]:
             "clip": TextEncoder.from_pretrained(str(clip), kind="clip", max_length=te.clip_max_length)}
 
 
-def _data_version(params: Params, root: Path) -> str:
+def project_data_version(params: Params, root: Path) -> str:
     dvc_file = root / f"{params.data.out}.dvc"
     return data_version(dvc_file) if dvc_file.is_file() else "untracked"
 
 
-def _clean_rows(root: Path) -> tuple[Path, list[dict]]:
+def clean_rows(root: Path) -> tuple[Path, list[dict]]:
     from stepvideo.data.manifest import read_manifest
 
     clean = root / OUTPUTS / "validated" / "clean.jsonl"
@@ -53,7 +53,7 @@ def _clean_rows(root: Path) -> tuple[Path, list[dict]]:
     return clean, rows
 
 
-def _require(folder: Path, stage: str, marker: str = "config.json") -> Path:
+def require_output(folder: Path, stage: str, marker: str = "config.json") -> Path:
     if not (folder / marker).is_file():
         raise FileNotFoundError(f"{folder}: no output of the `{stage}` stage; run it first (stepvideo stage {stage})")
     return folder
@@ -82,7 +82,7 @@ def latent_cache_key(root: Path) -> str:
         return "missing"
 
 
-def _device() -> str:
+def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,17 +4,7 @@ Diffusers-style: the pipeline holds the models (DiT, VAE, two text encoders) and
 scheduler from :mod:`stepvideo.diffusion.sampler`; it never trains anything and imports no
 tracking/orchestration code.
 
-Bundle layout (everything one ``from_pretrained`` needs; each subfolder loads on its own with its
-class's ``from_pretrained``)::
-
-    bundle/model_index.json        component names/classes/paths, default sampler, free-form lineage
-    bundle/dit/                    StepVideoDiT.save_pretrained   (config.json + safetensors)
-    bundle/vae/                    VideoVAE.save_pretrained
-    bundle/text_encoders/llm/      transformers model + tokenizer (TextEncoder.from_pretrained, kind="llm")
-    bundle/text_encoders/clip/     transformers model + tokenizer (kind="clip")
-
-A text encoder given as a :class:`PrecomputedTextEncoder` is stored as its safetensors file(s)
-instead (``model_index.json`` records the class).
+The bundle folder and random components: :mod:`stepvideo.pipelines.components`.
 
 Generation::
 
@@ -31,11 +21,8 @@ and maps [-1, 1] to uint8 ``(B, T, H, W, 3)``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -45,45 +32,19 @@ import torch
 
 from stepvideo.data.video_io import IMAGE_SUFFIXES, write_image, write_video
 from stepvideo.diffusion.sampler import SamplerConfig, sample, sampler_preset
-from stepvideo.models.dit import DiTConfig, StepVideoDiT
-from stepvideo.models.text_encoders import (
-    DEFAULT_MAX_LENGTH,
-    PrecomputedTextEncoder,
-    TextEncoder,
-    build_tiny_text_encoders,
-    sample_captions,
-)
-from stepvideo.models.io import parse_dtype, replace_folder, temp_folder_for
+from stepvideo.models.dit import StepVideoDiT
+from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder
 from stepvideo.models.vae import VAEConfig, VideoVAE
+from stepvideo.pipelines.components import (MODEL_INDEX, as_dtype, is_int, load_components, model_index,
+                                            random_components, read_model_index, save_bundle)
 
-__all__ = [
-    "MODEL_INDEX",
-    "FORMAT_VERSION",
-    "T2VPipeline",
-    "save_video",
-    "frames_to_uint8",
-]
-
-MODEL_INDEX = "model_index.json"
-FORMAT_VERSION = 1
-COMPONENT_PATHS = {"dit": "dit", "vae": "vae", "llm": "text_encoders/llm", "clip": "text_encoders/clip"}
-
-# VAE geometry used by T2VPipeline.random for each DiT preset
-_RANDOM_VAE = {"demo": VAEConfig.tiny, "small": VAEConfig.tiny, "step-video-t2v": VAEConfig.official}
+__all__ = ["MODEL_INDEX", "T2VPipeline", "save_video", "frames_to_uint8"]
 
 ProgressCallback = Callable[[int, int], Any]  # (steps done, total steps)
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    return parse_dtype(dtype)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _texts(value: str | Sequence[str], name: str) -> list[str]:
@@ -98,82 +59,6 @@ def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
     """VAE output (B, T, C, H, W) in [-1, 1] -> uint8 numpy (B, T, H, W, C) (clamped, rounded)."""
     x = ((video.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
     return x.permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
-
-
-def _encoder_entry(enc: Any, kind: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"path": COMPONENT_PATHS[kind], "kind": kind, "dim": int(enc.dim)}
-    if isinstance(enc, PrecomputedTextEncoder):
-        entry.update(
-            {
-                "class": "PrecomputedTextEncoder",
-                "module": "stepvideo.models.text_encoders",
-                "files": [f"embeddings-{i:05d}.safetensors" for i in range(len(enc.paths))],
-                "max_length": enc.max_length,
-            }
-        )
-    else:
-        entry.update(
-            {
-                "class": "TextEncoder",
-                "module": "stepvideo.models.text_encoders",
-                "model_class": type(enc.model).__name__,
-                "max_length": int(enc.max_length),
-                "name": enc.name,
-            }
-        )
-    return entry
-
-
-def _save_text_encoder(enc: Any, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(enc, PrecomputedTextEncoder):
-        for i, p in enumerate(enc.paths):
-            shutil.copyfile(p, folder / f"embeddings-{i:05d}.safetensors")
-        return
-    if not isinstance(enc, TextEncoder):
-        raise TypeError(f"cannot save a text encoder of type {type(enc).__name__}")
-    enc.model.save_pretrained(str(folder), safe_serialization=True)
-    enc.tokenizer.save_pretrained(str(folder))
-    # transformers 5 names the fast tokenizer class "TokenizersBackend", which 4.x cannot load
-    cfg_path = folder / "tokenizer_config.json"
-    if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if cfg.get("tokenizer_class") == "TokenizersBackend":
-            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _load_text_encoder(
-    src: Any, kind: str, device, dtype, entry: Mapping[str, Any] | None = None
-) -> TextEncoder | PrecomputedTextEncoder:
-    """A text encoder from an object (returned as is), or a folder (transformers or precomputed)."""
-    if src is None or not isinstance(src, (str, os.PathLike)):
-        return src  # an encoder object (anything with ``encode`` and ``dim``)
-    folder = Path(src)
-    entry = dict(entry or {})
-    if entry.get("class") == "PrecomputedTextEncoder" or (
-        folder.is_dir() and not (folder / "config.json").exists() and list(folder.glob("embeddings-*.safetensors"))
-    ):
-        files = [folder / f for f in entry["files"]] if entry.get("files") else sorted(folder.glob("embeddings-*.safetensors"))
-        return PrecomputedTextEncoder(files, device=device, dtype=dtype)
-    if folder.is_file() and folder.suffix == ".safetensors":
-        return PrecomputedTextEncoder(folder, device=device, dtype=dtype)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"text encoder folder {folder} does not exist")
-    return TextEncoder.from_pretrained(folder, kind=kind, max_length=entry.get("max_length"), device=device, dtype=dtype)
-
-
-def _load_dit(src: Any, device, dtype) -> StepVideoDiT:
-    if isinstance(src, StepVideoDiT):
-        return src
-    return StepVideoDiT.from_pretrained(src, device=device, dtype=dtype)
-
-
-def _load_vae(src: Any, device, dtype) -> VideoVAE:
-    if isinstance(src, VideoVAE):
-        return src
-    vae = VideoVAE.from_pretrained(src, device=str(device))
-    return vae.to(dtype=dtype) if dtype is not None else vae
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +138,7 @@ class T2VPipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "T2VPipeline":
         """Move/cast every component in place; returns ``self``."""
-        dtype = _as_dtype(dtype)
+        dtype = as_dtype(dtype)
         for m in (self.dit, self.vae):
             m.to(device=device, dtype=dtype)
         for enc in (self.llm_encoder, self.clip_encoder):
@@ -290,36 +175,9 @@ class T2VPipeline:
         give (or override) each one on its own. Each may be a folder, a precomputed-embeddings
         ``.safetensors`` file, or an encoder object. Objects are used as they are (not moved/cast).
         """
-        dtype = _as_dtype(dtype)
-        entries = dict(_entries or {})
-        srcs: dict[str, Any] = {"llm": None, "clip": None}
-        if isinstance(text_encoders, Mapping):
-            unknown = set(text_encoders) - set(srcs)
-            if unknown:
-                raise ValueError(f"text_encoders keys must be 'llm'/'clip', got {sorted(unknown)}")
-            srcs.update(text_encoders)
-        elif text_encoders is not None:
-            root = Path(text_encoders)
-            if not root.is_dir():
-                raise FileNotFoundError(f"text encoder folder {root} does not exist")
-            srcs["llm"] = root / "llm"
-            srcs["clip"] = root / "clip" if (root / "clip").exists() else None
-        if llm is not None:
-            srcs["llm"] = llm
-        if clip is not None:
-            srcs["clip"] = clip
-        if srcs["llm"] is None:
-            raise ValueError("an LLM text encoder is required (text_encoders=... or llm=...)")
-        llm_enc = _load_text_encoder(srcs["llm"], "llm", device, dtype, entries.get("llm"))
-        clip_enc = _load_text_encoder(srcs["clip"], "clip", device, dtype, entries.get("clip"))
-        return cls(
-            _load_dit(dit, device, dtype),
-            _load_vae(vae, device, dtype),
-            llm_enc,
-            clip_enc,
-            sampler=sampler,
-            lineage=lineage,
-        )
+        dit_m, vae_m, llm_enc, clip_enc = load_components(dit, vae, text_encoders, llm, clip, device, as_dtype(dtype),
+                                                          _entries)
+        return cls(dit_m, vae_m, llm_enc, clip_enc, sampler=sampler, lineage=lineage)
 
     @classmethod
     def from_pretrained(
@@ -331,60 +189,22 @@ class T2VPipeline:
         if dtype is None and torch.device(device).type == "cpu":
             dtype = torch.float32
         folder = Path(folder)
-        index_path = folder / MODEL_INDEX
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path}: no {MODEL_INDEX}; is {folder} a T2VPipeline bundle?")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{index_path}: not valid JSON ({e})") from e
-        if index.get("_class_name") != cls.__name__:
-            raise ValueError(f"{index_path} describes a {index.get('_class_name')!r}, not a {cls.__name__}")
-        if int(index.get("format_version", 1)) > FORMAT_VERSION:
-            raise ValueError(f"{index_path}: format_version {index['format_version']} is newer than this code ({FORMAT_VERSION})")
-        comps = index.get("components", {})
-        for name in ("dit", "vae", "llm"):
-            if name not in comps:
-                raise ValueError(f"{index_path}: component {name!r} missing")
-        entries = {k: comps[k] for k in ("llm", "clip") if k in comps}
-        sampler = SamplerConfig(**index["sampler"]) if index.get("sampler") else "default"
+        index = read_model_index(folder, cls.__name__)
+        comps, entries = index["components"], index["entries"]
         return cls.from_components(
             folder / comps["dit"]["path"],
             folder / comps["vae"]["path"],
             {k: folder / e["path"] for k, e in entries.items()},
             device=device,
             dtype=dtype,
-            sampler=sampler,
-            lineage=index.get("lineage"),
+            sampler=index["sampler"],
+            lineage=index["lineage"],
             _entries=entries,
         )
 
     def model_index(self) -> dict[str, Any]:
         """The ``model_index.json`` content of this pipeline."""
-        comps: dict[str, Any] = {
-            "dit": {
-                "class": "StepVideoDiT",
-                "module": "stepvideo.models.dit",
-                "path": COMPONENT_PATHS["dit"],
-                "num_parameters": self.dit.num_parameters(),
-            },
-            "vae": {
-                "class": "VideoVAE",
-                "module": "stepvideo.models.vae",
-                "path": COMPONENT_PATHS["vae"],
-                "num_parameters": self.vae.num_parameters(),
-            },
-            "llm": _encoder_entry(self.llm_encoder, "llm"),
-        }
-        if self.clip_encoder is not None:
-            comps["clip"] = _encoder_entry(self.clip_encoder, "clip")
-        return {
-            "_class_name": type(self).__name__,
-            "format_version": FORMAT_VERSION,
-            "components": comps,
-            "sampler": dataclasses.asdict(self.sampler),
-            "lineage": self.lineage,
-        }
+        return model_index(self)
 
     def save_pretrained(self, folder: str | os.PathLike, lineage: Mapping[str, Any] | None = None) -> Path:
         """Write the bundle to ``folder`` atomically (a temp folder beside it, then renamed into
@@ -392,24 +212,7 @@ class T2VPipeline:
         merged into :attr:`lineage` first."""
         if lineage:
             self.lineage.update(lineage)
-        index = self.model_index()
-        try:
-            text = json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        except TypeError as e:
-            raise ValueError(f"lineage must be JSON-serialisable ({e})") from e
-        folder = Path(folder)
-        tmp = temp_folder_for(folder)
-        try:
-            self.dit.save_pretrained(tmp / COMPONENT_PATHS["dit"])
-            self.vae.save_pretrained(tmp / COMPONENT_PATHS["vae"])
-            _save_text_encoder(self.llm_encoder, tmp / COMPONENT_PATHS["llm"])
-            if self.clip_encoder is not None:
-                _save_text_encoder(self.clip_encoder, tmp / COMPONENT_PATHS["clip"])
-            (tmp / MODEL_INDEX).write_text(text, encoding="utf-8")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return replace_folder(tmp, folder)
+        return save_bundle(self, folder)
 
     @classmethod
     def random(
@@ -437,41 +240,11 @@ class T2VPipeline:
         pipeline when None). The same arguments give identical weights; the global RNG is left as
         it was.
         """
-        dtype = _as_dtype(dtype)
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        vcfg = vae_config if vae_config is not None else _RANDOM_VAE.get(preset, VAEConfig.tiny)()
-        dcfg = DiTConfig.preset(preset, in_channels=vcfg.z_channels, out_channels=vcfg.z_channels)
-        tmp = None
-        if workdir is None:
-            tmp = tempfile.TemporaryDirectory(prefix="stepvideo-t2v-random-")
-            workdir = tmp.name
-        with torch.random.fork_rng(devices=[]):
-            paths = build_tiny_text_encoders(
-                list(texts) if texts is not None else sample_captions(),
-                Path(workdir) / "text_encoders",
-                llm_dim=dcfg.llm_dim,
-                clip_dim=dcfg.clip_dim or 32,
-                layers=text_layers,
-                heads=text_heads,
-                seed=seed,
-                vocab_size=vocab_size,
-            )
-            torch.manual_seed(seed + 1000)
-            dit = StepVideoDiT(dcfg)
-            torch.manual_seed(seed + 2000)
-            vae = VideoVAE(vcfg)
-        llm = TextEncoder.from_pretrained(paths["llm"], kind="llm", device=device, dtype=dtype)
-        clip = TextEncoder.from_pretrained(paths["clip"], kind="clip", device=device, dtype=dtype) if dcfg.clip_dim else None
-        pipe = cls(
-            dit.to(device=device, dtype=dtype),
-            vae.to(device=device, dtype=dtype),
-            llm,
-            clip,
-            sampler=sampler,
-            lineage={"source": "random", "preset": preset, "seed": int(seed)},
-        )
-        pipe._workdir = tmp
+        parts = random_components(preset, seed, texts, workdir, vae_config=vae_config, text_layers=text_layers,
+                                  text_heads=text_heads, vocab_size=vocab_size, device=device, dtype=as_dtype(dtype))
+        pipe = cls(parts["dit"], parts["vae"], parts["llm"], parts["clip"], sampler=sampler,
+                   lineage={"source": "random", "preset": preset, "seed": int(seed)})
+        pipe._workdir = parts["tmp"]
         return pipe
 
     # ---- generation ------------------------------------------------------------------------------
@@ -494,13 +267,13 @@ class T2VPipeline:
     def check_inputs(self, num_frames: int, height: int, width: int, steps: int, cfg_scale: float, shift: float) -> None:
         """Raise ValueError for a request the models cannot serve."""
         chunk = self.vae.frame_chunk
-        if not _is_int(num_frames) or num_frames < 1 or not (num_frames == 1 or num_frames % chunk == 0):
+        if not is_int(num_frames) or num_frames < 1 or not (num_frames == 1 or num_frames % chunk == 0):
             raise ValueError(f"num_frames must be 1 (an image) or a positive multiple of {chunk}, got {num_frames!r}")
         f = self.spatial_factor
         for name, v in (("height", height), ("width", width)):
-            if not _is_int(v) or v < f or v % f:
+            if not is_int(v) or v < f or v % f:
                 raise ValueError(f"{name} must be a positive multiple of {f}, got {v!r}")
-        if not _is_int(steps) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
             raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
@@ -546,9 +319,9 @@ class T2VPipeline:
         cfg_scale = self.sampler.cfg_scale if cfg_scale is None else cfg_scale
         shift = self.sampler.shift if shift is None else shift
         self.check_inputs(num_frames, height, width, steps, cfg_scale, shift)
-        if _is_int(seed):
+        if is_int(seed):
             seeds = [int(seed) + i for i in range(b)]
-        elif isinstance(seed, (list, tuple)) and len(seed) == b and all(_is_int(s) for s in seed):
+        elif isinstance(seed, (list, tuple)) and len(seed) == b and all(is_int(s) for s in seed):
             seeds = [int(s) for s in seed]
         else:
             raise ValueError(f"seed must be an int or a list of {b} ints, got {seed!r}")
@@ -610,7 +383,7 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, gif: b
         arr = arr[0]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
-    if not _is_int(fps) or fps < 1:
+    if not is_int(fps) or fps < 1:
         raise ValueError(f"fps must be a positive int, got {fps!r}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if arr.shape[0] != 1:

@@ -27,8 +27,9 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.stage_utils import OUTPUTS, _data_version, _device, _load_encoders, _require, local_path, model_hash, \
-    registered_version
+from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
+                                     project_data_version, registered_version, require_output)
+from stepvideo.stages.dit import DIT_REGISTERED
 
 DPO_REGISTERED = "stepvideo-dit-dpo"
 SOURCES = ("reward", "human", "reward_model")
@@ -36,14 +37,12 @@ SOURCES = ("reward", "human", "reward_model")
 
 def dpo_parent(params: Params, root: Path) -> tuple[Path, str]:
     """The SFT model DPO starts from (also its reference) and its lineage tag."""
-    from stepvideo.stages_dit import DIT_REGISTERED
-
     init_from = local_path(params.dpo.init_from, root)
     if init_from:
         remote = init_from.startswith(("models:/", "runs:/"))
         folder = tracking.resolve_model(init_from, root / ".cache" / "dpo" / "init" if remote else None)
         return folder, init_from if remote else f"folder:{model_hash(folder)}"
-    folder = _require(root / OUTPUTS / "dit" / "sft", "sft")
+    folder = require_output(root / OUTPUTS / "dit" / "sft", "sft")
     weights = model_hash(folder)
     return folder, registered_version(DIT_REGISTERED["sft"], weights) or f"folder:{weights}"
 
@@ -76,9 +75,9 @@ def dpo_key(params: Params, root: Path, sft: Path) -> str:
 
 
 def _pipe(dit: Path, params: Params, root: Path, encoders: dict) -> Any:
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
 
-    device = _device()
+    device = default_device()
     return T2VPipeline.from_components(dit, root / OUTPUTS / "vae", encoders, device=device,
                                        dtype="bfloat16" if device == "cuda" else None)
 
@@ -151,18 +150,18 @@ def make_candidates(params: Params, root: Path, out: Path, model: str | None = N
     """Candidates for people to label (`stepvideo dpo candidates`): round 0's prompts and seeds, from
     a bundle (`model`: a folder or models:/ URI) or by default the project's SFT DiT with its VAE and
     text encoders (what the dpo stage itself generates). Resumable."""
-    from stepvideo.generation import T2VPipeline
+    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.preference.candidates import generate_candidates
 
     dp = params.dpo
     if model:
-        device = _device()
+        device = default_device()
         pipe = T2VPipeline.from_pretrained(tracking.resolve_model(local_path(model, root)), device=device,
                                            dtype="bfloat16" if device == "cuda" else None)
         name = model
     else:
         sft, name = dpo_parent(params, root)
-        pipe = _pipe(sft, params, root, _load_encoders(params, root))
+        pipe = _pipe(sft, params, root, load_encoders(params, root))
     size = dict(frames=dp.frames or params.data.frames, height=dp.height or params.data.height,
                 width=dp.width or params.data.width)
     return generate_candidates(pipe, dpo_prompts(params, root), out, per_prompt=dp.candidates_per_prompt,
@@ -212,12 +211,12 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
     size = dict(frames=dp.frames or params.data.frames, height=dp.height or params.data.height,
                 width=dp.width or params.data.width)
     lineage = {"stage": "dpo", "parent_model_version": parent_version, "sft_weights": model_hash(sft),
-               "data_version": _data_version(params, root), "params_hash": params.section_hash("dpo"),
+               "data_version": project_data_version(params, root), "params_hash": params.section_hash("dpo"),
                "source": dp.source, "rounds": str(dp.rounds), "beta": str(dp.beta), "dpo_key": key,
                "reward_weights": json.dumps(weights.to_dict(), sort_keys=True), "git_commit": tracking.git_commit(root)}
     with tracking.run("dpo", experiment=params.tracking.experiment, params={"dpo": dataclasses.asdict(dp)},
                       tags=lineage, parent_run_id=parent_run_id):
-        encoders = _load_encoders(params, root)
+        encoders = load_encoders(params, root)
         t0 = time.perf_counter()
         all_pairs: list[dict] = []
         index: dict[str, tuple[Path, dict]] = {}

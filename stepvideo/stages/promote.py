@@ -13,7 +13,7 @@ from typing import Any
 from stepvideo import tracking
 from stepvideo.config import Params
 from stepvideo.fileio import atomic_write_text
-from stepvideo.stage_utils import OUTPUTS, _require, registered_version
+from stepvideo.stages.common import OUTPUTS, require_output, registered_version
 
 
 def bundle_version(name: str, dit_weights: str) -> str | None:
@@ -71,8 +71,8 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
         why = "promote.enabled is false" if not pp.enabled else "tracking.register is false: nothing is registered"
         print(f"promote: skipped ({why})", file=sys.stderr)
         return {"skipped": True, "why": why, "decision": None, "metrics": {}}
-    bundle = _require(root / OUTPUTS / "bundle", "bundle", marker="model_index.json")
-    eval_file = _require(root / OUTPUTS / "eval", "evaluate", marker="results.json") / "results.json"
+    bundle = require_output(root / OUTPUTS / "bundle", "bundle", marker="model_index.json")
+    eval_file = require_output(root / OUTPUTS / "eval", "evaluate", marker="results.json") / "results.json"
     lineage = json.loads((bundle / "model_index.json").read_text(encoding="utf-8")).get("lineage") or {}
     weights = lineage.get("dit_weights")
     version = bundle_version(pp.registered, weights) if weights else None
