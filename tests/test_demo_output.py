@@ -51,7 +51,7 @@ def test_prefect_env_turns_off_the_servers_analytics(tmp_path, monkeypatch):
     and phones home; prefect_env turns it off unless the user chose otherwise."""
     from prefect.settings import Settings
 
-    from stepvideo.cli import prefect_env
+    from stepvideo.cli._common import prefect_env
 
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "unset")  # restored to absent afterwards
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED")

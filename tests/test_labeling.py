@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stepvideo.cli_label import label_app
+from stepvideo.cli.dpo import label_app
 from stepvideo.preference.labeling import (PartialLineWarning, agreement, annotator_order, append_labels, human_pairs,
                                            import_labels, label_pairs, load_candidates, make_label, make_server,
                                            read_labels)
@@ -396,7 +396,7 @@ PROGRESS = "document.getElementById('progress').textContent"
 
 def _start_server(cands: Path, port: int, log: Path) -> tuple[subprocess.Popen, str]:
     out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "stepvideo.cli_label", "serve", "--candidates", str(cands),
+    proc = subprocess.Popen([sys.executable, "-m", "stepvideo.cli", "label", "serve", "--candidates", str(cands),
                              "--port", str(port)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     out.close()
     deadline = time.time() + 30

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepvideo import tracking
-from stepvideo.cli_registry import registry_app
+from stepvideo.cli.registry import registry_app
 from stepvideo.config import PromoteParams
 from stepvideo.tracking import promotion
 from stepvideo.tracking.promotion import aliases, decide, eval_key, promote

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from stepvideo.cli import app
-from stepvideo.generation import T2VPipeline
+from stepvideo.pipelines.t2v import T2VPipeline
 from stepvideo.release import RELEASE_DIR, default_model, vae_quality
 
 runner = CliRunner()

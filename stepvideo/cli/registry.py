@@ -1,37 +1,23 @@
-"""`stepvideo registry ...`: the MLflow model registry (show, a person's promote, rollback).
-
-stepvideo/cli.py imports `registry_app` from here, so this module must not import stepvideo.cli
-at its top (see cli_label.py): the commands take cli's `user_errors` when they run.
-"""
+"""`stepvideo registry ...`: the MLflow model registry (show, a person's promote, rollback)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Optional
 
 import typer
 
+from stepvideo.cli._common import user_errors
+
 registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, scores, lineage; promote and roll "
                                 "back by a person's decision.", no_args_is_help=True)
+
 
 SCORES = ("overall", "lang_en", "lang_zh", "consistency", "flicker", "color_noise")
 LINEAGE = ("parent_model_version", "data_version", "dit_weights", "weights_hash", "pairs_version", "cascade_params",
            "git_commit")
 PROMOTION = ("promotion", "promoted_by", "promotion_champion", "replaced_version", "promotion_reason",
              "promotion_reasons", "rolled_back_by", "rollback_reason", "restored_by")
-
-
-def _user_errors(fn):
-    """stepvideo.cli.user_errors (one `error: ...` line on stderr, exit 2), looked up when the command runs."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from stepvideo.cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def registry_listing(name: str | None = None) -> list[dict]:
@@ -82,7 +68,7 @@ def _version_lines(v: dict) -> list[str]:
 
 
 @registry_app.command("show")
-@_user_errors
+@user_errors
 def show(
     name: Optional[str] = typer.Argument(None, help="one registered model (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (every tag of every version)"),
@@ -108,7 +94,7 @@ def show(
 
 
 @registry_app.command("promote")
-@_user_errors
+@user_errors
 def promote_cmd(
     name: str = typer.Argument(..., help="registered model, e.g. stepvideo-t2v"),
     version: str = typer.Argument(..., help="the version to make champion"),
@@ -123,7 +109,7 @@ def promote_cmd(
 
 
 @registry_app.command("rollback")
-@_user_errors
+@user_errors
 def rollback_cmd(
     name: str = typer.Argument(..., help="registered model, e.g. stepvideo-t2v"),
     reason: str = typer.Option("", "--reason", help="why (recorded on the rolled-back version)"),

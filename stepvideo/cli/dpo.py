@@ -1,43 +1,42 @@
-"""`stepvideo label ...`: human preference labels for Video-DPO (serve the page, import, stats).
-
-stepvideo/cli.py imports `label_app` from here, so this module must not import
-stepvideo.cli at its top: when this module is imported first (a test, `python -m`), cli.py would
-run up to its own `from stepvideo.cli_label import label_app` and find this module half-built. The
-commands take cli's `user_errors` when they run instead, when both modules are complete.
-"""
+"""`stepvideo dpo candidates` and `stepvideo label ...`: Video-DPO's candidates to label, and the human
+preference labels (serve the labeling page, import labels, agreement)."""
 
 from __future__ import annotations
 
-import functools
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from stepvideo.cli._common import PARAMS, load_params_file, project_root, user_errors
+
+dpo_app = typer.Typer(help="Video-DPO: candidates to label (the dpo stage does the rest).", no_args_is_help=True)
 label_app = typer.Typer(help="Human preference labels for Video-DPO: serve the labeling page, import labels, agreement.",
                         no_args_is_help=True)
 
+
+@dpo_app.command("candidates")
+@user_errors
+def dpo_candidates(
+    out: Path = typer.Option(Path("labels/candidates"), help="candidates folder (resumes when it exists)"),
+    model: Optional[str] = typer.Option(None, help="a bundle folder or models:/ URI [default: the project's SFT "
+                                                   "DiT with its VAE and text encoders]"),
+    per_prompt: Optional[int] = typer.Option(None, help="videos per prompt [params: dpo.candidates_per_prompt]"),
+    params: Path = PARAMS,
+):
+    """Generate N videos per prompt (training captions + benchmark-style prompts, never benchmark
+    prompts) with their seeds and latents, for `stepvideo label serve` and the dpo stage."""
+    from stepvideo.stages.dpo import make_candidates
+
+    p = load_params_file(params)
+    if per_prompt is not None:
+        p.dpo.candidates_per_prompt = per_prompt
+    rows = make_candidates(p, project_root(), out, model)
+    typer.echo(f"{out}: {len(rows)} candidates for {len({(r['prompt_id'], r['lang']) for r in rows})} prompts; "
+               f"label them with: stepvideo label serve --candidates {out}")
+
 CANDIDATES = typer.Option(..., "--candidates", help="candidates folder (holds candidates.jsonl and the videos)")
 LABELS = typer.Option(None, "--labels", help="labels JSONL (default: CANDIDATES/labels.jsonl)")
-
-
-def _user_errors(fn):
-    """stepvideo.cli.user_errors (one `error: ...` line on stderr, exit 2), looked up when the command
-    runs; warnings (a partial last line in the labels file) print as one `warning: ...` line."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from stepvideo.cli import user_errors
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            typer.secho(f"warning: {message}", fg="yellow", err=True)
-
-        with warnings.catch_warnings():
-            warnings.showwarning = show
-            return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def _labels_path(candidates: Path, labels: Optional[Path]) -> Path:
@@ -47,7 +46,7 @@ def _labels_path(candidates: Path, labels: Optional[Path]) -> Path:
 
 
 @label_app.command("serve")
-@_user_errors
+@user_errors
 def serve(
     candidates: Path = CANDIDATES,
     labels: Optional[Path] = LABELS,
@@ -71,7 +70,7 @@ def serve(
 
 
 @label_app.command("import")
-@_user_errors
+@user_errors
 def import_(
     file: Path = typer.Argument(..., help='JSONL of {"prompt", "chosen", "rejected", "annotator"?} lines; '
                                           "chosen/rejected: a candidate id or its video path"),
@@ -87,7 +86,7 @@ def import_(
 
 
 @label_app.command("stats")
-@_user_errors
+@user_errors
 def stats(candidates: Path = CANDIDATES, labels: Optional[Path] = LABELS):
     """Answers per annotator, answers by kind, inter-annotator agreement, the human preference pairs."""
     from collections import Counter, defaultdict
