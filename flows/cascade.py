@@ -22,13 +22,13 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from stepvideo import stages, tracking
+from stepvideo import registry, stages, tracking
 from stepvideo.config import Params, load_params
 from stepvideo.stages.bundle import BUNDLE_FROM, stage_bundle
 from stepvideo.stages.common import OUTPUTS, latent_cache_key, local_path, model_hash
 from stepvideo.stages.data import existing_data, stage_data, stage_ingest, stage_validate, stage_version
 from stepvideo.stages.dit import DIT_PREVIOUS, stage_dit, stage_latent_cache
-from stepvideo.stages.dpo import DPO_REGISTERED, dpo_key, dpo_parent, stage_dpo
+from stepvideo.stages.dpo import dpo_key, dpo_parent, stage_dpo
 from stepvideo.stages.evaluate import EVALUATE_FROM, stage_evaluate
 from stepvideo.stages.promote import stage_promote
 from stepvideo.stages.text import stage_text_cache, stage_text_encoders
@@ -304,7 +304,7 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
             report.append(_report("dpo", cached, f"{dm['pairs']} pairs, implicit reward accuracy "
                                                  f"{dm['implicit_acc_first']:.2f} -> {dm['implicit_acc_last']:.2f}, "
                                                  f"margin {dm['reward_margin_first']:.3f} -> "
-                                                 f"{dm['reward_margin_last']:.3f} ({DPO_REGISTERED})"))
+                                                 f"{dm['reward_margin_last']:.3f} ({registry.DPO})"))
         evaluation = _run(evaluate_task, cached, "evaluate", out / "eval" / "results.json", params=params,
                           root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         em = evaluation["metrics"]

@@ -1,7 +1,7 @@
 """Retraining that decides for itself: the flow behind the scheduled and the data-triggered
 deployments (infra/prefect/prefect.yaml).
 
-It first asks `stepvideo.retrain.check` whether the data version (DVC) and the training params
+It first asks `stepvideo.registry.retrain.check` whether the data version (DVC) and the training params
 differ from the lineage of the bundle the registry already judged (`champion`, else
 `challenger`). Nothing changed: the run finishes at once, Completed with the reason as its state
 message. Otherwise it runs the cascade (a subflow, every task cached on its real inputs) on the
@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.states import Completed
 
 from flows.cascade import cascade
-from stepvideo import retrain as retrain_check
+from stepvideo.registry import retrain as retrain_check
 from stepvideo.config import load_params
 
 

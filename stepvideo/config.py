@@ -268,7 +268,7 @@ class EvaluateParams:
 
 @dataclass
 class PromoteParams:
-    """The `promote` stage (`stepvideo.tracking.promotion`): the bundle's registered version (the
+    """The `promote` stage (`stepvideo.registry.promotion`): the bundle's registered version (the
     DPO model, or SFT when DPO is off) against the registry's `champion`, on the same prompts and
     seeds as `evaluate`. Pass: `champion` moves to it, the old one becomes `previous`; fail: it
     gets `challenger`. With no champion yet, the first candidate is promoted when it meets the

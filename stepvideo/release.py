@@ -22,15 +22,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params, dump_params
 from stepvideo.evaluation.checks import CATEGORIES
 from stepvideo.stages.common import OUTPUTS, PACKAGE_ROOT, clean_rows, require_output
 
 RELEASE_NAME = "stepvideo-tiny"
 RELEASE_DIR = PACKAGE_ROOT / "release" / RELEASE_NAME
-REGISTERED = "stepvideo-t2v"
-CHAMPION = "champion"
 
 # the README's picture: the same scenes in both languages
 SAMPLES: tuple[tuple[str, str], ...] = (
@@ -47,11 +45,11 @@ SAMPLE_FRAMES = (0, 4, 8, 12, 16)
 def default_model() -> tuple[str, str]:
     """What `stepvideo generate` loads without `--model`: `(uri or folder, why)`. The registry's
     champion (`models:/stepvideo-t2v@champion`) when there is one, else the committed release."""
-    if tracking.alias_exists(REGISTERED, CHAMPION):
-        return f"models:/{REGISTERED}@{CHAMPION}", "the registry's champion"
+    if tracking.alias_exists(registry.BUNDLE, registry.CHAMPION):
+        return f"models:/{registry.BUNDLE}@{registry.CHAMPION}", "the registry's champion"
     if (RELEASE_DIR / "model_index.json").is_file():
         return str(RELEASE_DIR), f"the {RELEASE_NAME} release"
-    raise FileNotFoundError(f"no --model given, no models:/{REGISTERED}@{CHAMPION} in the registry and no release "
+    raise FileNotFoundError(f"no --model given, no models:/{registry.BUNDLE}@{registry.CHAMPION} in the registry and no release "
                             f"at {RELEASE_DIR}: pass --model (a bundle folder or models:/ URI)")
 
 

@@ -177,9 +177,9 @@ def pipeline_stage(name: str):
 
 
 def pipeline_registered(name: str) -> str:
-    from stepvideo.stages.dit import DIT_REGISTERED
+    from stepvideo import registry
 
-    return DIT_REGISTERED[name]
+    return registry.DIT_STAGES[name]
 
 
 def test_sft_leaves_out_the_degraded_clips(dit_project):

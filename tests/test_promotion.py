@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from stepvideo import tracking
 from stepvideo.cli.registry import registry_app
 from stepvideo.config import PromoteParams
-from stepvideo.tracking import promotion
-from stepvideo.tracking.promotion import aliases, decide, eval_key, promote
+from stepvideo.registry import promotion
+from stepvideo.registry.promotion import aliases, decide, eval_key, promote
 
 GATES = PromoteParams()
 CATS = ("background", "camera", "color", "shape")
@@ -231,7 +231,7 @@ RACER = textwrap.dedent("""
     import json, pathlib, sys, time
     from stepvideo import tracking
     from stepvideo.config import PromoteParams
-    from stepvideo.tracking.promotion import promote
+    from stepvideo.registry.promotion import promote
     name, bundle, who, results_file, go, ready, work = sys.argv[1:8]
     with tracking.run("unit", experiment="unit-tests"):
         version = tracking.register_folder(bundle, name, tags={"who": who, "data_version": "test.dir"},
@@ -290,7 +290,8 @@ def test_two_processes_promoting_at_once_leave_the_registry_consistent(bundle, t
 
 def test_generate_defaults_to_the_promoted_champion(bundle, tmp_path, monkeypatch):
     """`stepvideo generate` (release.default_model) follows what the gates promote."""
-    from stepvideo.release import RELEASE_DIR, REGISTERED, default_model
+    from stepvideo.registry import BUNDLE as REGISTERED
+    from stepvideo.release import RELEASE_DIR, default_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert default_model()[0] == str(RELEASE_DIR)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from stepvideo import tracking
 from stepvideo.cli import app
 from stepvideo.config import load_params
-from stepvideo.retrain import check
+from stepvideo.registry.retrain import check
 
 
 def write_data(root: Path, rows: int) -> None:

@@ -24,9 +24,9 @@ def registry_listing(name: str | None = None) -> list[dict]:
     """Every registered model (or `name`): its aliases and versions (newest first) with their tags."""
     import mlflow
 
-    from stepvideo.tracking.promotion import _client
+    from stepvideo import tracking
 
-    client = _client()
+    client = tracking.client()
     if name:
         try:
             models = [client.get_registered_model(name)]
@@ -101,7 +101,7 @@ def promote_cmd(
     reason: str = typer.Option("", "--reason", help="why (recorded on the version)"),
 ):
     """Make VERSION the champion by a person's decision (no gates); the old champion becomes `previous`."""
-    from stepvideo.tracking.promotion import promote_by_person
+    from stepvideo.registry.promotion import promote_by_person
 
     r = promote_by_person(name, version, reason=reason)
     old = f" (was v{r['champion']}, now previous)" if r["champion"] else ""
@@ -115,7 +115,7 @@ def rollback_cmd(
     reason: str = typer.Option("", "--reason", help="why (recorded on the rolled-back version)"),
 ):
     """Put the `previous` version back as champion (a person's decision, recorded on both versions)."""
-    from stepvideo.tracking.promotion import rollback
+    from stepvideo.registry.promotion import rollback
 
     r = rollback(name, reason=reason)
     typer.echo(f"{name}: champion -> v{r['champion']} (v{r['rolled_back']} rolled back by {r['by']})")

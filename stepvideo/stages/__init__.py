@@ -54,7 +54,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
                  "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs"),
     "bundle": ("stepvideo.stages.bundle", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
                "stepvideo.pipelines"),
-    "promote": ("stepvideo.stages.promote", "stepvideo.stages.common", "stepvideo.tracking.promotion",
+    "promote": ("stepvideo.stages.promote", "stepvideo.stages.common", "stepvideo.registry.promotion",
                 "stepvideo.evaluation"),
 }
 

@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
-from stepvideo.stages.common import OUTPUTS, load_encoders, model_hash, registered_version, require_output
-from stepvideo.stages.dit import DIT_REGISTERED
-from stepvideo.stages.dpo import DPO_REGISTERED
+from stepvideo.registry import registered_version
+from stepvideo.stages.common import OUTPUTS, load_encoders, model_hash, require_output
 
 # the DiT the shipped bundle takes its weights from: Video-DPO's output (the SFT weights when dpo is off)
 BUNDLE_FROM = "dpo"
-BUNDLE_REGISTERED = "stepvideo-t2v"
 
 
 def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -32,8 +30,8 @@ def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -
     dit_lineage = read(dit_dir / "lineage.json")
     cascade = {**read(root / OUTPUTS / "dit" / "sft" / "lineage.json"), **dit_lineage}
     weights = model_hash(dit_dir)
-    registry = DIT_REGISTERED["sft"] if dit_lineage.get("skipped") else DPO_REGISTERED
-    parent = registered_version(registry, weights) or f"folder:{weights}"
+    registered_as = registry.DIT_STAGES["sft"] if dit_lineage.get("skipped") else registry.DPO
+    parent = registered_version(registered_as, weights) or f"folder:{weights}"
     keep = ("data_version", "clean_manifest", "vae_version", "llm_version", "clip_version", "latent_cache_key",
             "pairs_version")
     lineage = {**{k: cascade[k] for k in keep if k in cascade}, "dit_stage": "sft" if dit_lineage.get("skipped")
@@ -51,5 +49,5 @@ def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -
         tracking.log_metrics(metrics)
         registered = None
         if params.tracking.register:
-            registered = tracking.register_folder(out, BUNDLE_REGISTERED, tags=lineage, aliases=("candidate",))
+            registered = tracking.register_folder(out, registry.BUNDLE, tags=lineage, aliases=(registry.CANDIDATE,))
     return {"bundle": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}

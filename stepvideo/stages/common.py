@@ -86,17 +86,3 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def registered_version(name: str, weights: str, tag: str = "weights_hash") -> str | None:
-    """'NAME/VERSION' of the newest registered version of `name` whose `tag` tag is `weights`."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    hits = [int(v.version) for v in versions if (v.tags or {}).get(tag) == weights]
-    return f"{name}/{max(hits)}" if hits else None

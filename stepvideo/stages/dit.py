@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, registered_version, require_output)
+                                     project_data_version, require_output)
+from stepvideo.registry import registered_version
 
 if TYPE_CHECKING:
     from stepvideo.training.dit_trainer import DiTTrainConfig
@@ -37,9 +38,6 @@ SAMPLE_PROMPTS_STILL: tuple[tuple[str, str], ...] = (
 # stage -> the stage whose output it starts from (its `init_from` when that is ''); None: from scratch
 DIT_PREVIOUS: dict[str, str | None] = {"t2i_pretrain": None, "t2v_lowres": "t2i_pretrain",
                                        "t2v_highres": "t2v_lowres", "sft": "t2v_highres"}
-# stage -> its MLflow registered model
-DIT_REGISTERED: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
-                                  "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
 
 
 def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = None,
@@ -103,7 +101,7 @@ def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
         raise FileNotFoundError(f"{name} starts from the `{prev}` stage's model, but {folder} does not exist: run "
                                 f"`stepvideo stage {prev}` first (or set {name}.init_from in params.yaml)")
     weights = model_hash(folder)
-    return folder, registered_version(DIT_REGISTERED[prev], weights) or f"folder:{weights}"
+    return folder, registered_version(registry.DIT_STAGES[prev], weights) or f"folder:{weights}"
 
 
 def stage_patch_size(patch_size: int, init: Path | None) -> int:
@@ -194,7 +192,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
     """One DiT stage of the cascade (t2i_pretrain | t2v_lowres | t2v_highres | sft) on the latent
     cache, starting from the previous stage's model (or `init_from`); writes outputs/dit/<name>/
     (a StepVideoDiT folder + lineage.json, metrics.json, samples/), records a nested MLflow run (the
-    loss curve per step, sample videos) and registers the folder (`DIT_REGISTERED`, alias candidate).
+    loss curve per step, sample videos) and registers the folder (`registry.DIT_STAGES`, alias candidate).
 
     Checkpoints live in `.cache/dit/<name>/<key>/`, key = (latent cache key, init weights, the
     trainer config's fingerprint): an interrupted run resumes, a changed input starts afresh."""
@@ -272,7 +270,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
             tracking.log_artifact(out / "samples" / f.name, "samples")
         registered = None
         if params.tracking.register:
-            registered = tracking.register_folder(out, DIT_REGISTERED[name], tags=lineage, aliases=("candidate",))
+            registered = tracking.register_folder(out, registry.DIT_STAGES[name], tags=lineage, aliases=(registry.CANDIDATE,))
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
             "samples": [str(out / "samples" / f.name) for f in samples], "work_dir": str(work)}
 

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, registered_version, require_output)
-from stepvideo.stages.dit import DIT_REGISTERED
+                                     project_data_version, require_output)
+from stepvideo.registry import registered_version
 
-DPO_REGISTERED = "stepvideo-dit-dpo"
 SOURCES = ("reward", "human", "reward_model")
 
 
@@ -44,7 +43,7 @@ def dpo_parent(params: Params, root: Path) -> tuple[Path, str]:
         return folder, init_from if remote else f"folder:{model_hash(folder)}"
     folder = require_output(root / OUTPUTS / "dit" / "sft", "sft")
     weights = model_hash(folder)
-    return folder, registered_version(DIT_REGISTERED["sft"], weights) or f"folder:{weights}"
+    return folder, registered_version(registry.DIT_STAGES["sft"], weights) or f"folder:{weights}"
 
 
 def _check(params: Params) -> None:
@@ -308,9 +307,9 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
         tracking.log_artifact(pairs_dir / "summary.json", "pairs")
         registered = None
         if params.tracking.register:
-            registered = tracking.register_folder(out, DPO_REGISTERED, tags=lineage, aliases=("candidate",))
+            registered = tracking.register_folder(out, registry.DPO, tags=lineage, aliases=(registry.CANDIDATE,))
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
             "pairs": str(pairs_dir), "pair_summary": summary, "rounds": rounds, "work_dir": str(work)}
 
 
-__all__ = ["DPO_REGISTERED", "stage_dpo", "dpo_parent", "dpo_key", "dpo_prompts", "make_candidates"]
+__all__ = ["stage_dpo", "dpo_parent", "dpo_key", "dpo_prompts", "make_candidates"]

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, model_hash, project_data_version,
-                                     registered_version, require_output)
-from stepvideo.stages.dit import DIT_PREVIOUS, DIT_REGISTERED
-from stepvideo.stages.dpo import DPO_REGISTERED
+                                     require_output)
+from stepvideo.registry import registered_version
+from stepvideo.stages.dit import DIT_PREVIOUS
 
 EVALUATE_FROM = "dpo"  # the cascade's final DiT (the SFT weights when dpo.enabled is false); SFT is its baseline
 
@@ -105,8 +105,8 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     prompts = balanced_subset(prompts, ep.max_prompts)
     height, width = ep.height or params.data.height, ep.width or params.data.width
     with_dpo = _dpo_ran(root)
-    judged = [("sft", root / OUTPUTS / "dit" / "sft", DIT_REGISTERED["sft"])] if with_dpo else []
-    judged.append(("dpo" if with_dpo else "sft", final, DPO_REGISTERED if with_dpo else DIT_REGISTERED["sft"]))
+    judged = [("sft", root / OUTPUTS / "dit" / "sft", registry.DIT_STAGES["sft"])] if with_dpo else []
+    judged.append(("dpo" if with_dpo else "sft", final, registry.DPO if with_dpo else registry.DIT_STAGES["sft"]))
     weights = {name: model_hash(folder) for name, folder, _ in judged}
     registered = {name: registered_version(reg, weights[name]) for name, _, reg in judged}
     evaluated = {name: registered[name] or f"folder:{weights[name]}" for name in weights}

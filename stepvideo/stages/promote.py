@@ -1,6 +1,6 @@
 """The `promote` stage (after evaluate and bundle): the bundle's registered version of
 `stepvideo-t2v` against the registry's `champion`, by the gates in `params.promote`
-(`stepvideo.tracking.promotion`)."""
+(`stepvideo.registry.promotion`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 from stepvideo import tracking
 from stepvideo.config import Params
 from stepvideo.fileio import atomic_write_text
-from stepvideo.stages.common import OUTPUTS, require_output, registered_version
+from stepvideo.registry import registered_version
+from stepvideo.stages.common import OUTPUTS, require_output
 
 
 def bundle_version(name: str, dit_weights: str) -> str | None:
@@ -86,7 +87,7 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
                          f"weights {weights}: run the evaluate stage again (stepvideo stage evaluate)")
     if not (results.get("summary") or {}).get("overall") and results.get("gallery"):
         raise ValueError(f"{eval_file}: a gallery run (official-format prompts) has no accuracy to promote on")
-    from stepvideo.tracking.promotion import eval_key, promote
+    from stepvideo.registry.promotion import eval_key, promote
 
     candidate = f"{pp.registered}/{version}"
     tags = {"candidate": candidate, "dit_weights": weights, "eval_key": eval_key(results),

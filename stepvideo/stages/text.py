@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.fileio import atomic_write_text
 from stepvideo.stages.common import OUTPUTS, clean_rows, load_encoders
@@ -42,7 +42,7 @@ def stage_text_encoders(params: Params, root: Path, parent_run_id: str | None = 
         tracking.set_tags({f"{k}_version": v for k, v in versions.items()})
         tracking.log_metrics({f"{k}_dim": e.dim for k, e in encoders.items()})
         if params.tracking.register and not (te.llm and te.clip):  # built here: register them
-            tracking.register_folder(out, "stepvideo-text-encoders", tags=versions)
+            tracking.register_folder(out, registry.TEXT_ENCODERS, tags=versions)
     return {"folder": str(out), "versions": versions}
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepvideo import tracking
+from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.stages.common import OUTPUTS, clean_rows, local_path, project_data_version
 from stepvideo.evaluation.runner import vae_content_metrics
@@ -59,7 +59,7 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
             tracking.log_artifact(result["sample_path"], "samples")
         registered = None
         if params.tracking.register:
-            registered = tracking.register_folder(out, "stepvideo-vae", tags=lineage, aliases=("candidate",))
+            registered = tracking.register_folder(out, registry.VAE, tags=lineage, aliases=(registry.CANDIDATE,))
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
 
 

@@ -149,38 +149,42 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- the model registry
 
+def client() -> Any:
+    """The one MlflowClient factory: a client of this project's tracking store (`tracking_uri`)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return MlflowClient()
+
+
 def register_folder(folder: str | os.PathLike, name: str, *, tags: dict | None = None,
                     aliases: tuple[str, ...] = ()) -> str:
     """Log a checkpoint folder (safetensors + config.json) as the active run's `model` artifact and
     register it as a new version of `name`; returns the version. No pickle, no torch.export: the
     version's files are the folder, loaded again by our `from_pretrained`."""
     import mlflow
-    from mlflow import MlflowClient
 
     active = mlflow.active_run()
     if active is None:
         raise RuntimeError("register_folder needs an active run (inside tracking.run)")
     mlflow.log_artifacts(str(folder), artifact_path="model")
-    client = MlflowClient()
+    mlf = client()
     try:
-        client.get_registered_model(name)
+        mlf.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description=f"stepvideo {name}: a folder of safetensors + config.json")
+        mlf.create_registered_model(name, description=f"stepvideo {name}: a folder of safetensors + config.json")
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    mv = client.create_model_version(name, source=f"{active.info.artifact_uri}/model", run_id=active.info.run_id,
+    mv = mlf.create_model_version(name, source=f"{active.info.artifact_uri}/model", run_id=active.info.run_id,
                                      tags=tags)
     for alias in aliases:
-        client.set_registered_model_alias(name, alias, mv.version)
+        mlf.set_registered_model_alias(name, alias, mv.version)
     mlflow.set_tags({f"registered.{name}": mv.version})
     return str(mv.version)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri())
-    MlflowClient().set_registered_model_alias(name, alias, version)
+    client().set_registered_model_alias(name, alias, version)
 
 
 def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
@@ -204,48 +208,40 @@ def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) 
 def model_version(uri: str) -> Any:
     """The registry's ModelVersion behind `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
     import mlflow
-    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
     ref = str(uri).removeprefix("models:/")
-    client = MlflowClient()
+    mlf = client()
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
+            return mlf.get_model_version_by_alias(name, alias)
         name, _, version = ref.partition("/")
-        return client.get_model_version(name, version)
+        return mlf.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as e:
         raise FileNotFoundError(f"{uri}: not in the MLflow registry ({e.message})") from e
 
 
 def tag_model_version(name: str, version: str, tags: dict[str, Any]) -> None:
     """Set tags on a registered model version (e.g. its evaluation scores)."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+    mlf = client()
     for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, str(v))
+        mlf.set_model_version_tag(name, version, k, str(v))
 
 
 def stage_metric_histories(uri: str, metric: str) -> dict[str, list[list[float]]]:
     """{stage: [[step, value], ...]} of `metric` over the sibling stage runs of the run that
     registered `uri` (the stages of one flow run); {} when that run has no parent."""
-    from mlflow import MlflowClient
-
     mv = model_version(uri)
-    client = MlflowClient()
-    run = client.get_run(mv.run_id)
+    mlf = client()
+    run = mlf.get_run(mv.run_id)
     parent = run.data.tags.get("mlflow.parentRunId")
     if not parent:
         return {}
-    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+    children = mlf.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
                                   order_by=["attributes.start_time ASC"])
     out: dict[str, list[list[float]]] = {}
     for child in children:
-        history = client.get_metric_history(child.info.run_id, metric)
+        history = mlf.get_metric_history(child.info.run_id, metric)
         if history:
             stage = child.data.tags.get("stage") or child.info.run_name
             out[stage] = [[float(m.step), float(m.value)] for m in sorted(history, key=lambda m: m.step)]
@@ -273,20 +269,18 @@ def stage_durations(experiment: str = "stepvideo") -> dict[str, float]:
     """{stage: seconds} of the newest finished `cascade` run's stage runs (its children); {} when
     the store has none."""
     import mlflow
-    from mlflow import MlflowClient
 
     if not registry_exists():
         return {}
-    mlflow.set_tracking_uri(tracking_uri())
+    mlf = client()
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    client = MlflowClient()
-    parents = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'cascade' and "
+    parents = mlf.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'cascade' and "
                                  "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         return {}
-    children = client.search_runs([exp.experiment_id],
+    children = mlf.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
                                   order_by=["attributes.start_time ASC"])
     out: dict[str, float] = {}

@@ -15,8 +15,7 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-
-JUDGED_ALIASES = ("champion", "challenger")  # versions the promote stage has already decided on
+from stepvideo.registry import JUDGED
 
 
 @dataclass(frozen=True)
@@ -34,16 +33,14 @@ class RetrainCheck:
 def judged_versions(name: str) -> list[tuple[str, str, dict]]:
     """(alias, version, tags) of `name`'s champion and challenger; empty when `name` is not registered."""
     import mlflow
-    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    client = MlflowClient()
+    client = tracking.client()
     try:
         model = client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         return []
     found = []
-    for alias in JUDGED_ALIASES:
+    for alias in JUDGED:
         version = (model.aliases or {}).get(alias)
         if version is not None:
             found.append((alias, str(version), dict(client.get_model_version(name, str(version)).tags or {})))

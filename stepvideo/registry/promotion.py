@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from stepvideo import tracking
-
-CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+from stepvideo.registry import CHALLENGER, CHAMPION, PREVIOUS
 EPS = 1e-9  # figures are rounded sums of passes: equal within this is a tie
 SCORES_FILE = "promotion/{role}_scores.json"
 
@@ -145,20 +144,12 @@ def eval_key(results: Mapping) -> str:
 
 # ------------------------------------------------------------------ the registry
 
-def _client() -> Any:
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    return MlflowClient()
-
-
 def aliases(name: str) -> dict[str, str]:
     """{alias: version} of registered model `name`."""
     import mlflow
 
     try:
-        model = _client().get_registered_model(name)
+        model = tracking.client().get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         raise FileNotFoundError(f"{name}: no such registered model in {tracking.tracking_uri()}") from None
     return {a: str(v) for a, v in (model.aliases or {}).items()}
@@ -219,7 +210,7 @@ def _log_scores(run: Any, role: str, name: str, version: str, key: str, results:
     """Log a version's scores to the run as promotion/<role>_scores.json; returns its runs:/ URI."""
     path = SCORES_FILE.format(role=role)
     data = {"model": f"{name}/{version}", "eval_key": key, "spec": eval_spec(results), "summary": results["summary"]}
-    _client().log_text(run.info.run_id, json.dumps(data, indent=1, ensure_ascii=False, default=float), path)
+    tracking.client().log_text(run.info.run_id, json.dumps(data, indent=1, ensure_ascii=False, default=float), path)
     return f"runs:/{run.info.run_id}/{path}"
 
 
@@ -227,7 +218,7 @@ def cached_scores(name: str, version: str, key: str) -> dict | None:
     """The summary logged for `name`/`version` under eval key `key`, or None."""
     import mlflow
 
-    tags = _client().get_model_version(name, version).tags or {}
+    tags = tracking.client().get_model_version(name, version).tags or {}
     if tags.get("promotion_eval_key") != key or not tags.get("promotion_scores"):
         return None
     try:
@@ -321,7 +312,7 @@ def _gate_tag(g: dict) -> str:
 def _apply(name: str, version: str, champ: str | None, decision: Decision, key: str, scores_uri: str,
            summary: Mapping, run: Any, by: str) -> None:
     """Under the lock: tag the candidate, move the aliases, then set `promotion` (written last)."""
-    client = _client()
+    client = tracking.client()
     tags = {f"gate.{g['gate']}": _gate_tag(g) for g in decision.gates}
     tags.update({"promotion_reasons": "; ".join(decision.reasons) or "all gates passed",
                  "promotion_eval_key": key, "promotion_scores": scores_uri, "promotion_champion": champ or "none",
@@ -372,7 +363,7 @@ def _version_exists(name: str, version: str) -> None:
     import mlflow
 
     try:
-        _client().get_model_version(name, str(version))
+        tracking.client().get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException as e:
         raise FileNotFoundError(f"{name}/{version}: not in the MLflow registry ({e.message})") from None
 
@@ -392,7 +383,7 @@ def promote_by_person(name: str, version: str, *, user: str | None = None, reaso
             tracking.tag_model_version(name, version, {"promoted_by": by, "promotion_reason": reason or "(none given)",
                                                        "promotion_time": _now(), "promotion_run": run.info.run_id,
                                                        "promotion_champion": old or "none"})
-            _make_champion(_client(), name, version, old)
+            _make_champion(tracking.client(), name, version, old)
             tracking.tag_model_version(name, version, {"promotion": "promoted"})
             now = aliases(name)
     return {"candidate": f"{name}/{version}", "champion": old, "aliases": now, "promoted_by": by}
@@ -410,7 +401,7 @@ def rollback(name: str, *, user: str | None = None, reason: str = "", experiment
             cur, prev = now.get(CHAMPION), now.get(PREVIOUS)
             if prev is None:
                 raise ValueError(f"{name} has no `previous` version to roll back to")
-            client = _client()
+            client = tracking.client()
             client.set_registered_model_alias(name, CHAMPION, prev)
             before = (client.get_model_version(name, prev).tags or {}).get("replaced_version", "none")
             exists = True

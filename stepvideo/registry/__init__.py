@@ -1,0 +1,39 @@
+"""The MLflow model registry's policy: every registered-model name and alias in one place.
+
+    VAE, TEXT_ENCODERS, DIT_STAGES[stage], DPO, BUNDLE   the registered models each stage writes
+    CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER           the aliases (JUDGED: those promotion decided)
+
+`promotion` moves the aliases (the gates, a person's promote/rollback, the lock); `retrain`
+decides whether a scheduled retrain has anything to do. Runs, metrics, artifacts and the one
+MlflowClient factory (`tracking.client`) live in `stepvideo.tracking`; this package builds on it.
+"""
+
+from __future__ import annotations
+
+from stepvideo import tracking
+
+VAE = "stepvideo-vae"
+TEXT_ENCODERS = "stepvideo-text-encoders"
+DIT_STAGES: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres": "stepvideo-dit-t2v-lowres",
+                              "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
+DPO = "stepvideo-dit-dpo"
+BUNDLE = "stepvideo-t2v"  # the shippable generation bundle: the model whose aliases promotion moves
+
+CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER = "candidate", "champion", "previous", "challenger"
+JUDGED = (CHAMPION, CHALLENGER)  # versions the promote stage has already decided on
+
+
+def registered_version(name: str, weights: str, tag: str = "weights_hash") -> str | None:
+    """'NAME/VERSION' of the newest registered version of `name` whose `tag` tag is `weights`."""
+    import mlflow
+
+    try:
+        versions = tracking.client().search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    hits = [int(v.version) for v in versions if (v.tags or {}).get(tag) == weights]
+    return f"{name}/{max(hits)}" if hits else None
+
+
+__all__ = ["VAE", "TEXT_ENCODERS", "DIT_STAGES", "DPO", "BUNDLE", "CANDIDATE", "CHAMPION", "PREVIOUS", "CHALLENGER",
+           "JUDGED", "registered_version"]
