@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stepvideo.models.attention import attention, flash_available  # noqa: E402
-from stepvideo.models.dit import DiTConfig, StepVideoDiT, forward_flops  # noqa: E402
+from stepvideo.models.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from stepvideo.models.dit_info import forward_flops  # noqa: E402
 
 
 def _sync(device):

@@ -34,8 +34,10 @@ from stepvideo.data.latent_cache import LatentCache, build_latent_cache  # noqa:
 from stepvideo.data.manifest import read_manifest  # noqa: E402
 from stepvideo.data.synth import SynthConfig, generate  # noqa: E402
 from stepvideo.diffusion.flow_matching import flow_matching_loss, training_pair  # noqa: E402
-from stepvideo.models.dit import DiTConfig, StepVideoDiT, forward_flops  # noqa: E402
-from stepvideo.models.text_encoders import TextEncoder, build_tiny_text_encoders  # noqa: E402
+from stepvideo.models.dit import DiTConfig, StepVideoDiT  # noqa: E402
+from stepvideo.models.dit_info import forward_flops  # noqa: E402
+from stepvideo.models.text_encoders import TextEncoder  # noqa: E402
+from stepvideo.models.tiny_text import build_tiny_text_encoders  # noqa: E402
 from stepvideo.models.vae import VAEConfig, VideoVAE  # noqa: E402
 from stepvideo.training.dit_trainer import DiTTrainConfig, train_dit  # noqa: E402
 

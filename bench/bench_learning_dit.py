@@ -17,7 +17,7 @@ from what the VAE loses.
 candidates): its clean manifest, text encoders and VAE are read from outputs/; its latent cache is
 reused when present, else the bench encodes its own into --work/latents/. Each candidate's steps are
 sized from a short probe of its step time so the cosine schedule ends at the budget; a finished
-(candidate, seconds) is not rerun (--work/<candidate>-<seconds>s/result.json).
+(candidate, seconds[, VAE]) is not rerun (--work/<candidate>-<seconds>s[-vae<hash>]/result.json).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class PixelPatchify(torch.nn.Module):
         return 0
 
     @staticmethod
-    def _check_tiling(tile_size: int | None, *_: Any) -> None:
+    def check_tiling(tile_size: int | None, *_: Any) -> None:
         if tile_size is not None:
             raise ValueError("PixelPatchify decodes whole frames only (no tiling)")
 
@@ -143,7 +143,8 @@ def smoke_inputs(work: Path) -> dict[str, Any]:
     """A 12-item synthetic set, tiny text encoders and a random `small` VAE (seconds)."""
     from stepvideo.data.manifest import read_manifest
     from stepvideo.data.synth import SynthConfig, generate
-    from stepvideo.models.text_encoders import TextEncoder, build_tiny_text_encoders
+    from stepvideo.models.text_encoders import TextEncoder
+    from stepvideo.models.tiny_text import build_tiny_text_encoders
     from stepvideo.models.vae import VAEConfig, VideoVAE
 
     data, enc, vae_dir = work / "smoke" / "data", work / "smoke" / "encoders", work / "smoke" / "vae"
@@ -221,16 +222,16 @@ def _train(cfg, cache: Path, out: Path, threads: int, progress: bool) -> tuple[d
 def run_candidate(name: str, seconds: float, inputs: dict, work: Path, threads: int, prompts: int, sample_steps: int,
                   progress: bool, smoke: bool = False) -> dict:
     from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark, summary_metrics
-    from stepvideo.pipelines.t2v import T2VPipeline
     from stepvideo.models.dit import StepVideoDiT
+    from stepvideo.pipelines.t2v import T2VPipeline
 
-    tag = f"{name}-{seconds:g}s"
+    what, kind, _, _ = CANDIDATES[name]
+    model, version = latent_model(kind, inputs)
+    tag = f"{name}-{seconds:g}s" + (f"-vae{version[:8]}" if kind == "vae" else "")  # one result per VAE
     done = work / tag / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     torch.set_num_threads(threads)
-    what, kind, _, _ = CANDIDATES[name]
-    model, version = latent_model(kind, inputs)
     cache = latent_cache(kind, model, version, inputs, work, progress)
     encoders = inputs["encoders"]
     dims = [int(encoders["llm"].dim), int(encoders["clip"].dim)]
@@ -249,6 +250,7 @@ def run_candidate(name: str, seconds: float, inputs: dict, work: Path, threads: 
                           height=size[0], width=size[1], batch_size=16, progress=progress)
     summary = bench["summary"]
     out = {"name": name, "what": what, "latent": kind, "z": z, "steps": steps,
+           "latent_version": version, "vae_dir": str(inputs["vae_dir"]) if kind == "vae" else None,
            "train_seconds": round(sum(step_times) + per_step, 1), "step_s": round(per_step, 3), "threads": threads,
            "params_m": round(dit.num_parameters() / 1e6, 2), "final_loss": result["loss_curve"][-1],
            "scores": summary_metrics(summary, ""), "videos": summary["videos"], "train_config": cfg.to_dict()}
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="a project where the cascade ran to the text cache")
+    ap.add_argument("--vae", type=Path, default=None,
+                    help="the VAE folder of the `vae` candidates [default: ROOT/outputs/vae]; e.g. a checkpoint's model/")
     ap.add_argument("--work", type=Path, default=CACHE / "bench-dit")
     ap.add_argument("--list", action="store_true", help="print the candidates and exit")
     ap.add_argument("--smoke", action="store_true", help="12 synthetic items, a random VAE, a few seconds each")
@@ -311,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.root / "params.yaml").is_file():
             ap.error(f"--root {args.root}: not a project (no params.yaml)")
         inputs = project_inputs(args.root)
+        if args.vae is not None:
+            if not (args.vae / "config.json").is_file():
+                ap.error(f"--vae {args.vae}: not a VideoVAE folder (no config.json)")
+            inputs["vae_dir"] = args.vae
     results = []
     for name in names:
         for seconds in budgets:

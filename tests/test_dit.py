@@ -25,9 +25,9 @@ from stepvideo.models.dit import (
     DiTConfig,
     StepVideoDiT,
     build_on_meta,
-    model_info,
     official_mask_to_ours,
 )
+from stepvideo.models.dit_info import model_info
 from stepvideo.models.rope import apply_rope, default_rope_split, grid_positions, rope_cos_sin
 
 REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"

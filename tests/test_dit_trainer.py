@@ -28,7 +28,8 @@ def cache_dir(tmp_path_factory) -> Path:
     from stepvideo.data.latent_cache import build_latent_cache
     from stepvideo.data.manifest import read_manifest
     from stepvideo.data.synth import SynthConfig, generate
-    from stepvideo.models.text_encoders import TextEncoder, build_tiny_text_encoders
+    from stepvideo.models.text_encoders import TextEncoder
+    from stepvideo.models.tiny_text import build_tiny_text_encoders
     from stepvideo.models.vae import VAEConfig, VideoVAE
 
     root = tmp_path_factory.mktemp("dit-cache")

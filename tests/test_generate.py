@@ -16,7 +16,8 @@ import torch
 from stepvideo.data.video_io import read_video
 from stepvideo.pipelines.t2v import MODEL_INDEX, T2VPipeline, save_video
 from stepvideo.models.dit import StepVideoDiT
-from stepvideo.models.text_encoders import TextEncoder, sample_captions
+from stepvideo.models.text_encoders import TextEncoder
+from stepvideo.models.tiny_text import sample_captions
 from stepvideo.models.vae import VideoVAE
 
 EN = "A small red circle moves right on a blue background."

@@ -27,7 +27,8 @@ from stepvideo.data.manifest import read_manifest
 from stepvideo.data.text_cache import build_text_cache
 from stepvideo.data.synth import SynthConfig, generate
 from stepvideo.data.video_io import read_video, write_image
-from stepvideo.models.text_encoders import TextEncoder, build_tiny_text_encoders
+from stepvideo.models.text_encoders import TextEncoder
+from stepvideo.models.tiny_text import build_tiny_text_encoders
 from stepvideo.models.vae import VAEConfig, VideoVAE
 
 LOW = (16, 16)

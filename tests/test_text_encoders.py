@@ -14,15 +14,8 @@ import pytest
 import torch
 
 from stepvideo.data.text_cache import TextCache, build_text_cache, cache_key, texts_version
-from stepvideo.models.text_encoders import (
-    PrecomputedTextEncoder,
-    TextEncoder,
-    build_tiny_text_encoders,
-    sample_captions,
-    save_precomputed,
-    text_key,
-    train_bilingual_tokenizer,
-)
+from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder, save_precomputed, text_key
+from stepvideo.models.tiny_text import build_tiny_text_encoders, sample_captions, train_bilingual_tokenizer
 
 CAPTIONS = sample_captions()  # 240 English + 240 Chinese captions of the synthetic shapes domain
 EN = ["A red circle moves right", "A small red circle moves right on a blue background."]

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from stepvideo.compat.vae import convert_official_state_dict
+from stepvideo.models import vae_tiling
 from stepvideo.models.vae import DiagonalGaussian, VAEConfig, VideoVAE, mix_chunk_boundaries
 
 REF_DIR = Path(__file__).parents[2] / "shared/reference"
@@ -58,7 +60,7 @@ def test_strict_load_and_release_rename():
     released = {k.replace("decoder.conv_out.conv.", "decoder.conv_out."): v for k, v in sd.items()}
     assert "decoder.conv_out.weight" in released
     model2 = VideoVAE(VAEConfig.tiny())
-    model2.load_official_state_dict(released, strict=True)
+    model2.load_state_dict(convert_official_state_dict(released), strict=True)
     assert torch.equal(model2.decoder.conv_out.conv.weight, sd["decoder.conv_out.conv.weight"])
 
 
@@ -174,7 +176,7 @@ def test_posterior_sample_uses_generator(vae):
 
 def test_tiling_blend_is_exact_for_local_functions(vae):
     x = torch.randn(1, 3, 2, 7, 11)
-    out = vae._tiled(lambda t: 2 * t.repeat_interleave(4, -1).repeat_interleave(4, -2), x, 1, 4, 3, 1)
+    out = vae_tiling.blend_tiles(lambda t: 2 * t.repeat_interleave(4, -1).repeat_interleave(4, -2), x, 1, 4, 3, 1)
     torch.testing.assert_close(out, 2 * x.repeat_interleave(4, -1).repeat_interleave(4, -2))
 
 

@@ -70,7 +70,8 @@ def model_info_cmd(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
     """Parameter count (built on the meta device), FLOPs per training step, training memory."""
-    from stepvideo.models.dit import DiTConfig, model_info
+    from stepvideo.models.dit import DiTConfig
+    from stepvideo.models.dit_info import model_info
 
     info = model_info(DiTConfig.preset(preset), frames=frames, height=height, width=width)
     if as_json:

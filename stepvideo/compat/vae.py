@@ -26,6 +26,22 @@ _OFFICIAL_ENCODER = {"ch": 32, "ch_mult": (4, 8, 16, 16)}
 _OFFICIAL_DECODER = {"ch": 128, "ch_mult": (1, 2, 4, 4)}
 
 
+def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map released-checkpoint names to module names: ``decoder.conv_out.*`` -> ``decoder.conv_out.conv.*``.
+
+    Names already in module form are kept, so this works on both the release and module dumps.
+    Tensors whose names start with ``__`` (reference inputs/outputs) are dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name.startswith("__"):
+            continue
+        if name.startswith("decoder.conv_out.") and not name.startswith("decoder.conv_out.conv."):
+            name = "decoder.conv_out.conv." + name[len("decoder.conv_out.") :]
+        out[name] = t
+    return out
+
+
 def _is_vae_reference(meta: Mapping[str, Any]) -> bool:
     """True when a reference JSON describes the official video VAE (AutoencoderKL)."""
     ctor = meta.get("constructor") if isinstance(meta, Mapping) else None
@@ -102,7 +118,7 @@ def verify_vae_reference(
         raise ValueError(f"{safetensors_path}: no __input__.video tensor")
 
     model = VideoVAE(config_from_meta(meta)).float().eval()
-    model.load_official_state_dict(tensors, strict=True)
+    model.load_state_dict(convert_official_state_dict(tensors), strict=True)
 
     video = inputs["video"].float()
     moments = model.encode_moments(video)
@@ -137,4 +153,4 @@ def verify_vae_reference(
     return result
 
 
-__all__ = ["verify_vae_reference", "config_from_meta", "_is_vae_reference"]
+__all__ = ["verify_vae_reference", "config_from_meta", "convert_official_state_dict", "_is_vae_reference"]

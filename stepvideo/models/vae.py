@@ -17,7 +17,7 @@ equals the first latent frame of any 17-frame clip that starts with that image (
 rounding), and decoding it equals the first frame of a decoded chunk.
 
 Spatial tiling (``tile_size`` in pixels, a multiple of 16) for large frames, two modes
-(``tile_mode``; see ``TILING_NOTE``):
+(``tile_mode``; measured figures: ``vae_tiling.TILING_NOTE``):
 
 * ``"blend"`` (default): the whole network runs on overlapping tiles (``tile_overlap`` pixels, a
   multiple of 16) blended with linear ramps. Approximate: per-frame GroupNorm statistics and the
@@ -44,28 +44,6 @@ from torch import nn
 from stepvideo.models import io as model_io
 from stepvideo.models import vae_tiling
 from stepvideo.models.vae_blocks import VideoDecoder, VideoEncoder
-
-TILE_MODES = ("blend", "exact")
-
-TILING_NOTE = (
-    "tile_mode='exact' (layer-streamed) equals untiled up to float rounding: float32 on CPU, max abs "
-    "difference <= 3.6e-6 (<= 2.1e-6 of the output's max abs), relative RMS <= 1.7e-6 on latents and "
-    "decoded frames (seeded random init: tiny 17x64x96 at tiles 32/48, a 1-frame image, 17x48x32 at "
-    "tile 16, a 34-frame clip, demo, no dual path, other widths, 3 levels, the stage-1 VAE; "
-    "tests/test_vae_tiling.py asserts <= 1e-5 of the output's max abs); relative RMS 1.6e-7 with the "
-    "trained demo VAE at 17x128x128, tile 32. "
-    "tile_mode='blend' (the default) is approximate: per-frame GroupNorm statistics and the mid-block "
-    "causal attention see one tile instead of the whole frame, so every pixel changes, not only the "
-    "seams, by an amount that depends on the weights. Trained demo VAE (250 steps), 4 clean 17x128x128 "
-    "clips: tile 64 px / overlap 16 or 32: decoded relative RMS 0.097 (30.1 dB PSNR against untiled), "
-    "latent relative RMS 0.30-0.32; tile 96 / overlap 32: decoded 0.059 (34.5 dB), latent 0.15; the "
-    "reconstruction PSNR against the input moves by < 0.4 dB. Random weights are far worse "
-    "(relative RMS 0.47-0.77). Guaranteed (both modes): a tile covering the whole frame gives "
-    "bitwise the untiled result; the blend weights are an exact partition of unity. 'exact' bounds "
-    "memory only when the model is on an accelerator and the video in host memory; 'blend' bounds it "
-    "everywhere."
-)
-
 
 @dataclass
 class VAEConfig:
@@ -302,47 +280,11 @@ def mix_chunk_boundaries(x: torch.Tensor, frame_chunk: int, keep: float = 0.6) -
     return x.index_copy(1, back, new_back).index_copy(1, front, new_front)
 
 
-def _ramp(length: int, start: int, stop: int, overlap: int) -> torch.Tensor:
-    """1-D blend weight of a tile covering [start, stop) of ``length``; ramps over ``overlap``."""
-    w = torch.ones(stop - start)
-    if overlap > 0:
-        i = torch.arange(stop - start, dtype=torch.float32)
-        if start > 0:
-            w = torch.minimum(w, (i + 1) / (overlap + 1))
-        if stop < length:
-            w = torch.minimum(w, (stop - start - i) / (overlap + 1))
-    return w
-
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, tile - overlap))
-    starts.append(length - tile)
-    return sorted(set(starts))
-
-
 def frames_to_tensor(frames: Any) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) (a numpy array) -> the VAE's input range: float32 (T, 3, H, W) in [-1, 1]."""
     import numpy as np
 
     return torch.from_numpy(np.array(frames, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
-
-
-def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map released-checkpoint names to module names: ``decoder.conv_out.*`` -> ``decoder.conv_out.conv.*``.
-
-    Names already in module form are kept, so this works on both the release and module dumps.
-    Tensors whose names start with ``__`` (reference inputs/outputs) are dropped.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for name, t in state.items():
-        if name.startswith("__"):
-            continue
-        if name.startswith("decoder.conv_out.") and not name.startswith("decoder.conv_out.conv."):
-            name = "decoder.conv_out.conv." + name[len("decoder.conv_out.") :]
-        out[name] = t
-    return out
 
 
 class VideoVAE(nn.Module):
@@ -461,19 +403,9 @@ class VideoVAE(nn.Module):
             raise ValueError("latent contains NaN or Inf values")
 
     @staticmethod
-    def _check_tiling(tile_size: int | None, tile_overlap: int, factor: int, tile_mode: str = "blend") -> None:
-        if tile_mode not in TILE_MODES:
-            raise ValueError(f"tile_mode must be one of {', '.join(map(repr, TILE_MODES))}; got {tile_mode!r}")
-        if tile_mode == "exact" and tile_overlap:
-            raise ValueError(
-                f"tile_overlap must be 0 with tile_mode='exact' (its tiles do not overlap); got {tile_overlap}"
-            )
-        if tile_size is None:
-            return
-        if tile_size < factor or tile_size % factor or tile_overlap < 0 or tile_overlap % factor:
-            raise ValueError(f"tile_size and tile_overlap must be multiples of {factor} (tile_size >= {factor})")
-        if tile_overlap >= tile_size:
-            raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
+    def check_tiling(tile_size: int | None, tile_overlap: int, factor: int, tile_mode: str = "blend") -> None:
+        """Raise ValueError for tiling arguments `encode`/`decode` cannot take (:func:`vae_tiling.check_tiling`)."""
+        vae_tiling.check_tiling(tile_size, tile_overlap, factor, tile_mode)
 
     # ---- chunk-level paths (B, C, T, H, W) -----------------------------------------------------
     def _chunks(self, t: int, size: int) -> Iterator[slice]:
@@ -492,35 +424,6 @@ class VideoVAE(nn.Module):
         x = self.decoder(z) if exact_tile is None else vae_tiling.decode_chunk(self.decoder, z, exact_tile)
         return x[:, :, self.config.decoder_trim :]
 
-    def _tiled(self, fn, x: torch.Tensor, factor_in: int, factor_out: int, tile: int, overlap: int) -> torch.Tensor:
-        """Run ``fn`` on overlapping spatial tiles of ``x`` (B, C, T, H, W) and blend the outputs.
-
-        ``tile`` and ``overlap`` are in units of x's grid; outputs are ``factor_out/factor_in``
-        times larger spatially. Blend weights ramp linearly across each overlap.
-        """
-        _, _, _, h, w = x.shape
-        scale_num, scale_den = factor_out, factor_in
-        out = weight = None
-        for y0 in _tile_starts(h, tile, overlap):
-            y1 = min(y0 + tile, h)
-            for x0 in _tile_starts(w, tile, overlap):
-                x1 = min(x0 + tile, w)
-                piece = fn(x[:, :, :, y0:y1, x0:x1])
-                if out is None:
-                    b, c, t = piece.shape[:3]
-                    H, W = h * scale_num // scale_den, w * scale_num // scale_den
-                    out = piece.new_zeros(b, c, t, H, W)
-                    weight = piece.new_zeros(1, 1, 1, H, W)
-                Y0, Y1 = y0 * scale_num // scale_den, y1 * scale_num // scale_den
-                X0, X1 = x0 * scale_num // scale_den, x1 * scale_num // scale_den
-                ov = overlap * scale_num // scale_den
-                wy = _ramp(H, Y0, Y1, ov).to(piece)
-                wx = _ramp(W, X0, X1, ov).to(piece)
-                wt = (wy[:, None] * wx[None, :])[None, None, None]
-                out[:, :, :, Y0:Y1, X0:X1] += piece * wt
-                weight[:, :, :, Y0:Y1, X0:X1] += wt
-        return out / weight
-
     # ---- public inference API ------------------------------------------------------------------
     @torch.no_grad()
     def encode_moments(
@@ -533,7 +436,7 @@ class VideoVAE(nn.Module):
         """
         self.check_video(video)
         f = self.config.spatial_factor
-        self._check_tiling(tile_size, tile_overlap, f, tile_mode)
+        self.check_tiling(tile_size, tile_overlap, f, tile_mode)
         p = self._param()
         b, t, _, h, w = video.shape
         moments = torch.empty(
@@ -549,7 +452,7 @@ class VideoVAE(nn.Module):
             elif exact:
                 m = vae_tiling.encode_chunk(self.encoder, x, tile_size)
             else:
-                m = self._tiled(self.encoder, x, f, 1, tile_size, tile_overlap)
+                m = vae_tiling.blend_tiles(self.encoder, x, f, 1, tile_size, tile_overlap)
             n = m.shape[2]
             moments[:, k * n : (k + 1) * n] = m.permute(0, 2, 1, 3, 4).to(moments.device)
         return moments
@@ -597,7 +500,7 @@ class VideoVAE(nn.Module):
         """
         self.check_latent(latent)
         f = self.config.spatial_factor
-        self._check_tiling(tile_size, tile_overlap, f, tile_mode)
+        self.check_tiling(tile_size, tile_overlap, f, tile_mode)
         p = self._param()
         b, t, _, h, w = latent.shape
         fc = self.frame_chunk
@@ -615,7 +518,7 @@ class VideoVAE(nn.Module):
             elif exact:
                 x = self._decode_chunk(z, exact_tile=tile_size)
             else:
-                x = self._tiled(self._decode_chunk, z, 1, f, tile_size // f, tile_overlap // f)
+                x = vae_tiling.blend_tiles(self._decode_chunk, z, 1, f, tile_size // f, tile_overlap // f)
             n = x.shape[2]
             out[:, k * n : (k + 1) * n] = x.permute(0, 2, 1, 3, 4).to(out.device)
             if mix and k > 0:  # boundary between chunk k-1 (front) and chunk k (back)
@@ -651,21 +554,6 @@ class VideoVAE(nn.Module):
         return recon, post
 
     # ---- weights --------------------------------------------------------------------------------
-    def load_official_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True):
-        """Load an official state dict (released-checkpoint or module names)."""
-        return self.load_state_dict(convert_official_state_dict(state), strict=strict)
-
-    @classmethod
-    def from_official_checkpoint(
-        cls, path: str | os.PathLike, config: VAEConfig | None = None, device: str = "cpu"
-    ) -> "VideoVAE":
-        """Build the (official by default) VAE and load a released ``.safetensors`` checkpoint."""
-        from safetensors.torch import load_file
-
-        model = cls(config if config is not None else VAEConfig.official())
-        model.load_official_state_dict(load_file(str(path), device=device))
-        return model.to(device)
-
     def save_pretrained(self, folder: str | os.PathLike) -> os.PathLike:
         """Write ``config.json`` + safetensors weights to ``folder`` (atomically)."""
         return model_io.save_folder(folder, self.state_dict(), self.config.to_dict())
@@ -682,11 +570,8 @@ class VideoVAE(nn.Module):
 
 
 __all__ = [
-    "TILE_MODES",
-    "TILING_NOTE",
     "VAEConfig",
     "DiagonalGaussian",
     "VideoVAE",
-    "convert_official_state_dict",
     "mix_chunk_boundaries",
 ]

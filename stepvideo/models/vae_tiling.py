@@ -24,7 +24,7 @@ frame. Here the network runs *layer by layer over the whole frame* instead:
   stride-2 / x2 ops always start on even cells.
 
 The result equals the untiled chunk up to float rounding (per-tile conv kernels and the order of
-the statistics sums differ); ``TILING_NOTE`` in :mod:`stepvideo.models.vae` gives measured numbers.
+the statistics sums differ); ``TILING_NOTE`` below gives measured numbers.
 
 Memory: with storage on the host and compute on a GPU, GPU memory holds one tile (input with halo
 and output) of one op, the mid-block attention on the 8x-downsampled tensor, and the weights;
@@ -59,6 +59,45 @@ from stepvideo.models.vae_blocks import (
     pixel_shuffle_3d,
     pixel_unshuffle_3d,
 )
+
+TILE_MODES = ("blend", "exact")
+
+TILING_NOTE = (
+    "tile_mode='exact' (layer-streamed) equals untiled up to float rounding: float32 on CPU, max abs "
+    "difference <= 3.6e-6 (<= 2.1e-6 of the output's max abs), relative RMS <= 1.7e-6 on latents and "
+    "decoded frames (seeded random init: tiny 17x64x96 at tiles 32/48, a 1-frame image, 17x48x32 at "
+    "tile 16, a 34-frame clip, demo, no dual path, other widths, 3 levels, the stage-1 VAE; "
+    "tests/test_vae_tiling.py asserts <= 1e-5 of the output's max abs); relative RMS 1.6e-7 with the "
+    "trained demo VAE at 17x128x128, tile 32. "
+    "tile_mode='blend' (the default) is approximate: per-frame GroupNorm statistics and the mid-block "
+    "causal attention see one tile instead of the whole frame, so every pixel changes, not only the "
+    "seams, by an amount that depends on the weights. Trained demo VAE (250 steps), 4 clean 17x128x128 "
+    "clips: tile 64 px / overlap 16 or 32: decoded relative RMS 0.097 (30.1 dB PSNR against untiled), "
+    "latent relative RMS 0.30-0.32; tile 96 / overlap 32: decoded 0.059 (34.5 dB), latent 0.15; the "
+    "reconstruction PSNR against the input moves by < 0.4 dB. Random weights are far worse "
+    "(relative RMS 0.47-0.77). Guaranteed (both modes): a tile covering the whole frame gives "
+    "bitwise the untiled result; the blend weights are an exact partition of unity. 'exact' bounds "
+    "memory only when the model is on an accelerator and the video in host memory; 'blend' bounds it "
+    "everywhere."
+)
+
+
+def check_tiling(tile_size: int | None, tile_overlap: int, factor: int, tile_mode: str = "blend") -> None:
+    """Raise ValueError for tiling arguments the VAE cannot take (``tile_size``/``tile_overlap`` in the
+    grid units of ``factor``)."""
+    if tile_mode not in TILE_MODES:
+        raise ValueError(f"tile_mode must be one of {', '.join(map(repr, TILE_MODES))}; got {tile_mode!r}")
+    if tile_mode == "exact" and tile_overlap:
+        raise ValueError(
+            f"tile_overlap must be 0 with tile_mode='exact' (its tiles do not overlap); got {tile_overlap}"
+        )
+    if tile_size is None:
+        return
+    if tile_size < factor or tile_size % factor or tile_overlap < 0 or tile_overlap % factor:
+        raise ValueError(f"tile_size and tile_overlap must be multiples of {factor} (tile_size >= {factor})")
+    if tile_overlap >= tile_size:
+        raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
+
 
 Need = Callable[[int, int], "tuple[int, int]"]
 """Maps an output tile's [start, stop) along H or W to the input [start, stop) it reads."""
@@ -413,4 +452,59 @@ def _unpatchify(run: _Run, dec: VideoDecoder, h: Act) -> Act:
     return _local_op(run, fn, [(h, _then(_conv_need(conv.conv.conv), _coarse(f)))], (f * hh, f * ww))
 
 
-__all__ = ["Act", "decode_chunk", "encode_chunk"]
+
+
+# ------------------------------------------------------------------ blend mode: overlapping tiles
+
+def ramp(length: int, start: int, stop: int, overlap: int) -> torch.Tensor:
+    """1-D blend weight of a tile covering [start, stop) of ``length``; ramps over ``overlap``."""
+    w = torch.ones(stop - start)
+    if overlap > 0:
+        i = torch.arange(stop - start, dtype=torch.float32)
+        if start > 0:
+            w = torch.minimum(w, (i + 1) / (overlap + 1))
+        if stop < length:
+            w = torch.minimum(w, (stop - start - i) / (overlap + 1))
+    return w
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+def blend_tiles(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, factor_in: int, factor_out: int, tile: int, overlap: int) -> torch.Tensor:
+    """Run ``fn`` on overlapping spatial tiles of ``x`` (B, C, T, H, W) and blend the outputs.
+
+    ``tile`` and ``overlap`` are in units of x's grid; outputs are ``factor_out/factor_in``
+    times larger spatially. Blend weights ramp linearly across each overlap.
+    """
+    _, _, _, h, w = x.shape
+    scale_num, scale_den = factor_out, factor_in
+    out = weight = None
+    for y0 in tile_starts(h, tile, overlap):
+        y1 = min(y0 + tile, h)
+        for x0 in tile_starts(w, tile, overlap):
+            x1 = min(x0 + tile, w)
+            piece = fn(x[:, :, :, y0:y1, x0:x1])
+            if out is None:
+                b, c, t = piece.shape[:3]
+                H, W = h * scale_num // scale_den, w * scale_num // scale_den
+                out = piece.new_zeros(b, c, t, H, W)
+                weight = piece.new_zeros(1, 1, 1, H, W)
+            Y0, Y1 = y0 * scale_num // scale_den, y1 * scale_num // scale_den
+            X0, X1 = x0 * scale_num // scale_den, x1 * scale_num // scale_den
+            ov = overlap * scale_num // scale_den
+            wy = ramp(H, Y0, Y1, ov).to(piece)
+            wx = ramp(W, X0, X1, ov).to(piece)
+            wt = (wy[:, None] * wx[None, :])[None, None, None]
+            out[:, :, :, Y0:Y1, X0:X1] += piece * wt
+            weight[:, :, :, Y0:Y1, X0:X1] += wt
+    return out / weight
+
+
+__all__ = ["TILE_MODES", "TILING_NOTE", "Act", "check_tiling", "decode_chunk", "encode_chunk", "blend_tiles", "ramp",
+           "tile_starts"]

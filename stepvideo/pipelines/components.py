@@ -31,7 +31,8 @@ import torch
 from stepvideo.diffusion.sampler import SamplerConfig
 from stepvideo.models.dit import DiTConfig, StepVideoDiT
 from stepvideo.models.io import parse_dtype, replace_folder, temp_folder_for
-from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder, build_tiny_text_encoders, sample_captions
+from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder
+from stepvideo.models.tiny_text import build_tiny_text_encoders, sample_captions
 from stepvideo.models.vae import VAEConfig, VideoVAE
 
 MODEL_INDEX = "model_index.json"

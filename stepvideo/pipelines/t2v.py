@@ -308,7 +308,7 @@ class T2VPipeline:
         ``vae_tile_size`` (output pixels, a multiple of 16) decodes in spatial tiles; with
         ``vae_tile_mode="exact"`` (the default here) the latents stay in host memory and only one
         tile at a time is on the VAE's device, with the untiled result; "blend" is the approximate
-        overlap-blend mode (see ``stepvideo.models.vae.TILING_NOTE``).
+        overlap-blend mode (see ``stepvideo.models.vae_tiling.TILING_NOTE``).
         """
         prompts = _texts(prompt, "prompt")
         negatives = _texts(negative_prompt, "negative_prompt")
@@ -331,7 +331,7 @@ class T2VPipeline:
             raise ValueError("progress must be None or a callable (done, total)")
         f = self.vae.config.spatial_factor  # blend: one latent cell of overlap when the tile allows it
         overlap = f if vae_tile_mode == "blend" and vae_tile_size is not None and vae_tile_size > f else 0
-        self.vae._check_tiling(vae_tile_size, overlap, f, vae_tile_mode)  # fail before sampling, not after
+        self.vae.check_tiling(vae_tile_size, overlap, f, vae_tile_mode)  # fail before sampling, not after
 
         cond = self._encode(prompts)
         uncond = self._encode(negatives) if cfg_scale != 1.0 else None

@@ -36,7 +36,8 @@ _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.d
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
     "validate": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
-    "text_encoders": _COMMON + ("stepvideo.stages.text", "stepvideo.models.text_encoders"),
+    "text_encoders": _COMMON + ("stepvideo.stages.text", "stepvideo.models.text_encoders",
+                                "stepvideo.models.tiny_text"),
     "text_cache": _COMMON + ("stepvideo.stages.text", "stepvideo.data.text_cache", "stepvideo.models.text_encoders"),
     "train_vae": _COMMON + _VAE_MODEL + ("stepvideo.stages.vae", "stepvideo.evaluation.runner",
                                          "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment",

@@ -20,7 +20,7 @@ def clean_captions(root: Path) -> dict[str, str]:
 def stage_text_encoders(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Build the tiny bilingual tokenizer + encoders from the clean captions (or take the user's),
     and record their versions; registers the built folder as `stepvideo-text-encoders`."""
-    from stepvideo.models.text_encoders import build_tiny_text_encoders
+    from stepvideo.models.tiny_text import build_tiny_text_encoders
 
     te = params.text_encoders
     out = root / OUTPUTS / "text_encoders"
