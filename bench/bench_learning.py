@@ -79,7 +79,8 @@ def probe_step_seconds(cfg, train: list[np.ndarray], repeats: int) -> tuple[floa
     import dataclasses
 
     from stepvideo.models.vae import VAEConfig, VideoVAE
-    from stepvideo.training.vae_trainer import _draw_batch, pixel_loss
+    from stepvideo.training.vae_losses import pixel_loss
+    from stepvideo.training.vae_trainer import _draw_batch
 
     model = VideoVAE(VAEConfig.from_dict(cfg.model)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)

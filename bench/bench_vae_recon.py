@@ -30,7 +30,7 @@ import torch
 def _stored_vs_clean(cfg, rows: list[dict], root: Path) -> tuple[float, float, int]:
     from stepvideo.data.synth import clean_clip
     from stepvideo.data.video_io import read_video
-    from stepvideo.training.vae_trainer import psnr, ssim
+    from stepvideo.training.vae_losses import psnr, ssim
 
     seen, p, s = set(), [], []
     for r in rows:

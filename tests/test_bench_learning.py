@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from stepvideo.models.vae_blocks import CausalConv3d
-from stepvideo.training.vae_trainer import VAETrainConfig, object_mask, pixel_loss
+from stepvideo.training.vae_losses import object_mask, pixel_loss
+from stepvideo.training.vae_trainer import VAETrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

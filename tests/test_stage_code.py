@@ -101,3 +101,49 @@ def test_the_stage_modules_import_one_way_and_the_package_imports_none_of_them()
         if n not in seen:
             visit(n, ())
     assert not {m for m in _imports(package / "__init__.py") if m.startswith("stepvideo.stages.")}
+
+
+def test_no_import_cycle_in_the_package():
+    """Module-level import graph of stepvideo/ (imports inside functions included): no cycle."""
+    package = ROOT / "stepvideo"
+    mods = {}
+    for p in package.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+
+    def owner(m: str) -> str:
+        while m and m not in mods:
+            m = m.rsplit(".", 1)[0] if "." in m else ""
+        return m
+
+    graph = {}
+    for name, path in mods.items():
+        deps = {m if m in mods else owner(m) for m in _imports(path)}
+        graph[name] = {d for d in deps if d and d != name and not name.startswith(d + ".")}  # parents load first
+    seen: dict[str, int] = {}
+
+    def visit(n: str, path: tuple[str, ...]) -> None:
+        seen[n] = 1
+        for m in sorted(graph[n]):
+            assert seen.get(m) != 1, f"import cycle: {' -> '.join(path + (n, m))}"
+            if m not in seen:
+                visit(m, path + (n,))
+        seen[n] = 2
+
+    for n in sorted(graph):
+        if n not in seen:
+            visit(n, ())
+    flows_users = [n for n, p in mods.items() if any(m.startswith("flows") for m in _imports_any(p))]
+    assert not flows_users, f"the package imports flows/: {flows_users}"
+
+
+def _imports_any(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found

@@ -9,14 +9,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from stepvideo.training.vae_trainer import VAETrainConfig
 
 
 class PatchDiscriminator3D(nn.Module):
@@ -71,8 +68,9 @@ def object_mask(x: torch.Tensor) -> torch.Tensor:
     return ((d - 0.15) / 0.15).clamp(0.0, 1.0)
 
 
-def pixel_loss(recon: torch.Tensor, x: torch.Tensor, cfg: VAETrainConfig) -> torch.Tensor:
-    """The reconstruction terms of the loss (module docstring), on (B, T, C, H, W) clips."""
+def pixel_loss(recon: torch.Tensor, x: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """The reconstruction terms of the loss (module docstring), on (B, T, C, H, W) clips; `cfg` is a
+    VAETrainConfig (its l1/l2/edge/object weights; not imported here: the trainer imports this module)."""
     w = 1.0 + cfg.object_weight * object_mask(x) if cfg.object_weight else None
 
     def mean(t: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
