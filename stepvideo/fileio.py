@@ -1,10 +1,14 @@
-"""Writing files so that saved work is never lost: a temporary name beside the target, then an
-atomic rename. The project's one helper for it (no dependencies: every layer may import it)."""
+"""Writing files and folders so that saved work is never lost: a temporary name beside the target,
+then an atomic rename. The project's one home for it (no dependencies: every layer may import it):
+`atomic_write_text` for a file, `atomic_folder` for a folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -20,3 +24,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def temp_folder_for(folder: str | os.PathLike) -> Path:
+    """An empty hidden folder beside `folder`, to write into and then `replace_folder` into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Move a fully written `tmp` folder to `folder`, replacing what was there only once `tmp` is complete."""
+    tmp, folder = Path(tmp), Path(folder)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Write `folder` atomically: the block writes into the empty temporary folder it is given; when
+    the block ends it replaces `folder` (an old one goes only once the new one is in place); when it
+    raises (Ctrl-C included) the temporary folder is removed and `folder` is left as it was."""
+    tmp = temp_folder_for(folder)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, folder)

@@ -15,7 +15,6 @@ the card is a figure of the files in the folder.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,7 +87,7 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
     from PIL import Image
 
     from stepvideo.pipelines.t2v import MODEL_INDEX, T2VPipeline
-    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.fileio import atomic_folder
     from stepvideo.evaluation.runner import vae_content_metrics
 
     root = Path(root)
@@ -99,8 +98,7 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
     results = json.loads(results_file.read_text())
     vae_train = json.loads((require_output(root / OUTPUTS / "vae", "train_vae") / "metrics.json").read_text())
     out = Path(out)
-    tmp = temp_folder_for(out)
-    try:
+    with atomic_folder(out) as tmp:
         pipe = T2VPipeline.from_pretrained(bundle, dtype=torch.float32)
         pipe.to(dtype=torch.bfloat16).save_pretrained(tmp)  # the shipped weights
         shipped = T2VPipeline.from_pretrained(tmp, dtype=torch.float32)
@@ -123,10 +121,6 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
         (tmp / "params.yaml").write_text(dump_params(params))
         (tmp / "release.json").write_text(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         (tmp / "README.md").write_text(model_card(info), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, out)
     return info
 
 

@@ -11,21 +11,21 @@ import json
 from pathlib import Path
 
 
-class ReferenceError(ValueError):
+class ReferenceFileError(ValueError):
     pass
 
 
 def load_meta(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"{path}: reference file not found")
+        raise ReferenceFileError(f"{path}: reference file not found")
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
-        raise ReferenceError(f"{meta_path}: the reference's JSON description is missing")
+        raise ReferenceFileError(f"{meta_path}: the reference's JSON description is missing")
     try:
         return json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
-        raise ReferenceError(f"{meta_path}: not valid JSON ({e})") from e
+        raise ReferenceFileError(f"{meta_path}: not valid JSON ({e})") from e
 
 
 def verify(path: str | Path) -> tuple[str, dict[str, tuple[float, float]]]:
@@ -37,4 +37,4 @@ def verify(path: str | Path) -> tuple[str, dict[str, tuple[float, float]]]:
         return "vae", vae.verify_vae_reference(path, meta)
     if dit._is_dit_reference(meta):
         return "dit", dit.verify_dit_reference(path, meta)
-    raise ReferenceError(f"{Path(path).with_suffix('.json')}: not a VAE or DiT reference this version knows")
+    raise ReferenceFileError(f"{Path(path).with_suffix('.json')}: not a VAE or DiT reference this version knows")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from stepvideo.data.text_cache import TextCache, build_text_cache, cache_key, texts_version
-from stepvideo.models.io import replace_folder, temp_folder_for
+from stepvideo.fileio import atomic_folder
 
 __all__ = ["FORMAT", "EMPTY_ID", "FULL", "LOW", "low_resolution", "most_common_size", "latent_cache_key", "build_latent_cache",
            "LatentCache", "bucket_key", "BucketSampler", "cache_summary"]
@@ -212,76 +212,72 @@ def build_latent_cache(
         log.info("latent cache %s is up to date (key %s), reusing it", out_dir, key)
         return out_dir
     res_names = [FULL] + list(wanted)
-    tmp = temp_folder_for(out_dir)
     was_training = vae.training
     try:
-        vae.eval()
-        p = next(vae.parameters())
-        writer = _ShardWriter(tmp, max_shard_bytes)
-        pending: dict[tuple[int, int, int], list[tuple[str, torch.Tensor]]] = {}
+        with atomic_folder(out_dir) as tmp:
+            vae.eval()
+            p = next(vae.parameters())
+            writer = _ShardWriter(tmp, max_shard_bytes)
+            pending: dict[tuple[int, int, int], list[tuple[str, torch.Tensor]]] = {}
 
-        def flush(group: list[tuple[str, torch.Tensor]]) -> None:
-            x = torch.stack([t for _, t in group]).to(p.device)  # float32; the VAE casts to its dtype
-            out: dict[str, dict[str, torch.Tensor]] = {c: {} for c, _ in group}
-            for res in res_names:
-                post = vae.posterior(x if res == FULL else _resize(x, wanted[res]))
-                mean, logvar = post.mean.float().cpu(), post.logvar.float().cpu()
-                for j, (clip, _) in enumerate(group):
-                    out[clip][f"{clip}/{res}/mean"] = mean[j].contiguous().clone()
-                    out[clip][f"{clip}/{res}/logvar"] = logvar[j].contiguous().clone()
-                    media[clip]["latent"][res] = [int(mean.shape[1]), int(mean.shape[3]), int(mean.shape[4])]
-            for clip, _ in group:
-                media[clip]["shard"] = writer.add(out[clip])
+            def flush(group: list[tuple[str, torch.Tensor]]) -> None:
+                x = torch.stack([t for _, t in group]).to(p.device)  # float32; the VAE casts to its dtype
+                out: dict[str, dict[str, torch.Tensor]] = {c: {} for c, _ in group}
+                for res in res_names:
+                    post = vae.posterior(x if res == FULL else _resize(x, wanted[res]))
+                    mean, logvar = post.mean.float().cpu(), post.logvar.float().cpu()
+                    for j, (clip, _) in enumerate(group):
+                        out[clip][f"{clip}/{res}/mean"] = mean[j].contiguous().clone()
+                        out[clip][f"{clip}/{res}/logvar"] = logvar[j].contiguous().clone()
+                        media[clip]["latent"][res] = [int(mean.shape[1]), int(mean.shape[3]), int(mean.shape[4])]
+                for clip, _ in group:
+                    media[clip]["shard"] = writer.add(out[clip])
 
-        with torch.no_grad(), tqdm(total=len(media), desc="latent cache", unit="item", disable=not progress) as bar:
-            for clip in sorted(media):
-                m = media[clip]
-                frames = read_video(root / m["path"])
-                t, h, w = (int(s) for s in frames.shape[:3])
-                if h < sf or w < sf or h % sf or w % sf:
-                    raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): size {h}x{w} is not a multiple of {sf}; "
-                                     f"crop or resize the media before caching")
-                if not (t == 1 or t % vae.frame_chunk == 0):
-                    raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): {t} frames; must be 1 or a multiple "
-                                     f"of {vae.frame_chunk}")
-                m.update(frames=t, pixels={FULL: [h, w], **{r: list(s) for r, s in wanted.items()}}, latent={})
-                group = pending.setdefault((t, h, w), [])
-                group.append((clip, frames_to_tensor(frames)))
-                if len(group) >= batch_size:
-                    flush(pending.pop((t, h, w)))
-                bar.update()
-            for shape in sorted(pending):
-                flush(pending[shape])
-        writer.flush()
+            with torch.no_grad(), tqdm(total=len(media), desc="latent cache", unit="item", disable=not progress) as bar:
+                for clip in sorted(media):
+                    m = media[clip]
+                    frames = read_video(root / m["path"])
+                    t, h, w = (int(s) for s in frames.shape[:3])
+                    if h < sf or w < sf or h % sf or w % sf:
+                        raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): size {h}x{w} is not a multiple of {sf}; "
+                                         f"crop or resize the media before caching")
+                    if not (t == 1 or t % vae.frame_chunk == 0):
+                        raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): {t} frames; must be 1 or a multiple "
+                                         f"of {vae.frame_chunk}")
+                    m.update(frames=t, pixels={FULL: [h, w], **{r: list(s) for r, s in wanted.items()}}, latent={})
+                    group = pending.setdefault((t, h, w), [])
+                    group.append((clip, frames_to_tensor(frames)))
+                    if len(group) >= batch_size:
+                        flush(pending.pop((t, h, w)))
+                    bar.update()
+                for shape in sorted(pending):
+                    flush(pending[shape])
+            writer.flush()
 
-        texts = {it["id"]: it["caption"] for it in items}
-        texts[EMPTY_ID] = ""
-        src = Path(text_cache) if text_cache is not None else None
-        if src is not None and src.is_file() and _text_key(src) == cache_key(texts_version(texts), versions):
-            shutil.copyfile(src, tmp / TEXT_NAME)
-        else:
-            build_text_cache(texts, encoders, tmp / TEXT_NAME, progress=progress)
+            texts = {it["id"]: it["caption"] for it in items}
+            texts[EMPTY_ID] = ""
+            src = Path(text_cache) if text_cache is not None else None
+            if src is not None and src.is_file() and _text_key(src) == cache_key(texts_version(texts), versions):
+                shutil.copyfile(src, tmp / TEXT_NAME)
+            else:
+                build_text_cache(texts, encoders, tmp / TEXT_NAME, progress=progress)
 
-        full = most_common_size([m["pixels"][FULL] for m in media.values()])
-        meta = {
-            "format": FORMAT, "key": key, "data_version": str(data_version), "vae_version": str(vae_version),
-            "encoder_versions": versions, "resolutions": {FULL: list(full), **{r: list(s) for r, s in wanted.items()}},
-            "z_channels": int(vae.config.z_channels), "rows_digest": digest,
-            "counts": {"items": len(items), "media": len(media),
-                       "videos": sum(m["frames"] > 1 for m in media.values()),
-                       "stills": sum(m["frames"] == 1 for m in media.values())},
-            "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir())},
-            "items": items,
-            "media": {c: {k: m[k] for k in ("kind", "frames", "shard", "pixels", "latent")} for c, m in media.items()},
-        }
-        (tmp / META_NAME).write_text(json.dumps(meta, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
-                                     encoding="utf-8")
-        if out_dir.is_file() or out_dir.is_symlink():
-            out_dir.unlink()
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            full = most_common_size([m["pixels"][FULL] for m in media.values()])
+            meta = {
+                "format": FORMAT, "key": key, "data_version": str(data_version), "vae_version": str(vae_version),
+                "encoder_versions": versions, "resolutions": {FULL: list(full), **{r: list(s) for r, s in wanted.items()}},
+                "z_channels": int(vae.config.z_channels), "rows_digest": digest,
+                "counts": {"items": len(items), "media": len(media),
+                           "videos": sum(m["frames"] > 1 for m in media.values()),
+                           "stills": sum(m["frames"] == 1 for m in media.values())},
+                "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir())},
+                "items": items,
+                "media": {c: {k: m[k] for k in ("kind", "frames", "shard", "pixels", "latent")} for c, m in media.items()},
+            }
+            (tmp / META_NAME).write_text(json.dumps(meta, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
+                                         encoding="utf-8")
+            if out_dir.is_file() or out_dir.is_symlink():
+                out_dir.unlink()
     finally:
         vae.train(was_training)
     return out_dir

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from stepvideo.fileio import atomic_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,48 +51,23 @@ def save_folder(
 ) -> Path:
     """Write ``state`` and ``config`` to ``folder`` atomically; returns the folder path."""
     folder = Path(folder)
-    tmp = temp_folder_for(folder)
-    shards = _shards(state, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(tmp / name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in shard})
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        (tmp / INDEX_NAME).write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
-        )
-    (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    return replace_folder(tmp, folder)
-
-
-def temp_folder_for(folder: str | os.PathLike) -> Path:
-    """An empty hidden folder beside `folder`, to write into and then `replace_folder` into place."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
-    """Move a fully written `tmp` folder to `folder`, replacing what was there only once `tmp` is complete."""
-    tmp, folder = Path(tmp), Path(folder)
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        shards = _shards(state, max_shard_bytes)
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            (tmp / INDEX_NAME).write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+            )
+        (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return folder
 
 

@@ -30,7 +30,8 @@ import torch
 
 from stepvideo.diffusion.sampler import SamplerConfig
 from stepvideo.models.dit import DiTConfig, StepVideoDiT
-from stepvideo.models.io import parse_dtype, replace_folder, temp_folder_for
+from stepvideo.fileio import atomic_folder
+from stepvideo.models.io import parse_dtype
 from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder
 from stepvideo.models.tiny_text import build_tiny_text_encoders, sample_captions
 from stepvideo.models.vae import VAEConfig, VideoVAE
@@ -203,18 +204,14 @@ def save_bundle(pipe: Any, folder: str | os.PathLike) -> Path:
     except TypeError as e:
         raise ValueError(f"lineage must be JSON-serialisable ({e})") from e
     folder = Path(folder)
-    tmp = temp_folder_for(folder)
-    try:
+    with atomic_folder(folder) as tmp:
         pipe.dit.save_pretrained(tmp / COMPONENT_PATHS["dit"])
         pipe.vae.save_pretrained(tmp / COMPONENT_PATHS["vae"])
         save_text_encoder(pipe.llm_encoder, tmp / COMPONENT_PATHS["llm"])
         if pipe.clip_encoder is not None:
             save_text_encoder(pipe.clip_encoder, tmp / COMPONENT_PATHS["clip"])
         (tmp / MODEL_INDEX).write_text(text, encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return replace_folder(tmp, folder)
+    return Path(folder)
 
 
 def random_components(preset: str, seed: int, texts: Sequence[str] | None, workdir: str | os.PathLike | None, *,

@@ -23,17 +23,31 @@ CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER = "candidate", "champion", "previous",
 JUDGED = (CHAMPION, CHALLENGER)  # versions the promote stage has already decided on
 
 
+class RegistryUnavailable(ConnectionError):
+    """The registry could not be read (an unreachable server, a broken store): not the same as an
+    empty registry, so nothing decides on it as if no model were registered."""
+
+
+def missing_or_raise(e: Exception, what: str) -> None:
+    """Return when MLflow error `e` says `what` does not exist; raise RegistryUnavailable otherwise."""
+    if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return
+    raise RegistryUnavailable(f"the MLflow registry at {tracking.tracking_uri()} cannot be read ({what}): {e}") from e
+
+
 def registered_version(name: str, weights: str, tag: str = "weights_hash") -> str | None:
-    """'NAME/VERSION' of the newest registered version of `name` whose `tag` tag is `weights`."""
+    """'NAME/VERSION' of the newest registered version of `name` whose `tag` tag is `weights`; None
+    when there is none. Raises RegistryUnavailable when the registry cannot be read."""
     import mlflow
 
     try:
         versions = tracking.client().search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as e:
+        missing_or_raise(e, f"versions of {name}")
         return None
     hits = [int(v.version) for v in versions if (v.tags or {}).get(tag) == weights]
     return f"{name}/{max(hits)}" if hits else None
 
 
 __all__ = ["VAE", "TEXT_ENCODERS", "DIT_STAGES", "DPO", "BUNDLE", "CANDIDATE", "CHAMPION", "PREVIOUS", "CHALLENGER",
-           "JUDGED", "registered_version"]
+           "JUDGED", "RegistryUnavailable", "missing_or_raise", "registered_version"]

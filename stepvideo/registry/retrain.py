@@ -15,7 +15,7 @@ from typing import Any
 
 from stepvideo import tracking
 from stepvideo.config import Params
-from stepvideo.registry import JUDGED
+from stepvideo.registry import JUDGED, missing_or_raise
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ def judged_versions(name: str) -> list[tuple[str, str, dict]]:
     client = tracking.client()
     try:
         model = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as e:
+        missing_or_raise(e, f"registered model {name}")
         return []
     found = []
     for alias in JUDGED:

@@ -201,7 +201,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
     import time
 
     from stepvideo.data.latent_cache import LatentCache
-    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.fileio import atomic_folder
     from stepvideo.training.dit_trainer import train_dit
 
     if name not in DIT_PREVIOUS:
@@ -244,8 +244,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
         seconds = time.perf_counter() - t0
         size = cache.resolutions[sp.resolution]
         fps = next((int(r.get("fps") or 0) for r in clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
-        tmp = temp_folder_for(out)
-        try:
+        with atomic_folder(out) as tmp:
             shutil.copytree(result["model_dir"], tmp, dirs_exist_ok=True)
             t1 = time.perf_counter()
             samples = render_samples(tmp, params, root, sp, size, tmp / "samples", fps=fps)
@@ -260,10 +259,6 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "weights": result["weights"],
                                                           "loss_curve": result["loss_curve"]},
                                                          indent=2, sort_keys=True) + "\n")
-            replace_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         tracking.log_metrics(metrics, step=result["step"])
         tracking.set_tags({"weights_hash": weights, "weights_kept": result["weights"]})
         for f in samples:

@@ -172,27 +172,22 @@ def make_candidates(params: Params, root: Path, out: Path, model: str | None = N
 def _skip(sft: Path, parent_version: str, root: Path) -> dict[str, Any]:
     """`dpo.enabled: false`: outputs/dit/dpo is the SFT weights (so evaluate, the bundle and dvc.yaml
     see one final DiT), marked as such in lineage.json; nothing is trained or registered."""
-    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.fileio import atomic_folder
 
     out = root / OUTPUTS / "dit" / "dpo"
-    tmp = temp_folder_for(out)
-    try:
+    with atomic_folder(out) as tmp:
         shutil.copytree(sft, tmp, dirs_exist_ok=True)
         lineage = {"stage": "dpo", "skipped": "dpo.enabled is false: these are the SFT weights",
                    "parent_model_version": parent_version, "weights_hash": model_hash(tmp)}
         (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.json").unlink(missing_ok=True)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print("dpo: skipped (dpo.enabled is false); the SFT model is the cascade's final DiT", file=sys.stderr)
     return {"model_dir": str(out), "metrics": {}, "registered_version": None, "lineage": lineage, "skipped": True}
 
 
 def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Video-DPO from the SFT model; see the module doc."""
-    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.fileio import atomic_folder
     from stepvideo.preference.candidates import generate_candidates
     from stepvideo.preference.pairs import RewardWeights, reward, reward_pairs, write_pairs, pair_tensors
     from stepvideo.training.dpo_trainer import DPOTrainConfig, train_dpo
@@ -290,17 +285,12 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
         metrics = {"seconds": seconds, "pairs": summary["pairs"], "rounds": len(rounds),
                    **{k: last[k] for k in last if isinstance(last[k], (int, float)) and k != "round"},
                    **{f"reward_model_{k}": v for k, v in rm_metrics.items()}}
-        tmp = temp_folder_for(out)
-        try:
+        with atomic_folder(out) as tmp:
             shutil.copytree(policy, tmp, dirs_exist_ok=True)
             lineage["weights_hash"] = model_hash(tmp)
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "rounds": rounds, "pair_summary": summary},
                                                          indent=1, sort_keys=True) + "\n")
-            replace_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         tracking.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
         tracking.set_tags({"pairs_version": pairs_version, "annotators": lineage["annotators"],
                            "weights_hash": lineage["weights_hash"]})

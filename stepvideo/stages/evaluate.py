@@ -93,10 +93,9 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
     the same way first (outputs/eval/sft) and shown beside it, with the DPO-vs-SFT win rate by the
     reward. Writes outputs/eval/ (videos/, results.json, report.html), logs every metric and the
     report to a nested MLflow run, and tags each registered DiT version with its scores."""
-    import shutil
 
     from stepvideo.evaluation.runner import balanced_subset, load_prompts, run_benchmark, summary_metrics
-    from stepvideo.models.io import replace_folder, temp_folder_for
+    from stepvideo.fileio import atomic_folder
 
     ep = params.evaluate
     final = require_output(root / OUTPUTS / "dit" / EVALUATE_FROM, EVALUATE_FROM)
@@ -122,8 +121,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
                     git_commit=lineage["git_commit"])
     with tracking.run("evaluate", experiment=params.tracking.experiment, params={"evaluate": vars(ep)},
                       tags=lineage, parent_run_id=parent_run_id):
-        tmp = temp_folder_for(out)
-        try:
+        with atomic_folder(out) as tmp:
             t0 = time.perf_counter()
             base = None
             if with_dpo:
@@ -136,10 +134,6 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
             results = run_benchmark(_pipe(final, vae_dir, encoders, ep), prompts, tmp, model=lineage["evaluated"],
                                     baseline=base, loss_curves=_loss_curves(root), extra=extra, **settings)
             seconds = time.perf_counter() - t0
-            replace_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         metrics = {**summary_metrics(results["summary"], "eval_"), "eval_seconds": seconds,
                    "eval_videos": results["summary"]["videos"]}
         if with_dpo:

@@ -24,7 +24,7 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     so an interrupted run resumes from its last checkpoint whichever driver restarts it."""
     import shutil
 
-    from stepvideo.models.io import replace_folder
+    from stepvideo.fileio import atomic_folder
     from stepvideo.training.vae_trainer import load_clips, train_vae, train_vae_recipe
 
     vp = params.vae
@@ -45,12 +45,10 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
             result = train_vae(cfg, train, heldout, work, log_fn=log, progress=progress)
         else:  # stage-1 metrics are logged with a `stage1_` prefix
             result = train_vae_recipe(stage1, cfg, train, heldout, work, log_fn=log, progress=progress)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(result["model_dir"], tmp)
-        (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-        replace_folder(tmp, out)
+        with atomic_folder(out) as tmp:
+            shutil.copytree(result["model_dir"], tmp, dirs_exist_ok=True)
+            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+            (tmp / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
         # how much content the VAE keeps: the scorer on held-out clips before/after a round trip
         metrics.update(vae_content_metrics(out, clean, params.evaluate.vae_items, progress=progress))

@@ -29,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from stepvideo.fileio import atomic_write_text
-from stepvideo.models.io import replace_folder, save_folder, temp_folder_for
+from stepvideo.fileio import atomic_folder
+from stepvideo.models.io import save_folder
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -52,18 +53,13 @@ def save_checkpoint(
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = temp_folder_for(final)
-    try:
+    with atomic_folder(final) as tmp:
         save_folder(tmp / MODEL, model_state, model_config)
         for name, group in (tensors or {}).items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name == MODEL:
                 raise ValueError(f"bad tensor group name {name!r}")
             save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
         (tmp / STATE).write_text(json.dumps({"step": int(step), **dict(state or {})}, sort_keys=True) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_folder(tmp, final)
     atomic_write_text(root / LATEST, json.dumps({"step": int(step), "folder": final.name}) + "\n")
     for old in list_checkpoints(run_dir)[: -max(keep, 1)]:
         if old != final:

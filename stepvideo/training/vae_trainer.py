@@ -303,23 +303,15 @@ def evaluate(model: VideoVAE, items: Sequence[np.ndarray], cfg: VAETrainConfig) 
 
 
 def _save_sample(pair: tuple[torch.Tensor, torch.Tensor], out_dir: Path) -> Path:
-    """Side-by-side (original | reconstruction) mp4 (GIF when the mp4 writer is unavailable)."""
+    """Side-by-side (original | reconstruction): an mp4 for a clip, a png for a still."""
+    from stepvideo.data.video_io import write_image, write_video
+
     x, rec = pair
     frames = torch.cat([x, rec], dim=-1)  # (T, 3, H, 2W)
     arr = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    try:
-        from stepvideo.data.video_io import write_video
-
-        if arr.shape[0] > 1:
-            return write_video(out_dir / "reconstruction.mp4", arr, fps=8)
-    except Exception:  # noqa: BLE001 - fall back to a GIF if PyAV/x264 is unusable here
-        pass
-    from PIL import Image
-
-    path = out_dir / "reconstruction.gif"
-    imgs = [Image.fromarray(f) for f in arr]
-    imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=125, loop=0)
-    return path
+    if arr.shape[0] > 1:
+        return write_video(out_dir / "reconstruction.mp4", arr, fps=8)
+    return write_image(out_dir / "reconstruction.png", arr[0])
 
 
 # ------------------------------------------------------------------------------------------------
