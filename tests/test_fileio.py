@@ -1,0 +1,41 @@
+"""The one atomic writer: a folder is replaced only by a complete one, and a failure leaves no trace."""
+
+from __future__ import annotations
+
+import pytest
+
+from stepvideo.fileio import atomic_folder, atomic_write_text
+
+
+def test_a_complete_block_replaces_the_folder(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_folder(out) as tmp:
+        assert tmp != out and tmp.parent == out.parent and not any(tmp.iterdir())
+        (tmp / "new.txt").write_text("new")
+        assert (out / "old.txt").is_file()  # nothing moves until the block ends
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folder left
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_block_keeps_the_old_folder_and_leaves_no_temp(tmp_path, error):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(error):
+        with atomic_folder(out) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise error()
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "fresh") as tmp:
+            raise RuntimeError
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_atomic_write_text(tmp_path):
+    path = atomic_write_text(tmp_path / "a" / "b.txt", "x\n")
+    assert path.read_text() == "x\n" and sorted(p.name for p in path.parent.iterdir()) == ["b.txt"]
