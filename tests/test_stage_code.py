@@ -82,24 +82,29 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def test_the_stage_modules_import_one_way_and_the_package_imports_none_of_them():
-    package = ROOT / "stepvideo" / "stages"
-    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
-    graph = {n: {m.rsplit(".", 1)[-1] for m in _imports(package / f"{n}.py")
-                 if m.startswith("stepvideo.stages.") and m.rsplit(".", 1)[-1] in names} for n in names}
+def _assert_acyclic(graph: dict[str, set[str]]) -> None:
+    """Depth-first over {module: imported modules}: a module met again while still open is a cycle."""
     seen: dict[str, int] = {}
 
-    def visit(n: str, path: tuple[str, ...]) -> None:  # depth-first: a grey node met again is a cycle
+    def visit(n: str, path: tuple[str, ...]) -> None:
         seen[n] = 1
-        for m in graph[n]:
+        for m in sorted(graph[n]):
             assert seen.get(m) != 1, f"import cycle: {' -> '.join(path + (n, m))}"
             if m not in seen:
                 visit(m, path + (n,))
         seen[n] = 2
 
-    for n in sorted(names):
+    for n in sorted(graph):
         if n not in seen:
             visit(n, ())
+
+
+def test_the_stage_modules_import_one_way_and_the_package_imports_none_of_them():
+    package = ROOT / "stepvideo" / "stages"
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    graph = {n: {m.rsplit(".", 1)[-1] for m in _imports(package / f"{n}.py")
+                 if m.startswith("stepvideo.stages.") and m.rsplit(".", 1)[-1] in names} for n in names}
+    _assert_acyclic(graph)
     assert not {m for m in _imports(package / "__init__.py") if m.startswith("stepvideo.stages.")}
 
 
@@ -120,19 +125,7 @@ def test_no_import_cycle_in_the_package():
     for name, path in mods.items():
         deps = {m if m in mods else owner(m) for m in _imports(path)}
         graph[name] = {d for d in deps if d and d != name and not name.startswith(d + ".")}  # parents load first
-    seen: dict[str, int] = {}
-
-    def visit(n: str, path: tuple[str, ...]) -> None:
-        seen[n] = 1
-        for m in sorted(graph[n]):
-            assert seen.get(m) != 1, f"import cycle: {' -> '.join(path + (n, m))}"
-            if m not in seen:
-                visit(m, path + (n,))
-        seen[n] = 2
-
-    for n in sorted(graph):
-        if n not in seen:
-            visit(n, ())
+    _assert_acyclic(graph)
     flows_users = [n for n, p in mods.items() if any(m.startswith("flows") for m in _imports_any(p))]
     assert not flows_users, f"the package imports flows/: {flows_users}"
 
