@@ -86,13 +86,20 @@ class VAEParams:
     lr: float = 1.0e-3
     lr_schedule: str = "cosine"  # constant | cosine
     warmup_steps: int = 20
+    min_lr_ratio: float = 0.0  # cosine decays to lr x this
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
     kl_weight: float = 1.0e-6
+    l1_weight: float = 1.0
     l2_weight: float = 0.0
     edge_weight: float = 0.0  # L1 between spatial gradients
     object_weight: float = 0.0  # pixels far from their frame's median colour weigh 1 + this
     sample_posterior: bool = False
     disc_weight: float = 0.0
     disc_start_step: int = 0
+    disc_lr: float = 1.0e-4
+    disc_channels: int = 32
     perceptual_weight: float = 0.0
     perceptual_backbone_path: str = ""
     dual_path_start_step: int = 0
@@ -103,10 +110,13 @@ class VAEParams:
     adapt_steps: int = 0
     mid_steps: int = 0
     seed: int = 0
+    log_every: int = 10
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2
     eval_max_items: int = 8
     eval_every: int = 100  # held-out PSNR/SSIM every N steps as well as at the end (0: end only)
     eval_size: int = 64
+    threads: int = 0  # torch threads (0: torch's default)
 
 
 @dataclass
@@ -135,26 +145,34 @@ class DiTStageParams:
     still_share: float | None = None  # share of steps on stills; null: in proportion to the items
     min_quality: float = 0.0  # keep rows with quality >= this (0: all)
     batch_size: int = 16  # global batch per optimizer step
+    bucket_batch_sizes: dict[str, int] = field(default_factory=dict)  # "FxHxW" (latent) -> global batch
     grad_accum: int = 1
     steps: int = 300
     lr: float = 5.0e-4
     lr_schedule: str = "cosine"  # constant | cosine
     warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     timestep_sampling: str = "logit_normal"  # uniform | logit_normal | shifted
     timestep_shift: float = 1.0  # for `shifted`
+    logit_mean: float = 0.0  # for `logit_normal`
+    logit_std: float = 1.0
     caption_dropout: float = 0.1  # share of samples trained on the empty prompt (for CFG)
     sample_posterior: bool = True
     ema_decay: float = 0.0  # 0: no EMA
     average_last: int = 0  # >0: the output is the mean of the last N checkpoints
     gradient_checkpointing: bool = False
     zero_stage: int = 0  # DeepSpeed ZeRO stage (0-3)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
+    deepspeed_config: str = ""  # a DeepSpeed JSON file overriding the engine's own
     seed: int = 0
     log_every: int = 1  # loss / lr / grad norm / throughput to MLflow every N steps
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     max_bad_steps: int = 3  # non-finite steps in a row before the run stops
+    threads: int = 0  # torch threads (0: torch's default)
     # the sample videos rendered from the stage's output (fixed EN + ZH prompts)
     sample_prompts: int = 4  # how many of stages.dit.SAMPLE_PROMPTS (0: none)
     sample_steps: int = 20
@@ -221,9 +239,12 @@ class DPOParams:
     sft_weight: float = 0.0  # > 0: + the flow-matching loss on the chosen sample
     steps: int = 20  # per round
     batch_size: int = 8  # pairs per step
+    grad_accum: int = 1
     lr: float = 1.0e-5
     lr_schedule: str = "constant"
     warmup_steps: int = 5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
     timestep_sampling: str = "logit_normal"
     timestep_shift: float = 1.0
@@ -235,6 +256,8 @@ class DPOParams:
     reward_model_heldout: float = 0.25
     gradient_checkpointing: bool = False
     zero_stage: int = 0
+    precision: str = "auto"
+    deepspeed_config: str = ""
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 20
@@ -411,6 +434,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ParamsError(ValueError):
     """A params file or override that does not fit the schema; the message names file and key."""
+
+
+def shared_fields(target: type, section: Any, set_by_stage: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of the trainer config class `target` that the params `section` holds under the same
+    name (copied), for `target(**shared_fields(...), **what_the_stage_sets)`.
+
+    Checked: every other field of `target` must be named in `set_by_stage` (the stage computes it:
+    the model geometry, the starting folder). A trainer field added without a params field raises
+    here instead of silently taking the trainer's default (tests/test_config_fields.py)."""
+    have = {f.name for f in dataclasses.fields(section)}
+    fields = [f.name for f in dataclasses.fields(target)]
+    missing = [n for n in fields if n not in have and n not in set_by_stage]
+    if missing:
+        raise TypeError(f"{target.__name__} fields {missing} are neither in the params section "
+                        f"{type(section).__name__} nor set by the stage: add them to {type(section).__name__}")
+    return {n: copy.deepcopy(getattr(section, n)) for n in fields if n in have and n not in set_by_stage}
 
 
 def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:

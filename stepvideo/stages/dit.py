@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepvideo import registry, tracking
-from stepvideo.config import Params
+from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
                                      project_data_version, require_output)
 from stepvideo.registry import registered_version
@@ -118,6 +118,10 @@ def stage_patch_size(patch_size: int, init: Path | None) -> int:
     return 0
 
 
+# the DiTTrainConfig fields the stage computes; every other one comes from the params section by name
+DIT_SET_BY_STAGE = ("model", "init_from", "kinds", "min_quality", "split", "deepspeed_config")
+
+
 def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -> "DiTTrainConfig":
     """The trainer config of DiT stage `name`: its params section, the model geometry fitted to the
     latent cache (z channels of the VAE, widths of the text encoders)."""
@@ -147,16 +151,9 @@ def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -
     patch = {"patch_size": patch_size} if patch_size else {}
     model = DiTConfig.preset(sp.model, in_channels=z, out_channels=z, caption_channels=dims,
                              gradient_checkpointing=sp.gradient_checkpointing, **patch)
-    return DiTTrainConfig(
-        model=model.to_dict(), init_from=str(init) if init else None, resolution=sp.resolution,
-        kinds=kinds, still_share=sp.still_share, min_quality=min_quality,
-        batch_size=sp.batch_size, grad_accum=sp.grad_accum, steps=sp.steps, lr=sp.lr, lr_schedule=sp.lr_schedule,
-        warmup_steps=sp.warmup_steps, weight_decay=sp.weight_decay, grad_clip=sp.grad_clip,
-        timestep_sampling=sp.timestep_sampling, timestep_shift=sp.timestep_shift, caption_dropout=sp.caption_dropout,
-        sample_posterior=sp.sample_posterior, ema_decay=sp.ema_decay, average_last=sp.average_last,
-        gradient_checkpointing=sp.gradient_checkpointing, zero_stage=sp.zero_stage, seed=sp.seed,
-        log_every=sp.log_every, checkpoint_every=sp.checkpoint_every, keep_checkpoints=sp.keep_checkpoints,
-        max_bad_steps=sp.max_bad_steps)
+    derived = {"model": model.to_dict(), "init_from": str(init) if init else None, "kinds": kinds,
+               "min_quality": min_quality, "split": "train", "deepspeed_config": sp.deepspeed_config or None}
+    return DiTTrainConfig(**shared_fields(DiTTrainConfig, sp, DIT_SET_BY_STAGE), **derived)
 
 
 def render_samples(dit: Any, params: Params, root: Path, sp: Any, size: tuple[int, int], out: Path,

@@ -23,15 +23,30 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepvideo import registry, tracking
-from stepvideo.config import Params
+from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
                                      project_data_version, require_output)
 from stepvideo.registry import registered_version
 
+if TYPE_CHECKING:
+    from stepvideo.training.dpo_trainer import DPOTrainConfig
+
 SOURCES = ("reward", "human", "reward_model")
+
+# the DPOTrainConfig fields each round sets; every other one comes from the `dpo` section by name
+DPO_SET_BY_STAGE = ("init_from", "reference", "seed", "deepspeed_config")
+
+
+def dpo_train_config(dp: Any, policy: Path, reference: Path, round_index: int) -> "DPOTrainConfig":
+    """The trainer config of DPO round `round_index` (`dp`: the params' `dpo` section)."""
+    from stepvideo.training.dpo_trainer import DPOTrainConfig
+
+    return DPOTrainConfig(**shared_fields(DPOTrainConfig, dp, DPO_SET_BY_STAGE), init_from=str(policy),
+                          reference=str(reference), seed=dp.seed + round_index,
+                          deepspeed_config=dp.deepspeed_config or None)
 
 
 def dpo_parent(params: Params, root: Path) -> tuple[Path, str]:
@@ -190,7 +205,7 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
     from stepvideo.fileio import atomic_folder
     from stepvideo.preference.candidates import generate_candidates
     from stepvideo.preference.pairs import RewardWeights, reward, reward_pairs, write_pairs, pair_tensors
-    from stepvideo.training.dpo_trainer import DPOTrainConfig, train_dpo
+    from stepvideo.training.dpo_trainer import train_dpo
 
     _check(params)
     dp = params.dpo
@@ -254,14 +269,7 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
                                        "round": r})
             all_pairs += pairs
             del pipe
-            cfg = DPOTrainConfig(
-                init_from=str(policy), reference=str(reference), beta=dp.beta, sft_weight=dp.sft_weight,
-                batch_size=dp.batch_size, steps=dp.steps, lr=dp.lr, lr_schedule=dp.lr_schedule,
-                warmup_steps=dp.warmup_steps, grad_clip=dp.grad_clip, timestep_sampling=dp.timestep_sampling,
-                timestep_shift=dp.timestep_shift, gradient_checkpointing=dp.gradient_checkpointing,
-                zero_stage=dp.zero_stage, seed=dp.seed + r, log_every=dp.log_every,
-                checkpoint_every=dp.checkpoint_every, keep_checkpoints=dp.keep_checkpoints,
-                max_bad_steps=dp.max_bad_steps)
+            cfg = dpo_train_config(dp, policy, reference, r)
             log = lambda step, m, off=step_offset: tracking.log_metrics(m, step=off + step)  # noqa: E731
             result = train_dpo(cfg, pairs_file, work / f"train-{r}", log_fn=log, progress=progress, name=f"dpo round {r}")
             step_offset += result["step"]

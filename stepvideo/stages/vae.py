@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepvideo import registry, tracking
-from stepvideo.config import Params
+from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import OUTPUTS, clean_rows, local_path, project_data_version
 from stepvideo.evaluation.runner import vae_content_metrics
 
@@ -61,6 +61,11 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
 
 
+# the VAETrainConfig fields the stage (or the two-stage recipe) sets; the rest come from `vae` by name
+VAE_SET_BY_STAGE = ("model", "init_from", "steps", "dual_path_start_step", "trainable_phases",
+                    "perceptual_backbone_path")
+
+
 def vae_train_config(params: Params, root: Path = Path(".")) -> "tuple[VAETrainConfig | None, VAETrainConfig]":
     """The trainer configs for the `vae` section of `params`: (stage 1 or None, the main run);
     a relative `vae.init_from` is looked up in `root` (then beside the package: the release).
@@ -75,18 +80,11 @@ def vae_train_config(params: Params, root: Path = Path(".")) -> "tuple[VAETrainC
     if vp.model not in presets:
         raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
     model = presets[vp.model]()
-    common = dict(batch_size=vp.batch_size, crop_size=vp.crop_size, image_prob=vp.image_prob, lr=vp.lr,
-                  lr_schedule=vp.lr_schedule, warmup_steps=vp.warmup_steps, kl_weight=vp.kl_weight,
-                  l2_weight=vp.l2_weight, edge_weight=vp.edge_weight, object_weight=vp.object_weight,
-                  sample_posterior=vp.sample_posterior, disc_weight=vp.disc_weight,
-                  disc_start_step=vp.disc_start_step, perceptual_weight=vp.perceptual_weight,
-                  perceptual_backbone_path=vp.perceptual_backbone_path or None, seed=vp.seed,
-                  checkpoint_every=vp.checkpoint_every, eval_max_items=vp.eval_max_items,
-                  eval_every=vp.eval_every, eval_size=vp.eval_size)
+    common = shared_fields(VAETrainConfig, vp, VAE_SET_BY_STAGE)
+    common["perceptual_backbone_path"] = vp.perceptual_backbone_path or None
     if vp.stage1_steps > 0:
         if vp.init_from:
             raise ValueError("vae.stage1_steps > 0 trains from scratch: leave vae.init_from empty")
         return two_stage_recipe(model, vp.stage1_steps, vp.adapt_steps, vp.mid_steps, vp.steps, **common)
     return None, VAETrainConfig(model=model.to_dict(), init_from=local_path(vp.init_from, root) or None,
-                                steps=vp.steps,
-                                dual_path_start_step=vp.dual_path_start_step, **common)
+                                steps=vp.steps, dual_path_start_step=vp.dual_path_start_step, **common)
