@@ -33,6 +33,7 @@ from stepvideo.stages.evaluate import EVALUATE_FROM, stage_evaluate
 from stepvideo.stages.promote import stage_promote
 from stepvideo.stages.text import stage_text_cache, stage_text_encoders
 from stepvideo.stages.vae import stage_vae
+from stepvideo.errors import InputError
 
 
 def _key(*parts: object) -> str:
@@ -235,9 +236,9 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest", "data"):
-        raise ValueError(f"source must be 'synth', 'ingest' or 'data', got {source!r}")
+        raise InputError(f"source must be 'synth', 'ingest' or 'data', got {source!r}")
     if source == "ingest" and not (videos and captions):
-        raise ValueError("source='ingest' needs videos= and captions=")
+        raise InputError("source='ingest' needs videos= and captions=")
     cached: dict[str, bool] = {}
     report: list[str] = []
     _SECONDS.clear()

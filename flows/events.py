@@ -13,6 +13,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from stepvideo.errors import InputError, UnavailableError
+
 DATA_VERSIONED = "stepvideo.data.versioned"
 DATA_RESOURCE = "stepvideo.data"  # the trigger matches on this resource id
 
@@ -39,7 +41,7 @@ def emit_data_versioned(root: Path, target: str, version: str, previous: str | N
 
     url = api_url()
     if not url:
-        raise ValueError("no Prefect server to notify: set PREFECT_API_URL (or `prefect config set PREFECT_API_URL=...`)")
+        raise InputError("no Prefect server to notify: set PREFECT_API_URL (or `prefect config set PREFECT_API_URL=...`)")
     event = data_versioned_event(root, target, version, previous)
 
     async def send() -> None:
@@ -49,7 +51,7 @@ def emit_data_versioned(root: Path, target: str, version: str, previous: str | N
     try:
         asyncio.run(send())
     except OSError as e:  # refused, unreachable, name not found: what a user fixes in PREFECT_API_URL
-        raise ConnectionError(f"could not send {DATA_VERSIONED} to the Prefect server at {url}: {e} "
-                              "(the data version is recorded; send the event again with "
-                              "`stepvideo data version --notify`)") from e
+        raise UnavailableError(f"could not send {DATA_VERSIONED} to the Prefect server at {url}: {e} "
+                               "(the data version is recorded; send the event again with "
+                               "`stepvideo data version --notify`)") from e
     return event

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from stepvideo.errors import InputError
+
 
 @dataclass
 class DataParams:
@@ -432,7 +434,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A params file or override that does not fit the schema; the message names file and key."""
 
 

@@ -25,6 +25,7 @@ from stepvideo import registry, tracking
 from stepvideo.config import Params, dump_params
 from stepvideo.evaluation.checks import CATEGORIES
 from stepvideo.stages.common import OUTPUTS, PACKAGE_ROOT, clean_rows, require_output
+from stepvideo.errors import MissingError
 
 RELEASE_NAME = "stepvideo-tiny"
 RELEASE_DIR = PACKAGE_ROOT / "release" / RELEASE_NAME
@@ -48,7 +49,7 @@ def default_model() -> tuple[str, str]:
         return f"models:/{registry.BUNDLE}@{registry.CHAMPION}", "the registry's champion"
     if (RELEASE_DIR / "model_index.json").is_file():
         return str(RELEASE_DIR), f"the {RELEASE_NAME} release"
-    raise FileNotFoundError(f"no --model given, no models:/{registry.BUNDLE}@{registry.CHAMPION} in the registry and no release "
+    raise MissingError(f"no --model given, no models:/{registry.BUNDLE}@{registry.CHAMPION} in the registry and no release "
                             f"at {RELEASE_DIR}: pass --model (a bundle folder or models:/ URI)")
 
 
@@ -94,7 +95,7 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
     bundle = require_output(root / OUTPUTS / "bundle", "bundle", marker=MODEL_INDEX)
     results_file = root / OUTPUTS / "eval" / "results.json"
     if not results_file.is_file():
-        raise FileNotFoundError(f"{results_file}: no benchmark results; run the evaluate stage first")
+        raise MissingError(f"{results_file}: no benchmark results; run the evaluate stage first")
     results = json.loads(results_file.read_text())
     vae_train = json.loads((require_output(root / OUTPUTS / "vae", "train_vae") / "metrics.json").read_text())
     out = Path(out)

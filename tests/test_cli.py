@@ -85,3 +85,26 @@ def test_generate_from_an_mlflow_model_uri(tmp_path):
                               "--out", str(out), "--steps", "1", "--height", "32", "--width", "32", "--frames", "1"])
     assert res.exit_code == 0, res.output
     assert read_video(out).shape == (1, 32, 32, 3)
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_does_not():
+    """Only StepVideoError (and its subclasses) is a user error: a plain ValueError is a bug and
+    must show where it came from instead of reading as a one-line mistake."""
+    import typer
+
+    from stepvideo.cli._common import user_errors
+    from stepvideo.errors import InputError, MissingError
+
+    def raising(exc):
+        @user_errors
+        def command():
+            raise exc
+        return command
+
+    for exc in (InputError("params.yaml: vae.steps: expected a number"), MissingError("data/x.mp4: no such file")):
+        with pytest.raises(typer.Exit) as info:
+            raising(exc)()
+        assert info.value.exit_code == 2
+    for bug in (ValueError("shape mismatch"), FileNotFoundError("internal path"), KeyError("k")):
+        with pytest.raises(type(bug)):
+            raising(bug)()

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from stepvideo.cli._common import user_errors
+from stepvideo.errors import MissingError
 
 registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, scores, lineage; promote and roll "
                                 "back by a person's decision.", no_args_is_help=True)
@@ -30,8 +31,9 @@ def registry_listing(name: str | None = None) -> list[dict]:
     if name:
         try:
             models = [client.get_registered_model(name)]
-        except mlflow.exceptions.MlflowException:
-            raise FileNotFoundError(f"{name}: no such registered model") from None
+        except mlflow.exceptions.MlflowException as e:
+            tracking.missing_or_raise(e, f"registered model {name}")
+            raise MissingError(f"{name}: no such registered model") from None
     else:
         models = sorted(client.search_registered_models(), key=lambda m: m.name)
     out = []

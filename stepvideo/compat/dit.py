@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from stepvideo.models.dit import DiTConfig, StepVideoDiT, load_sharded
+from stepvideo.errors import InputError, MissingError
 
 # official StepVideoModel kwargs we accept, with the only values our model implements
 _SUPPORTED_FIXED = {
@@ -38,9 +39,9 @@ def official_config_to_ours(kwargs: Mapping[str, Any], **overrides) -> DiTConfig
     kw = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     for k, want in _SUPPORTED_FIXED.items():
         if k in kw and kw[k] != want and not (want is False and kw[k] in (None, False)):
-            raise ValueError(f"official config has {k}={kw[k]!r}; only {want!r} is implemented")
+            raise InputError(f"official config has {k}={kw[k]!r}; only {want!r} is implemented")
     if float(kw.get("dropout", 0.0) or 0.0) != 0.0:
-        raise ValueError(f"official config has dropout={kw['dropout']}; only 0.0 is implemented")
+        raise InputError(f"official config has dropout={kw['dropout']}; only 0.0 is implemented")
     known = {
         "num_attention_heads",
         "attention_head_dim",
@@ -53,7 +54,7 @@ def official_config_to_ours(kwargs: Mapping[str, Any], **overrides) -> DiTConfig
     } | set(_SUPPORTED_FIXED) | _IGNORED
     unknown = sorted(set(kw) - known)
     if unknown:
-        raise ValueError(f"unknown official StepVideoModel kwargs: {unknown}")
+        raise InputError(f"unknown official StepVideoModel kwargs: {unknown}")
     in_ch = int(kw.get("in_channels", 64))
     out_ch = kw.get("out_channels", 64)
     caption = kw.get("caption_channels", [6144, 1024])
@@ -77,23 +78,23 @@ def _transformer_dir(folder: str | os.PathLike) -> Path:
         return folder / "transformer"
     if (folder / "config.json").is_file():
         return folder
-    raise FileNotFoundError(f"{folder}: neither {folder}/transformer/config.json nor {folder}/config.json exists")
+    raise MissingError(f"{folder}: neither {folder}/transformer/config.json nor {folder}/config.json exists")
 
 
 def _official_weight_files(tdir: Path) -> list[Path]:
     indexes = sorted(tdir.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
-        raise ValueError(f"{tdir}: more than one safetensors index: {[p.name for p in indexes]}")
+        raise InputError(f"{tdir}: more than one safetensors index: {[p.name for p in indexes]}")
     if indexes:
         weight_map = json.loads(indexes[0].read_text())["weight_map"]
         files = [tdir / n for n in sorted(set(weight_map.values()))]
         absent = [str(f) for f in files if not f.is_file()]
         if absent:
-            raise FileNotFoundError(f"{indexes[0]} lists missing shards: {absent}")
+            raise MissingError(f"{indexes[0]} lists missing shards: {absent}")
         return files
     files = sorted(tdir.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{tdir}: no .safetensors weights (the .bin format is not supported)")
+        raise MissingError(f"{tdir}: no .safetensors weights (the .bin format is not supported)")
     return files
 
 
@@ -130,15 +131,15 @@ def verify_dit_reference(
     from safetensors.torch import load_file
 
     if not _is_dit_reference(meta):
-        raise ValueError("meta is not a StepVideoModel DiT reference (no constructor_kwargs with heads/layers)")
+        raise InputError("meta is not a StepVideoModel DiT reference (no constructor_kwargs with heads/layers)")
     tensors = load_file(str(safetensors_path))
     weights = {k: v for k, v in tensors.items() if not k.startswith("__")}
     inputs = {k[len("__input__.") :]: v for k, v in tensors.items() if k.startswith("__input__.")}
     needed = {"hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"}
     if not needed <= set(inputs):
-        raise ValueError(f"{safetensors_path}: missing inputs {sorted(needed - set(inputs))}")
+        raise InputError(f"{safetensors_path}: missing inputs {sorted(needed - set(inputs))}")
     if "__output__.x" not in tensors:
-        raise ValueError(f"{safetensors_path}: no __output__.x")
+        raise InputError(f"{safetensors_path}: no __output__.x")
 
     cfg = official_config_to_ours(meta["constructor_kwargs"])
     model = StepVideoDiT(cfg).float().eval()
@@ -155,7 +156,7 @@ def verify_dit_reference(
     report: dict[str, tuple[float, float]] = {}
     ref = tensors["__output__.x"]
     if tuple(out.shape) != tuple(ref.shape):
-        raise ValueError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+        raise InputError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
     report["__output__.x"] = (float((out - ref).abs().max()), tolerance)
     for k, v in sorted(tensors.items()):
         if not k.startswith("__intermediate__."):

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from stepvideo.models.vae import DiagonalGaussian, VAEConfig, VideoVAE
+from stepvideo.errors import InputError
 
 LATENT_TOLERANCE = 1e-4
 DECODED_TOLERANCE = 5e-4
@@ -53,10 +54,10 @@ def _constructor_kwargs(call: str) -> dict[str, Any]:
     """Keyword arguments of the first ``AutoencoderKL(...)`` call in ``call``."""
     m = re.search(r"AutoencoderKL\((.*?)\)", call, re.S)
     if not m:
-        raise ValueError(f"cannot find an AutoencoderKL(...) call in {call!r}")
+        raise InputError(f"cannot find an AutoencoderKL(...) call in {call!r}")
     node = ast.parse(f"f({m.group(1)})", mode="eval").body
     if not isinstance(node, ast.Call):  # pragma: no cover - parse of f(...) is always a Call
-        raise ValueError(f"cannot parse constructor call {call!r}")
+        raise InputError(f"cannot parse constructor call {call!r}")
     return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
 
 
@@ -73,7 +74,7 @@ def config_from_meta(meta: Mapping[str, Any]) -> VAEConfig:
     kwargs = _constructor_kwargs(ctor.get("call", ""))
     version = kwargs.get("version", 1)
     if version != 2:
-        raise ValueError(f"only the official version=2 VAE is implemented; the reference uses version={version}")
+        raise InputError(f"only the official version=2 VAE is implemented; the reference uses version={version}")
     override = str(ctor.get("width_override", ""))
     enc_ch, enc_mult = _width(override, "encoder", _OFFICIAL_ENCODER)
     dec_ch, dec_mult = _width(override, "decoder", _OFFICIAL_DECODER)
@@ -115,7 +116,7 @@ def verify_vae_reference(
     inputs = {k[len("__input__.") :]: v for k, v in tensors.items() if k.startswith("__input__.")}
     outputs = {k[len("__output__.") :]: v for k, v in tensors.items() if k.startswith("__output__.")}
     if "video" not in inputs:
-        raise ValueError(f"{safetensors_path}: no __input__.video tensor")
+        raise InputError(f"{safetensors_path}: no __input__.video tensor")
 
     model = VideoVAE(config_from_meta(meta)).float().eval()
     model.load_state_dict(convert_official_state_dict(tensors), strict=True)

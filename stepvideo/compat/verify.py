@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stepvideo.errors import InputError
 
-class ReferenceFileError(ValueError):
+
+class ReferenceFileError(InputError):
     pass
 
 

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from stepvideo.data.manifest import write_manifest
 from stepvideo.data.video_io import VideoReadError, probe
+from stepvideo.errors import InputError
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """The captions file itself is unusable (missing, wrong columns, not CSV/JSONL)."""
 
 

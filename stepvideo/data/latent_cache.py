@@ -45,6 +45,7 @@ import torch
 
 from stepvideo.data.text_cache import TextCache, build_text_cache, cache_key, texts_version
 from stepvideo.fileio import atomic_folder
+from stepvideo.errors import InputError
 
 __all__ = ["FORMAT", "EMPTY_ID", "FULL", "LOW", "low_resolution", "most_common_size", "latent_cache_key", "build_latent_cache",
            "LatentCache", "bucket_key", "BucketSampler", "cache_summary"]
@@ -61,7 +62,7 @@ def low_resolution(height: int, width: int, factor: float = 0.5, multiple: int =
     """The low-res stage's size: ``round(side * factor)`` rounded down to a multiple of ``multiple``."""
     out = tuple(int(round(s * factor)) // multiple * multiple for s in (height, width))
     if min(out) < 16:
-        raise ValueError(f"low resolution of {height}x{width} at factor {factor} is {out[0]}x{out[1]}: below 16 pixels")
+        raise InputError(f"low resolution of {height}x{width} at factor {factor} is {out[0]}x{out[1]}: below 16 pixels")
     return out  # type: ignore[return-value]
 
 
@@ -79,7 +80,7 @@ def most_common_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """The most common (H, W) of ``sizes`` (ties: the smallest): the cache's "full" resolution."""
     counts = Counter(tuple(int(x) for x in s) for s in sizes)
     if not counts:
-        raise ValueError("no sizes given")
+        raise InputError("no sizes given")
     return min(counts, key=lambda s: (-counts[s], s))  # type: ignore[return-value]
 
 
@@ -90,9 +91,9 @@ def _plan(rows: Sequence[Mapping]) -> tuple[list[dict], dict[str, dict]]:
     for row in rows:
         rid = str(row["id"])
         if rid in items or rid == EMPTY_ID:
-            raise ValueError(f"row id {rid!r} is {'duplicated' if rid in items else 'reserved'}")
+            raise InputError(f"row id {rid!r} is {'duplicated' if rid in items else 'reserved'}")
         if row.get("kind") not in ("video", "image"):
-            raise ValueError(f"row {rid!r}: kind must be 'video' or 'image', got {row.get('kind')!r}")
+            raise InputError(f"row {rid!r}: kind must be 'video' or 'image', got {row.get('kind')!r}")
         clip = str(row.get("clip_id") or row["path"])
         q = row.get("quality")
         items[rid] = {"id": rid, "clip_id": clip, "path": str(row["path"]), "kind": row["kind"],
@@ -100,7 +101,7 @@ def _plan(rows: Sequence[Mapping]) -> tuple[list[dict], dict[str, dict]]:
                       "lang": row.get("lang"), "caption": str(row.get("caption") or "")}
         m = media.setdefault(clip, {"path": str(row["path"]), "kind": row["kind"], "ids": []})
         if (m["path"], m["kind"]) != (str(row["path"]), row["kind"]):
-            raise ValueError(f"row {rid!r}: clip_id {clip!r} has another path/kind in row {m['ids'][0]!r}")
+            raise InputError(f"row {rid!r}: clip_id {clip!r} has another path/kind in row {m['ids'][0]!r}")
         m["ids"].append(rid)
     return [items[k] for k in sorted(items)], media
 
@@ -115,12 +116,12 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{folder} is not a latent cache (no readable {META_NAME}: {e})") from e
+        raise InputError(f"{folder} is not a latent cache (no readable {META_NAME}: {e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{folder} is not a latent cache of format {FORMAT!r}")
+        raise InputError(f"{folder} is not a latent cache of format {FORMAT!r}")
     for name, size in meta.get("files", {}).items():
         if not (folder / name).is_file() or (folder / name).stat().st_size != size:
-            raise ValueError(f"{folder}: latent cache is incomplete or corrupt ({name} missing or of the wrong size)")
+            raise InputError(f"{folder}: latent cache is incomplete or corrupt ({name} missing or of the wrong size)")
     return meta
 
 
@@ -193,20 +194,20 @@ def build_latent_cache(
 
     out_dir, root = Path(out_dir), Path(data_root)
     if not encoders:
-        raise ValueError("no text encoders given")
+        raise InputError("no text encoders given")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     sf = int(vae.config.spatial_factor)
     if low_res is not None:
         low_res = (int(low_res[0]), int(low_res[1]))
         if min(low_res) < sf or low_res[0] % sf or low_res[1] % sf:
-            raise ValueError(f"low_res {low_res} must be positive multiples of {sf}")
+            raise InputError(f"low_res {low_res} must be positive multiples of {sf}")
     wanted = {LOW: low_res} if low_res else {}
     versions = {str(n): str(e.version) for n, e in encoders.items()}
     key = latent_cache_key(data_version, vae_version, versions, wanted)
     items, media = _plan(rows)
     if not items:
-        raise ValueError("no rows to cache")
+        raise InputError("no rows to cache")
     digest = _rows_digest(items)
     if _is_current(out_dir, key, digest):
         log.info("latent cache %s is up to date (key %s), reusing it", out_dir, key)
@@ -239,10 +240,10 @@ def build_latent_cache(
                     frames = read_video(root / m["path"])
                     t, h, w = (int(s) for s in frames.shape[:3])
                     if h < sf or w < sf or h % sf or w % sf:
-                        raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): size {h}x{w} is not a multiple of {sf}; "
+                        raise InputError(f"row {m['ids'][0]!r} ({m['path']}): size {h}x{w} is not a multiple of {sf}; "
                                          f"crop or resize the media before caching")
                     if not (t == 1 or t % vae.frame_chunk == 0):
-                        raise ValueError(f"row {m['ids'][0]!r} ({m['path']}): {t} frames; must be 1 or a multiple "
+                        raise InputError(f"row {m['ids'][0]!r} ({m['path']}): {t} frames; must be 1 or a multiple "
                                          f"of {vae.frame_chunk}")
                     m.update(frames=t, pixels={FULL: [h, w], **{r: list(s) for r, s in wanted.items()}}, latent={})
                     group = pending.setdefault((t, h, w), [])
@@ -336,7 +337,7 @@ class LatentCache:
     def shape(self, index: int, resolution: str) -> tuple[int, int, int]:
         """Latent (F, h, w) of item ``index`` at ``resolution``."""
         if resolution not in self.resolutions:
-            raise ValueError(f"{self.folder}: no resolution {resolution!r} (has {sorted(self.resolutions)})")
+            raise InputError(f"{self.folder}: no resolution {resolution!r} (has {sorted(self.resolutions)})")
         f, h, w = self._media[self.items[index]["clip_id"]]["latent"][resolution]
         return int(f), int(h), int(w)
 
@@ -351,13 +352,13 @@ class LatentCache:
         """Latents and text embeddings of ``indices`` (one bucket); ``drop_text[i]``: EMPTY_ID's embeddings."""
         idx = [int(i) for i in indices]
         if not idx:
-            raise ValueError("batch of no items")
+            raise InputError("batch of no items")
         shapes = sorted({self.shape(i, resolution) for i in idx})
         if len(shapes) > 1:
-            raise ValueError(f"batch mixes latent shapes {shapes} at {resolution!r}: draw it from one bucket")
+            raise InputError(f"batch mixes latent shapes {shapes} at {resolution!r}: draw it from one bucket")
         drop = [False] * len(idx) if drop_text is None else [bool(d) for d in drop_text]
         if len(drop) != len(idx):
-            raise ValueError(f"drop_text has {len(drop)} entries for {len(idx)} items")
+            raise InputError(f"drop_text has {len(drop)} entries for {len(idx)} items")
         means, logvars = [], []
         for i in idx:
             clip = self.items[i]["clip_id"]
@@ -399,7 +400,7 @@ class BucketSampler:
                  bucket_batch_sizes: Mapping[str, int] | None = None, still_share: float | None = None,
                  seed: int = 0) -> None:
         if len(indices) == 0:
-            raise ValueError("BucketSampler: no items to sample (indices is empty)")
+            raise InputError("BucketSampler: no items to sample (indices is empty)")
         self.buckets = cache.buckets(indices, resolution)
         self.resolution, self.seed = resolution, int(seed)
         self._groups = {True: [k for k in self.buckets if k[0] == 1], False: [k for k in self.buckets if k[0] != 1]}
@@ -408,21 +409,21 @@ class BucketSampler:
             still_share = n_still / sum(len(v) for v in self.buckets.values())
         still_share = float(still_share)
         if not 0.0 <= still_share <= 1.0:
-            raise ValueError(f"still_share must be in [0, 1], got {still_share}")
+            raise InputError(f"still_share must be in [0, 1], got {still_share}")
         if still_share > 0 and not self._groups[True]:
-            raise ValueError(f"still_share={still_share} but the items have no stills (F=1) at {resolution!r}")
+            raise InputError(f"still_share={still_share} but the items have no stills (F=1) at {resolution!r}")
         if still_share < 1 and not self._groups[False]:
-            raise ValueError(f"still_share={still_share} but the items have no videos at {resolution!r}")
+            raise InputError(f"still_share={still_share} but the items have no videos at {resolution!r}")
         self.still_share = still_share
         sizes = dict(bucket_batch_sizes or {})
         self.batch_sizes = {k: int(sizes.get(bucket_key(k), batch_size)) for k in self.buckets}
         bad = {bucket_key(k): v for k, v in self.batch_sizes.items() if v < 1}
         if bad:
-            raise ValueError(f"batch sizes must be >= 1, got {bad}")
+            raise InputError(f"batch sizes must be >= 1, got {bad}")
 
     def _draw(self, step: int) -> tuple[tuple[int, int, int], list[int]]:
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise InputError(f"step must be >= 0, got {step}")
         rng = np.random.default_rng([self.seed, int(step)])
         group = self._groups[bool(rng.random() < self.still_share)]
         weights = np.array([len(self.buckets[k]) for k in group], dtype=np.float64)

@@ -17,11 +17,13 @@ import json
 import os
 from pathlib import Path
 
+from stepvideo.errors import InputError
+
 COLUMNS = ("id", "clip_id", "path", "kind", "split", "caption", "lang", "frames", "fps", "height", "width",
            "quality", "degradation", "source", "attributes", "probe_error")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be read; the message names the file and line."""
 
 

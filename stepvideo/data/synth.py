@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from stepvideo.data.manifest import write_manifest
 from stepvideo.data.video_io import write_image, write_video
+from stepvideo.errors import InputError, MissingError
 
 # value -> (English, Chinese). Order matters: it is part of the generator.
 SHAPES = {"circle": ("circle", "圆形"), "square": ("square", "正方形"), "triangle": ("triangle", "三角形"),
@@ -69,13 +70,13 @@ class SynthConfig:
 
     def check(self) -> None:
         if self.frames < 17 or self.frames % 17:
-            raise ValueError(f"frames must be a multiple of 17 (17, 34, ..., 204), got {self.frames}")
+            raise InputError(f"frames must be a multiple of 17 (17, 34, ..., 204), got {self.frames}")
         if self.height % 16 or self.width % 16 or self.height < 32 or self.width < 32:
-            raise ValueError(f"height and width must be multiples of 16 and >= 32, got {self.height}x{self.width}")
+            raise InputError(f"height and width must be multiples of 16 and >= 32, got {self.height}x{self.width}")
         if self.clips < 0 or self.images < 0:
-            raise ValueError("clips and images must be >= 0")
+            raise InputError("clips and images must be >= 0")
         if not 0 <= self.heldout_fraction < 1 or not 0 <= self.degraded_fraction < 1:
-            raise ValueError("heldout_fraction and degraded_fraction must be in [0, 1)")
+            raise InputError("heldout_fraction and degraded_fraction must be in [0, 1)")
 
 
 # ---------------------------------------------------------------- attributes and captions
@@ -153,7 +154,7 @@ def caption(attrs: dict, lang: str, template: int) -> str:
             return ZH_TEMPLATES[template % len(ZH_TEMPLATES)].format(objs=body, bg=bg) + CAMERAS[attrs["camera"]][1]
         body = "和".join(_obj_zh(o) for o in objs)
         return ZH_STILL[template % len(ZH_STILL)].format(objs=body, bg=bg)
-    raise ValueError(f"unknown language {lang!r}")
+    raise InputError(f"unknown language {lang!r}")
 
 
 def check_attributes(attrs: object) -> str:
@@ -205,7 +206,7 @@ def benchmark_scene_keys() -> frozenset[str]:
     generator never renders or captions. Read here rather than imported from stepvideo.evaluation,
     which imports this module."""
     if not BENCHMARK_FILE.is_file():
-        raise FileNotFoundError(f"{BENCHMARK_FILE}: the benchmark prompts are missing; the dataset holds their "
+        raise MissingError(f"{BENCHMARK_FILE}: the benchmark prompts are missing; the dataset holds their "
                                 "scenes out (regenerate: python -m stepvideo.evaluation.prompts --write)")
     keys = set()
     for line in BENCHMARK_FILE.read_text(encoding="utf-8").splitlines():
@@ -240,7 +241,7 @@ def inside_shape(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         r = np.sqrt(x * x + y * y)
         theta = np.arctan2(y, x) + np.pi / 2
         return r <= 0.55 + 0.45 * np.abs(np.cos(2.5 * theta)) ** 3
-    raise ValueError(shape)
+    raise InputError(shape)
 
 
 def _object_state(o: dict, t: float, start: tuple[float, float]) -> tuple[float, float, float, float]:

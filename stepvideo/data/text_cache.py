@@ -38,6 +38,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from stepvideo.errors import InputError
+
 __all__ = ["FORMAT", "TextCache", "build_text_cache", "cache_key", "texts_version", "cache_path"]
 
 FORMAT = "stepvideo.text_cache/1"
@@ -110,10 +112,10 @@ def build_text_cache(
     from tqdm.auto import tqdm
 
     if not encoders:
-        raise ValueError("no encoders given")
+        raise InputError("no encoders given")
     for name in encoders:
         if not name or "." in name or name in ("ids", "row"):
-            raise ValueError(f"bad encoder name {name!r} (non-empty, no '.', not 'ids'/'row')")
+            raise InputError(f"bad encoder name {name!r} (non-empty, no '.', not 'ids'/'row')")
     out_path = Path(out_path)
     data_version = data_version or texts_version(texts)
     key = cache_key(data_version, {n: e.version for n, e in encoders.items()})
@@ -191,7 +193,7 @@ class TextCache:
         with safe_open(str(self.path), framework="pt") as f:
             meta = _read_meta(f)
             if meta is None:
-                raise ValueError(f"{self.path} is not a text cache (no {META_KEY!r} metadata of format {FORMAT!r})")
+                raise InputError(f"{self.path} is not a text cache (no {META_KEY!r} metadata of format {FORMAT!r})")
             ids = json.loads(bytes(f.get_tensor("ids").numpy()).decode("utf-8"))
             self._row = f.get_tensor("row")
             self.encoders: dict[str, dict[str, Any]] = meta["encoders"]
@@ -264,7 +266,7 @@ class TextCache:
             L = max(lengths, default=0)
             if target is not None:
                 if target < L:
-                    raise ValueError(f"pad_to={target} for {name!r} is shorter than a cached sequence ({L})")
+                    raise InputError(f"pad_to={target} for {name!r} is shorter than a cached sequence ({L})")
                 L = int(target)
             dtype = _dtype_of(sl.get_dtype())
             emb = torch.zeros(len(rows), L, int(meta["dim"]), dtype=dtype)

@@ -21,6 +21,7 @@ from stepvideo.config import ValidateParams
 from stepvideo.data.manifest import COLUMNS, media_path, read_manifest, write_manifest
 from stepvideo.data.synth import check_attributes
 from stepvideo.data.video_io import VideoReadError, probe
+from stepvideo.errors import InputError, StepVideoError
 
 REQUIRED = ("id", "path", "kind", "split", "caption")
 # a broad set of major languages to identify among (restricting the set keeps short Mandarin
@@ -29,7 +30,7 @@ _LANG_SET = ["en", "zh", "ja", "ko", "fr", "de", "es", "it", "pt", "ru", "ar", "
              "th", "id", "uk", "cs", "el", "he", "fa"]
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(StepVideoError, RuntimeError):
     """The gate stopped the pipeline; `report` holds the details."""
 
     def __init__(self, message: str, report: dict):
@@ -151,7 +152,7 @@ def validate(manifest: str | os.PathLike, params: ValidateParams, out_dir: str |
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     if params.policy not in ("fail", "quarantine"):
-        raise ValueError(f"validate.policy must be 'fail' or 'quarantine', got {params.policy!r}")
+        raise InputError(f"validate.policy must be 'fail' or 'quarantine', got {params.policy!r}")
     t0 = time.perf_counter()
     manifest = Path(manifest)
     out_dir = Path(out_dir) if out_dir else manifest.parent / "validated"

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from stepvideo.errors import StepVideoError
+
 log = logging.getLogger(__name__)
 
 
-class VersioningError(RuntimeError):
+class VersioningError(StepVideoError, RuntimeError):
     pass
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stepvideo.errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
-class VideoReadError(ValueError):
+class VideoReadError(InputError):
     """A media file that cannot be opened or decoded; the message names the file."""
 
 
@@ -47,9 +49,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"{path}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        raise InputError(f"{path}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if not lossless and (frames.shape[1] % 2 or frames.shape[2] % 2):
-        raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {frames.shape[1:3]}")
+        raise InputError(f"{path}: H.264 yuv420p needs even height and width, got {frames.shape[1:3]}")
     tmp = _atomic_target(path)
     with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps))

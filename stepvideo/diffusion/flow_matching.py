@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from stepvideo.errors import InputError
+
 SAMPLERS = ("uniform", "logit_normal", "shifted")
 
 
@@ -60,13 +62,13 @@ class TimestepSampler:
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
-            raise ValueError(f"timestep sampler must be one of {SAMPLERS}, got {self.kind!r}")
+            raise InputError(f"timestep sampler must be one of {SAMPLERS}, got {self.kind!r}")
         if self.std <= 0:
-            raise ValueError(f"std must be > 0, got {self.std}")
+            raise InputError(f"std must be > 0, got {self.std}")
         if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+            raise InputError(f"shift must be > 0, got {self.shift}")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+            raise InputError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         gen_device = generator.device if generator is not None else "cpu"

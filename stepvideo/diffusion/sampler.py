@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from stepvideo.errors import InputError
+
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step, num_steps, t, x)
 
@@ -32,9 +34,9 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise InputError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+            raise InputError(f"shift must be > 0, got {self.shift}")
 
 
 SAMPLER_PRESETS: dict[str, SamplerConfig] = {
@@ -46,14 +48,14 @@ SAMPLER_PRESETS: dict[str, SamplerConfig] = {
 
 def sampler_preset(name: str, **overrides) -> SamplerConfig:
     if name not in SAMPLER_PRESETS:
-        raise ValueError(f"unknown sampler preset {name!r}; choose one of {sorted(SAMPLER_PRESETS)}")
+        raise InputError(f"unknown sampler preset {name!r}; choose one of {sorted(SAMPLER_PRESETS)}")
     return dataclasses.replace(SAMPLER_PRESETS[name], **overrides)
 
 
 def flow_schedule(num_steps: int, shift: float = 13.0, reverse: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas (N+1,), timesteps (N,)) in float32."""
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise InputError(f"num_steps must be >= 1, got {num_steps}")
     s = torch.linspace(1, 0, num_steps + 1, dtype=torch.float32, device=device)
     s = (shift * s) / (1 + (shift - 1) * s)
     sigmas = s if reverse else 1 - s

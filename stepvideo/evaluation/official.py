@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from stepvideo.errors import InputError
+
 OFFICIAL_CATEGORIES: tuple[str, ...] = ("Sports", "Food", "Scenery", "Animals", "Festivals", "Combined Concepts",
                                         "Surreal", "People", "3D Animation", "Cinematography", "Style")
 ALIASES = {"Combination Concepts": "Combined Concepts"}
@@ -41,15 +43,15 @@ def _read_categories(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"{path}: categories file does not exist") from None
+        raise InputError(f"{path}: categories file does not exist") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: categories file is not UTF-8 ({e})") from None
+        raise InputError(f"{path}: categories file is not UTF-8 ({e})") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({e})") from None
+        raise InputError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of category name -> [first_line, last_line], "
+        raise InputError(f"{path}: expected a mapping of category name -> [first_line, last_line], "
                          f"got {type(data).__name__}")
     return data
 
@@ -59,26 +61,26 @@ def _ranges(path: Path, data: dict) -> dict[str, tuple[int, int]]:
     for key, value in data.items():
         name = ALIASES.get(key, key)
         if name not in OFFICIAL_CATEGORIES:
-            raise ValueError(f"{path}: unknown category {key!r}; "
+            raise InputError(f"{path}: unknown category {key!r}; "
                              f"the 11 categories are {', '.join(OFFICIAL_CATEGORIES)}")
         if name in ranges:
-            raise ValueError(f"{path}: category {name!r} given twice (as {key!r})")
+            raise InputError(f"{path}: category {name!r} given twice (as {key!r})")
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise ValueError(f"{path}: category {key!r}: expected [first_line, last_line] (two integers), "
+            raise InputError(f"{path}: category {key!r}: expected [first_line, last_line] (two integers), "
                              f"got {value!r}")
         first, last = value
         if first < 1 or last < first:
-            raise ValueError(f"{path}: category {key!r}: bad range [{first}, {last}] "
+            raise InputError(f"{path}: category {key!r}: bad range [{first}, {last}] "
                              f"(lines are 1-based, first <= last)")
         ranges[name] = (first, last)
     missing = [c for c in OFFICIAL_CATEGORIES if c not in ranges]
     if missing:
-        raise ValueError(f"{path}: missing categories: {', '.join(missing)}")
+        raise InputError(f"{path}: missing categories: {', '.join(missing)}")
     ordered = sorted(ranges.items(), key=lambda kv: kv[1])
     for (a, (a0, a1)), (b, (b0, b1)) in zip(ordered, ordered[1:]):
         if b0 <= a1:
-            raise ValueError(f"{path}: categories {a!r} [{a0}, {a1}] and {b!r} [{b0}, {b1}] overlap")
+            raise InputError(f"{path}: categories {a!r} [{a0}, {a1}] and {b!r} [{b0}, {b1}] overlap")
     return ranges
 
 
@@ -92,36 +94,36 @@ def load_official(prompts_file: str | os.PathLike, categories_file: str | os.Pat
     try:
         raw = prompts_path.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{prompts_path}: prompts file does not exist") from None
+        raise InputError(f"{prompts_path}: prompts file does not exist") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{prompts_path}: line {line}: not UTF-8 (byte {e.start}: {e.reason})") from None
+        raise InputError(f"{prompts_path}: line {line}: not UTF-8 (byte {e.start}: {e.reason})") from None
     text = text.removeprefix("\ufeff")  # a BOM is not part of the first prompt
     lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()  # trailing blank lines are fine
     if not lines:
-        raise ValueError(f"{prompts_path}: no prompts (the file is empty)")
+        raise InputError(f"{prompts_path}: no prompts (the file is empty)")
     ranges = _ranges(categories_path, _read_categories(categories_path))
     n = len(lines)
     for name, (first, last) in ranges.items():
         if last > n:
-            raise ValueError(f"{categories_path}: category {name!r} [{first}, {last}] is out of range: "
+            raise InputError(f"{categories_path}: category {name!r} [{first}, {last}] is out of range: "
                              f"{prompts_path} has {n} prompt lines")
     owner: dict[int, str] = {i: name for name, (a, b) in ranges.items() for i in range(a, b + 1)}
     uncovered = [i for i in range(1, n + 1) if i not in owner]
     if uncovered:
         shown = ", ".join(map(str, uncovered[:10])) + (" ..." if len(uncovered) > 10 else "")
-        raise ValueError(f"{prompts_path}: {len(uncovered)} line(s) not covered by any category in "
+        raise InputError(f"{prompts_path}: {len(uncovered)} line(s) not covered by any category in "
                          f"{categories_path}: {shown}")
     width = max(3, len(str(n)))
     out = []
     for i, line in enumerate(lines, start=1):
         prompt = line.strip()
         if not prompt:
-            raise ValueError(f"{prompts_path}: line {i}: empty line inside category {owner[i]!r} "
+            raise InputError(f"{prompts_path}: line {i}: empty line inside category {owner[i]!r} "
                              f"{list(ranges[owner[i]])}")
         out.append({"id": f"o{i:0{width}d}", "category": owner[i], "prompt": prompt, "lang": detect_lang(prompt),
                     "line": i})

@@ -33,13 +33,14 @@ from stepvideo.data import synth
 from stepvideo.data.synth import ACTIONS, BACKGROUNDS, CAMERAS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from stepvideo.evaluation.checks import CATEGORIES, expected_checks
 from stepvideo.fileio import atomic_write_text
+from stepvideo.errors import InputError
 
 BENCHMARK_FILE = Path(__file__).parent / "benchmark" / "embedded-v1.jsonl"
 SEED = 20250601
 CATEGORY_SIZES = {c: 11 if c in ("color", "shape", "size", "background") else 12 for c in CATEGORIES}  # 128
 
 
-class PromptParseError(ValueError):
+class PromptParseError(InputError):
     """A prompt that is not a scene of the embedded domain; the message quotes it and says what was
     not understood."""
 
@@ -497,7 +498,7 @@ def style_prompts(n: int, seed: int = 1) -> list[BenchmarkPrompt]:
     the categories in turn, scenes drawn like the benchmark's with another seed, none of them a
     benchmark scene; ids "x001"...; every third a paraphrase."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
     taken = set(synth.benchmark_scene_keys())
     out: list[BenchmarkPrompt] = []
@@ -547,7 +548,7 @@ def load_benchmark(path: str | os.PathLike | None = None) -> list[BenchmarkPromp
     ValueError naming the file, the line and the problem."""
     path = Path(path or BENCHMARK_FILE)
     if not path.is_file():
-        raise ValueError(f"{path}: benchmark file does not exist")
+        raise InputError(f"{path}: benchmark file does not exist")
     prompts: list[BenchmarkPrompt] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -556,16 +557,16 @@ def load_benchmark(path: str | os.PathLike | None = None) -> list[BenchmarkPromp
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            raise InputError(f"{path}:{lineno}: not valid JSON ({e})") from None
         problem = _problem(row)
         if not problem and row["id"] in seen:
             problem = f"duplicate id {row['id']!r} (first on line {seen[row['id']]})"
         if problem:
-            raise ValueError(f"{path}:{lineno}: {problem}")
+            raise InputError(f"{path}:{lineno}: {problem}")
         seen[row["id"]] = lineno
         prompts.append(BenchmarkPrompt(**row))
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise InputError(f"{path}: no prompts")
     return prompts
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from stepvideo.evaluation.scorer import score_frames, summarize
 from stepvideo.fileio import atomic_write_text
+from stepvideo.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,14 @@ def manifest_items(manifest: str | os.PathLike, split: str | None = None, includ
             continue
         raw = row.get("attributes")
         if not raw:
-            raise ValueError(f"{manifest}: row {n} ({row.get('id')}) has no ground-truth 'attributes' to score against")
+            raise InputError(f"{manifest}: row {n} ({row.get('id')}) has no ground-truth 'attributes' to score against")
         try:
             attrs = json.loads(raw) if isinstance(raw, str) else raw
         except json.JSONDecodeError as e:
-            raise ValueError(f"{manifest}: row {n} ({row.get('id')}): attributes are not valid JSON ({e.msg})") from e
+            raise InputError(f"{manifest}: row {n} ({row.get('id')}): attributes are not valid JSON ({e.msg})") from e
         problem = check_attributes(attrs)
         if problem:
-            raise ValueError(f"{manifest}: row {n} ({row.get('id')}): {problem}")
+            raise InputError(f"{manifest}: row {n} ({row.get('id')}): {problem}")
         rows.append({**row, "attributes": attrs})
     if max_items is not None:  # keep whole clips: both language rows of the first max_items media
         keep = list(dict.fromkeys(r["path"] for r in rows))[:max_items]
@@ -225,7 +226,7 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
     from stepvideo.pipelines.t2v import save_video
 
     if seeds < 1 or batch_size < 1:
-        raise ValueError(f"seeds and batch_size must be >= 1, got {seeds} and {batch_size}")
+        raise InputError(f"seeds and batch_size must be >= 1, got {seeds} and {batch_size}")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     settings = _pipeline_settings(pipe, frames, height, width, steps, cfg, shift, seeds, fps)
@@ -287,15 +288,15 @@ def load_prompts(prompts: str | os.PathLike | None, categories: str | os.PathLik
 
     if prompts is None:
         if categories is not None:
-            raise ValueError("--categories goes with an official-format --prompts file")
+            raise InputError("--categories goes with an official-format --prompts file")
         return load_benchmark()
     path = Path(prompts)
     if path.suffix.lower() == ".jsonl":
         if categories is not None:
-            raise ValueError(f"{path}: a benchmark .jsonl carries its categories; drop --categories")
+            raise InputError(f"{path}: a benchmark .jsonl carries its categories; drop --categories")
         return load_benchmark(path)
     if categories is None:
-        raise ValueError(f"{path}: an official-format prompt file needs --categories (a JSON/YAML file of line ranges)")
+        raise InputError(f"{path}: an official-format prompt file needs --categories (a JSON/YAML file of line ranges)")
     return load_official(path, categories)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from stepvideo.data.synth import DIRECTIONS, SIZES, SPEEDS, inside_shape
 from stepvideo.evaluation.checks import CATEGORIES, Check, expected_checks
 from stepvideo.evaluation.segment import BG_COLORS, BG_NAMES, PALETTE_NAMES, Scene, Segment, analyse, background_distance
+from stepvideo.errors import InputError
 
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "star")
 SYMMETRY = {"square": 4, "diamond": 4, "triangle": 3, "star": 5}
@@ -273,7 +274,7 @@ def _object_verdicts(track: Track | None, check: Check, expected_obj: dict) -> s
     if cat == "rotation":
         turn = track.rotation(SYMMETRY.get(expected_obj["shape"], 4))
         return "cw" if turn > ROTATION_LIMIT else "ccw" if turn < -ROTATION_LIMIT else "none"
-    raise ValueError(f"unknown check category {cat!r}")
+    raise InputError(f"unknown check category {cat!r}")
 
 
 def _color_noise(scene: Scene) -> float:
@@ -290,7 +291,7 @@ def score_frames(frames: np.ndarray, attrs: dict) -> dict:
     object, expected, observed, pass}], "passed", "flicker", "color_noise"}."""
     video = "camera" in attrs
     if video and len(frames) < 2:
-        raise ValueError("a clip's attributes (with a camera and actions) need a clip of 2 or more frames, got a still")
+        raise InputError("a clip's attributes (with a camera and actions) need a clip of 2 or more frames, got a still")
     scene = analyse(frames)
     objects = attrs["objects"]
     checks = expected_checks(attrs)

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from stepvideo.data.synth import BACKGROUNDS, COLORS, SIZES
+from stepvideo.errors import InputError
 
 PALETTE_NAMES = tuple(COLORS)
 PALETTE = np.array([COLORS[c][0] for c in PALETTE_NAMES], dtype=np.float32)  # (8, 3)
@@ -208,7 +209,7 @@ def analyse(frames: np.ndarray) -> Scene:
     """Segment a clip (T, H, W, 3) uint8 (or a still, T = 1)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected frames (T, H, W, 3), got {frames.shape}")
+        raise InputError(f"expected frames (T, H, W, 3), got {frames.shape}")
     f = frames.astype(np.float32)
     h = f.shape[1]
     min_area = 0.15 * (SMALLEST_RADIUS * h / 2) ** 2  # about a seventh of the smallest object's area

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stepvideo.models.attention import BACKENDS, attention
 from stepvideo.models.rope import RoPE3D, apply_rope, check_rope_split, default_rope_split
+from stepvideo.errors import InputError
 
 MODEL_TYPE = "stepvideo_dit"
 
@@ -66,18 +67,18 @@ class DiTConfig:
             self.caption_channels = [self.caption_channels]
         self.caption_channels = [int(c) for c in self.caption_channels]
         if len(self.caption_channels) not in (1, 2) or any(c <= 0 for c in self.caption_channels):
-            raise ValueError(f"caption_channels must be [llm_dim] or [llm_dim, clip_dim], got {self.caption_channels}")
+            raise InputError(f"caption_channels must be [llm_dim] or [llm_dim, clip_dim], got {self.caption_channels}")
         for name in ("num_layers", "num_heads", "head_dim", "in_channels", "out_channels", "patch_size", "ff_mult"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
         if self.freq_dim <= 0 or self.freq_dim % 2:
-            raise ValueError(f"freq_dim must be positive and even, got {self.freq_dim}")
+            raise InputError(f"freq_dim must be positive and even, got {self.freq_dim}")
         split = self.rope_split if self.rope_split is not None else default_rope_split(self.head_dim)
         check_rope_split(split, self.head_dim)
         if self.rope_split is not None:
             self.rope_split = [int(s) for s in self.rope_split]
         if self.attention_backend not in BACKENDS:
-            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
+            raise InputError(f"attention_backend must be one of {BACKENDS}, got {self.attention_backend!r}")
 
     @property
     def hidden_size(self) -> int:
@@ -105,17 +106,17 @@ class DiTConfig:
         d = dict(d)
         mt = d.pop("model_type", MODEL_TYPE)
         if mt != MODEL_TYPE:
-            raise ValueError(f"config is for model_type {mt!r}, not {MODEL_TYPE!r}")
+            raise InputError(f"config is for model_type {mt!r}, not {MODEL_TYPE!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown DiTConfig keys: {unknown}")
+            raise InputError(f"unknown DiTConfig keys: {unknown}")
         return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DiTConfig":
         if name not in PRESETS:
-            raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InputError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
 
@@ -533,7 +534,7 @@ def load_sharded(
                     unexpected.append(k)
                     continue
                 if name in seen:
-                    raise ValueError(f"{name} appears in more than one shard")
+                    raise InputError(f"{name} appears in more than one shard")
                 t = fh.get_tensor(k)
                 part[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
         res = model.load_state_dict(part, strict=False, assign=True)
@@ -543,7 +544,7 @@ def load_sharded(
         del part
     missing = sorted(expected - seen)
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
+        raise InputError(f"checkpoint does not match the model: missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
     return model
 
 

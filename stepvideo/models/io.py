@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stepvideo.fileio import atomic_folder
+from stepvideo.errors import InputError, MissingError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -83,18 +84,18 @@ def parse_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None = N
     name = str(dtype).removeprefix("torch.")
     out = getattr(torch, _DTYPE_ALIASES.get(name, name), None)
     if not isinstance(out, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
+        raise InputError(f"unknown dtype {dtype!r}")
     return out
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; is {folder} a stepvideo model folder?")
+        raise MissingError(f"{path}: no config.json; is {folder} a stepvideo model folder?")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:
@@ -107,7 +108,7 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
         return [folder / WEIGHTS_NAME]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder}: no .safetensors weights found")
+        raise MissingError(f"{folder}: no .safetensors weights found")
     return files
 
 

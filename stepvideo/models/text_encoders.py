@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from stepvideo.models.io import parse_dtype
+from stepvideo.errors import InputError, MissingError
 
 __all__ = ["DEFAULT_MAX_LENGTH", "SPECIAL_TOKENS", "TextEncoder", "PrecomputedTextEncoder", "text_key", "save_precomputed"]
 
@@ -63,7 +64,7 @@ _VERSION_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", "
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
 
 
@@ -101,7 +102,7 @@ def _resolve_local_dir(path_or_id: str | os.PathLike) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(path_or_id), local_files_only=True))
-    except Exception:
+    except (ImportError, OSError, ValueError):  # no hub library, not in the local cache, not a repo id
         return None
 
 
@@ -117,7 +118,7 @@ def _pad_batch(
     L = max((t.shape[0] for t in items), default=0)
     if pad_to is not None:
         if pad_to < L:
-            raise ValueError(f"pad_to={pad_to} is shorter than the longest sequence ({L})")
+            raise InputError(f"pad_to={pad_to} is shorter than the longest sequence ({L})")
         L = pad_to
     hidden = torch.zeros(len(items), L, dim, dtype=dtype, device=device)
     mask = torch.zeros(len(items), L, dtype=torch.bool, device=device)
@@ -164,7 +165,7 @@ class TextEncoder:
         if self.tokenizer.pad_token is None:  # many LLM tokenizers ship without one; mask covers it
             fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
             if fallback is None:
-                raise ValueError(f"tokenizer of {self.name!r} has no pad, eos or unk token to pad with")
+                raise InputError(f"tokenizer of {self.name!r} has no pad, eos or unk token to pad with")
             self.tokenizer.pad_token = fallback
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ class PrecomputedTextEncoder:
 
         paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
         if not paths:
-            raise ValueError("no precomputed embedding files given")
+            raise InputError("no precomputed embedding files given")
         self.paths = tuple(paths)
         self._where: dict[str, int] = {}
         self._handles: list[Any] | None = None
@@ -331,7 +332,7 @@ class PrecomputedTextEncoder:
         meta: dict[str, str] = {}
         for i, p in enumerate(self.paths):
             if not p.is_file():
-                raise FileNotFoundError(f"precomputed text embeddings not found: {p}")
+                raise MissingError(f"precomputed text embeddings not found: {p}")
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 meta.update(f.metadata() or {})
                 for k in f.keys():
@@ -348,7 +349,7 @@ class PrecomputedTextEncoder:
             k = next(iter(self._where))
             self._dim = int(self._files()[self._where[k]].get_slice(k).get_shape()[-1])
         else:
-            raise ValueError(f"{self.paths[0]}: no embeddings and no 'dim' metadata")
+            raise InputError(f"{self.paths[0]}: no embeddings and no 'dim' metadata")
 
     def _files(self) -> list[Any]:
         from safetensors import safe_open
@@ -408,10 +409,10 @@ class PrecomputedTextEncoder:
         pad_to = None
         if padding == "max_length":
             if self.max_length is None:
-                raise ValueError("padding='max_length' needs 'max_length' in the file's metadata")
+                raise InputError("padding='max_length' needs 'max_length' in the file's metadata")
             pad_to = self.max_length
         elif padding != "longest":
-            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+            raise InputError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         return _pad_batch(items, self.dim, pad_to, dtype, self._device)
 
     __call__ = encode
@@ -438,13 +439,13 @@ class PrecomputedTextEncoder:
         else:
             rows = list(hidden)
         if len(rows) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(rows)} embeddings")
+            raise InputError(f"{len(texts)} texts but {len(rows)} embeddings")
         tensors: dict[str, torch.Tensor] = {}
         for t, r in zip(texts, rows):
             tensors[text_key(t)] = r.detach().to("cpu").contiguous().clone()
         dims = {r.shape[-1] for r in rows}
         if len(dims) > 1:
-            raise ValueError(f"embeddings of different widths {sorted(dims)}")
+            raise InputError(f"embeddings of different widths {sorted(dims)}")
         meta = {"format": "pt", "name": name, "version": version, "kind": kind}
         if dims:
             meta["dim"] = str(dims.pop())

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from stepvideo.models.text_encoders import DEFAULT_MAX_LENGTH, SPECIAL_TOKENS, check_kind
+from stepvideo.errors import InputError
 
 def _train_bpe(texts: Sequence[str], vocab_size: int, min_frequency: int) -> Any:
     """Byte-level BPE (GPT-2 style): every UTF-8 byte is in the base alphabet, so no text, Chinese
@@ -129,7 +130,7 @@ def build_tiny_text_encoders(
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
     if llm_dim % heads or clip_dim % heads:
-        raise ValueError(f"dims ({llm_dim}, {clip_dim}) must be divisible by heads={heads}")
+        raise InputError(f"dims ({llm_dim}, {clip_dim}) must be divisible by heads={heads}")
     out_dir = Path(out_dir)
     bpe = _train_bpe(texts, vocab_size, min_frequency=2)
     vocab = bpe.get_vocab_size()

@@ -44,6 +44,7 @@ from torch import nn
 from stepvideo.models import io as model_io
 from stepvideo.models import vae_tiling
 from stepvideo.models.vae_blocks import VideoDecoder, VideoEncoder
+from stepvideo.errors import InputError
 
 @dataclass
 class VAEConfig:
@@ -210,7 +211,7 @@ class VAEConfig:
         if not 0.0 <= self.mix_keep <= 1.0:
             errors.append("mix_keep must lie in [0, 1]")
         if errors:
-            raise ValueError("invalid VAEConfig: " + "; ".join(errors))
+            raise InputError("invalid VAEConfig: " + "; ".join(errors))
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class VAEConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown VAEConfig fields {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown VAEConfig fields {unknown}; known: {sorted(known)}")
         return cls(**dict(d))
 
 
@@ -253,7 +254,7 @@ class DiagonalGaussian:
         if noise is None:
             noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         elif noise.shape != self.mean.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(self.mean.shape)}")
+            raise InputError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(self.mean.shape)}")
         return self.mean + self.std * noise
 
     def kl(self) -> torch.Tensor:
@@ -324,14 +325,14 @@ class VideoVAE(nn.Module):
         mine, theirs = self.config.stage1().to_dict(), stage1.config.stage1().to_dict()
         diff = sorted(k for k in mine if mine[k] != theirs[k])
         if stage1.config.patchify or diff:
-            raise ValueError(
+            raise InputError(
                 "load_stage1_weights needs a patchify=False VAE of the same geometry"
                 + (f"; config fields differ: {diff}" if diff else "; got a full (patchify=True) VAE")
             )
         shared = {k: v for k, v in stage1.state_dict().items() if ".stage1_" not in k}
         missing, unexpected = self.load_state_dict(shared, strict=False)
         if unexpected:
-            raise ValueError(f"stage-1 weights without a place in this model: {unexpected}")
+            raise InputError(f"stage-1 weights without a place in this model: {unexpected}")
         return list(missing)
 
     # ---- geometry --------------------------------------------------------------------------
@@ -342,7 +343,7 @@ class VideoVAE(nn.Module):
     def set_dual_path(self, enabled: bool) -> None:
         """Switch the parameter-free shortcuts of both encoder and decoder on or off."""
         if enabled and not self.config.patchify:
-            raise ValueError("a stage-1 VAE (patchify=False) has no dual path to switch on")
+            raise InputError("a stage-1 VAE (patchify=False) has no dual path to switch on")
         self.encoder.use_shortcut = self.decoder.use_shortcut = bool(enabled)
         self.config.dual_path = bool(enabled)
 

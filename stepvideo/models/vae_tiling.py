@@ -59,6 +59,7 @@ from stepvideo.models.vae_blocks import (
     pixel_shuffle_3d,
     pixel_unshuffle_3d,
 )
+from stepvideo.errors import InputError
 
 TILE_MODES = ("blend", "exact")
 
@@ -86,17 +87,17 @@ def check_tiling(tile_size: int | None, tile_overlap: int, factor: int, tile_mod
     """Raise ValueError for tiling arguments the VAE cannot take (``tile_size``/``tile_overlap`` in the
     grid units of ``factor``)."""
     if tile_mode not in TILE_MODES:
-        raise ValueError(f"tile_mode must be one of {', '.join(map(repr, TILE_MODES))}; got {tile_mode!r}")
+        raise InputError(f"tile_mode must be one of {', '.join(map(repr, TILE_MODES))}; got {tile_mode!r}")
     if tile_mode == "exact" and tile_overlap:
-        raise ValueError(
+        raise InputError(
             f"tile_overlap must be 0 with tile_mode='exact' (its tiles do not overlap); got {tile_overlap}"
         )
     if tile_size is None:
         return
     if tile_size < factor or tile_size % factor or tile_overlap < 0 or tile_overlap % factor:
-        raise ValueError(f"tile_size and tile_overlap must be multiples of {factor} (tile_size >= {factor})")
+        raise InputError(f"tile_size and tile_overlap must be multiples of {factor} (tile_size >= {factor})")
     if tile_overlap >= tile_size:
-        raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
+        raise InputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
 
 
 Need = Callable[[int, int], "tuple[int, int]"]
@@ -240,7 +241,7 @@ def _coarse(f: int) -> Need:
 
     def need(o0: int, o1: int) -> tuple[int, int]:
         if o0 % f or o1 % f:
-            raise ValueError(f"tile edges on a {f}x-upsampled grid must be multiples of {f}, got [{o0}, {o1})")
+            raise InputError(f"tile edges on a {f}x-upsampled grid must be multiples of {f}, got [{o0}, {o1})")
         return o0 // f, o1 // f
 
     return need
@@ -355,7 +356,7 @@ def _make_run(module: nn.Module, x: torch.Tensor, tile_size: int, factor: int, r
     """Check the tiling and describe it; ``root_scale`` = pixels per cell of x's grid."""
     h, w = x.shape[-2] * root_scale, x.shape[-1] * root_scale
     if tile_size < factor or tile_size % factor or h % factor or w % factor:
-        raise ValueError(f"tile_size ({tile_size}) and frame size {h}x{w} must be multiples of {factor}")
+        raise InputError(f"tile_size ({tile_size}) and frame size {h}x{w} must be multiples of {factor}")
     p = next(module.parameters())
     groups = next(m.num_groups for m in module.modules() if isinstance(m, FrameGroupNorm))
     return _Run(device=p.device, groups=groups, tile=tile_size // root_scale, root_h=x.shape[-2])

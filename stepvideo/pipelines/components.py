@@ -35,6 +35,7 @@ from stepvideo.models.io import parse_dtype
 from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder
 from stepvideo.models.tiny_text import build_tiny_text_encoders, sample_captions
 from stepvideo.models.vae import VAEConfig, VideoVAE
+from stepvideo.errors import InputError, MissingError
 
 MODEL_INDEX = "model_index.json"
 FORMAT_VERSION = 1
@@ -111,7 +112,7 @@ def load_text_encoder(
     if folder.is_file() and folder.suffix == ".safetensors":
         return PrecomputedTextEncoder(folder, device=device, dtype=dtype)
     if not folder.is_dir():
-        raise FileNotFoundError(f"text encoder folder {folder} does not exist")
+        raise MissingError(f"text encoder folder {folder} does not exist")
     return TextEncoder.from_pretrained(folder, kind=kind, max_length=entry.get("max_length"), device=device, dtype=dtype)
 
 
@@ -137,12 +138,12 @@ def load_components(dit: Any, vae: Any, text_encoders: Any, llm: Any, clip: Any,
     if isinstance(text_encoders, Mapping):
         unknown = set(text_encoders) - set(srcs)
         if unknown:
-            raise ValueError(f"text_encoders keys must be 'llm'/'clip', got {sorted(unknown)}")
+            raise InputError(f"text_encoders keys must be 'llm'/'clip', got {sorted(unknown)}")
         srcs.update(text_encoders)
     elif text_encoders is not None:
         root = Path(text_encoders)
         if not root.is_dir():
-            raise FileNotFoundError(f"text encoder folder {root} does not exist")
+            raise MissingError(f"text encoder folder {root} does not exist")
         srcs["llm"] = root / "llm"
         srcs["clip"] = root / "clip" if (root / "clip").exists() else None
     if llm is not None:
@@ -150,7 +151,7 @@ def load_components(dit: Any, vae: Any, text_encoders: Any, llm: Any, clip: Any,
     if clip is not None:
         srcs["clip"] = clip
     if srcs["llm"] is None:
-        raise ValueError("an LLM text encoder is required (text_encoders=... or llm=...)")
+        raise InputError("an LLM text encoder is required (text_encoders=... or llm=...)")
     llm_enc = load_text_encoder(srcs["llm"], "llm", device, dtype, entries.get("llm"))
     clip_enc = load_text_encoder(srcs["clip"], "clip", device, dtype, entries.get("clip"))
     return load_dit(dit, device, dtype), load_vae(vae, device, dtype), llm_enc, clip_enc
@@ -162,19 +163,19 @@ def read_model_index(folder: str | os.PathLike, class_name: str) -> dict[str, An
     folder = Path(folder)
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path}: no {MODEL_INDEX}; is {folder} a T2VPipeline bundle?")
+        raise MissingError(f"{index_path}: no {MODEL_INDEX}; is {folder} a T2VPipeline bundle?")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{index_path}: not valid JSON ({e})") from e
+        raise InputError(f"{index_path}: not valid JSON ({e})") from e
     if index.get("_class_name") != class_name:
-        raise ValueError(f"{index_path} describes a {index.get('_class_name')!r}, not a {class_name}")
+        raise InputError(f"{index_path} describes a {index.get('_class_name')!r}, not a {class_name}")
     if int(index.get("format_version", 1)) > FORMAT_VERSION:
-        raise ValueError(f"{index_path}: format_version {index['format_version']} is newer than this code ({FORMAT_VERSION})")
+        raise InputError(f"{index_path}: format_version {index['format_version']} is newer than this code ({FORMAT_VERSION})")
     comps = index.get("components", {})
     for name in ("dit", "vae", "llm"):
         if name not in comps:
-            raise ValueError(f"{index_path}: component {name!r} missing")
+            raise InputError(f"{index_path}: component {name!r} missing")
     entries = {k: comps[k] for k in ("llm", "clip") if k in comps}
     sampler = SamplerConfig(**index["sampler"]) if index.get("sampler") else "default"
     return {"components": comps, "entries": entries, "sampler": sampler, "lineage": index.get("lineage")}
@@ -202,7 +203,7 @@ def save_bundle(pipe: Any, folder: str | os.PathLike) -> Path:
     try:
         text = json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     except TypeError as e:
-        raise ValueError(f"lineage must be JSON-serialisable ({e})") from e
+        raise InputError(f"lineage must be JSON-serialisable ({e})") from e
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         pipe.dit.save_pretrained(tmp / COMPONENT_PATHS["dit"])
@@ -220,7 +221,7 @@ def random_components(preset: str, seed: int, texts: Sequence[str] | None, workd
     """Random-weight DiT, VAE and text encoders of matching sizes (see ``T2VPipeline.random``):
     {"dit", "vae", "llm", "clip", "tmp" (the TemporaryDirectory holding the encoders, or None)}."""
     if not is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise InputError(f"seed must be an int, got {seed!r}")
     vcfg = vae_config if vae_config is not None else _RANDOM_VAE.get(preset, VAEConfig.tiny)()
     dcfg = DiTConfig.preset(preset, in_channels=vcfg.z_channels, out_channels=vcfg.z_channels)
     tmp = None

@@ -37,6 +37,7 @@ from stepvideo.models.text_encoders import PrecomputedTextEncoder, TextEncoder
 from stepvideo.models.vae import VAEConfig, VideoVAE
 from stepvideo.pipelines.components import (MODEL_INDEX, as_dtype, is_int, load_components, model_index,
                                             random_components, read_model_index, save_bundle)
+from stepvideo.errors import InputError
 
 __all__ = ["MODEL_INDEX", "T2VPipeline", "save_video", "frames_to_uint8"]
 
@@ -52,7 +53,7 @@ def _texts(value: str | Sequence[str], name: str) -> list[str]:
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r:.200}")
+    raise InputError(f"{name} must be a string or a non-empty list of strings, got {value!r:.200}")
 
 
 def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -90,7 +91,7 @@ class T2VPipeline:
         self.clip_encoder = clip_encoder
         self.sampler = sampler_preset(sampler) if isinstance(sampler, str) else sampler
         if not isinstance(self.sampler, SamplerConfig):
-            raise ValueError(f"sampler must be a SamplerConfig or preset name, got {sampler!r}")
+            raise InputError(f"sampler must be a SamplerConfig or preset name, got {sampler!r}")
         self.lineage: dict[str, Any] = dict(lineage or {})
         self._workdir: tempfile.TemporaryDirectory | None = None  # random(): keeps the encoders' files alive
         self.check_components()
@@ -116,7 +117,7 @@ class T2VPipeline:
                     f"text encoder widths [llm, clip] = {dims} do not match DiT caption_channels {list(dc.caption_channels)}"
                 )
         if errors:
-            raise ValueError("incompatible T2VPipeline components: " + "; ".join(errors))
+            raise InputError("incompatible T2VPipeline components: " + "; ".join(errors))
 
     # ---- properties ------------------------------------------------------------------------------
 
@@ -268,17 +269,17 @@ class T2VPipeline:
         """Raise ValueError for a request the models cannot serve."""
         chunk = self.vae.frame_chunk
         if not is_int(num_frames) or num_frames < 1 or not (num_frames == 1 or num_frames % chunk == 0):
-            raise ValueError(f"num_frames must be 1 (an image) or a positive multiple of {chunk}, got {num_frames!r}")
+            raise InputError(f"num_frames must be 1 (an image) or a positive multiple of {chunk}, got {num_frames!r}")
         f = self.spatial_factor
         for name, v in (("height", height), ("width", width)):
             if not is_int(v) or v < f or v % f:
-                raise ValueError(f"{name} must be a positive multiple of {f}, got {v!r}")
+                raise InputError(f"{name} must be a positive multiple of {f}, got {v!r}")
         if not is_int(steps) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+            raise InputError(f"steps must be an int >= 1, got {steps!r}")
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+            raise InputError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+            raise InputError(f"shift must be a finite number > 0, got {shift!r}")
 
     @torch.no_grad()
     def generate(
@@ -314,7 +315,7 @@ class T2VPipeline:
         negatives = _texts(negative_prompt, "negative_prompt")
         b = len(prompts)
         if len(negatives) not in (1, b):
-            raise ValueError(f"negative_prompt must be one string or {b} strings (one per prompt), got {len(negatives)}")
+            raise InputError(f"negative_prompt must be one string or {b} strings (one per prompt), got {len(negatives)}")
         steps = self.sampler.num_steps if steps is None else steps
         cfg_scale = self.sampler.cfg_scale if cfg_scale is None else cfg_scale
         shift = self.sampler.shift if shift is None else shift
@@ -324,11 +325,11 @@ class T2VPipeline:
         elif isinstance(seed, (list, tuple)) and len(seed) == b and all(is_int(s) for s in seed):
             seeds = [int(s) for s in seed]
         else:
-            raise ValueError(f"seed must be an int or a list of {b} ints, got {seed!r}")
+            raise InputError(f"seed must be an int or a list of {b} ints, got {seed!r}")
         if output_type not in ("np", "latent"):
-            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+            raise InputError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         if progress is not None and not callable(progress):
-            raise ValueError("progress must be None or a callable (done, total)")
+            raise InputError("progress must be None or a callable (done, total)")
         f = self.vae.config.spatial_factor  # blend: one latent cell of overlap when the tile allows it
         overlap = f if vae_tile_mode == "blend" and vae_tile_size is not None and vae_tile_size > f else 0
         self.vae.check_tiling(vae_tile_size, overlap, f, vae_tile_mode)  # fail before sampling, not after
@@ -379,15 +380,15 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, gif: b
     arr = np.asarray(frames)
     if arr.ndim == 5:
         if arr.shape[0] != 1:
-            raise ValueError(f"save_video writes one clip; got a batch of {arr.shape[0]} (pass frames[i])")
+            raise InputError(f"save_video writes one clip; got a batch of {arr.shape[0]} (pass frames[i])")
         arr = arr[0]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
+        raise InputError(f"frames must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}")
     if not is_int(fps) or fps < 1:
-        raise ValueError(f"fps must be a positive int, got {fps!r}")
+        raise InputError(f"fps must be a positive int, got {fps!r}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if arr.shape[0] != 1:
-            raise ValueError(f"{path}: an image path takes a single frame, got {arr.shape[0]}")
+            raise InputError(f"{path}: an image path takes a single frame, got {arr.shape[0]}")
         write_image(path, arr[0])
     else:
         write_video(path, arr, fps=fps)

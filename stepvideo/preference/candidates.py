@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from stepvideo.fileio import atomic_write_text
+from stepvideo.errors import InputError, MissingError
 
 MANIFEST = "candidates.jsonl"
 
@@ -72,10 +73,10 @@ def read_candidates(folder: str | os.PathLike) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         missing = [k for k in ("id", "prompt_id", "lang", "prompt", "seed", "video", "latent") if k not in row]
         if missing:
-            raise ValueError(f"{path}:{n}: missing {missing}")
+            raise InputError(f"{path}:{n}: missing {missing}")
         rows.append(row)
     return rows
 
@@ -90,7 +91,7 @@ def load_latent(folder: str | os.PathLike, row: dict):
 
     path = Path(folder) / row["latent"]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: latent of candidate {row['id']} is missing")
+        raise MissingError(f"{path}: latent of candidate {row['id']} is missing")
     return load_file(str(path))["latent"]
 
 
@@ -121,7 +122,7 @@ def generate_candidates(pipe: Any, prompts: Sequence[dict], out: str | os.PathLi
     from stepvideo.pipelines.t2v import frames_to_uint8, save_video
 
     if per_prompt < 1 or batch_size < 1:
-        raise ValueError(f"per_prompt and batch_size must be >= 1, got {per_prompt} and {batch_size}")
+        raise InputError(f"per_prompt and batch_size must be >= 1, got {per_prompt} and {batch_size}")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "latents").mkdir(parents=True, exist_ok=True)

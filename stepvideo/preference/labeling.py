@@ -44,6 +44,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from stepvideo.errors import InputError, MissingError
+
 CANDIDATES_FILE = "candidates.jsonl"
 LABELS_FILE = "labels.jsonl"
 ANSWERS = ("left", "right", "tie", "skip")
@@ -66,9 +68,9 @@ def _json_objects(path: Path):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: not JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{path}, line {n}: not JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
+                raise InputError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
             yield f"{path}, line {n}", obj
 
 
@@ -77,31 +79,31 @@ def load_candidates(dir: str | os.PathLike) -> list[dict]:
     root = Path(dir)
     path = root / CANDIDATES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (a candidates folder holds {CANDIDATES_FILE})")
+        raise MissingError(f"{path}: no such file (a candidates folder holds {CANDIDATES_FILE})")
     resolved, out, ids, prompts = root.resolve(), [], set(), {}
     for where, row in _json_objects(path):
         missing = [k for k in CANDIDATE_KEYS if k not in row]
         if missing:
-            raise ValueError(f"{where}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
+            raise InputError(f"{where}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
         bad = [k for k in CANDIDATE_KEYS if not isinstance(row[k], str) or not row[k].strip()]
         if bad:
-            raise ValueError(f"{where}: {', '.join(bad)} must be non-empty text")
+            raise InputError(f"{where}: {', '.join(bad)} must be non-empty text")
         if "|" in row["id"]:
-            raise ValueError(f"{where}: id {row['id']!r} contains '|' (it separates the ids of a pair)")
+            raise InputError(f"{where}: id {row['id']!r} contains '|' (it separates the ids of a pair)")
         if row["id"] in ids:
-            raise ValueError(f"{where}: duplicate id {row['id']!r}")
+            raise InputError(f"{where}: duplicate id {row['id']!r}")
         video = (root / row["video"]).resolve()
         if not video.is_relative_to(resolved):
-            raise ValueError(f"{where}: video {row['video']!r} is outside the candidates folder {root}")
+            raise InputError(f"{where}: video {row['video']!r} is outside the candidates folder {root}")
         if not video.is_file():
-            raise ValueError(f"{where}: video file {row['video']!r} not found ({video})")
+            raise InputError(f"{where}: video file {row['video']!r} not found ({video})")
         group = (row["prompt_id"], row["lang"])
         if prompts.setdefault(group, row["prompt"]) != row["prompt"]:
-            raise ValueError(f"{where}: prompt differs from the earlier candidates of {group[0]}/{group[1]}")
+            raise InputError(f"{where}: prompt differs from the earlier candidates of {group[0]}/{group[1]}")
         ids.add(row["id"])
         out.append(row)
     if not out:
-        raise ValueError(f"{path}: no candidates")
+        raise InputError(f"{path}: no candidates")
     return out
 
 
@@ -147,11 +149,11 @@ def _parse_label(raw: bytes, where: str) -> dict:
     try:
         row = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: not JSON ({e})") from None
+        raise InputError(f"{where}: not JSON ({e})") from None
     if not isinstance(row, dict) or any(k not in row for k in LABEL_KEYS):
-        raise ValueError(f"{where}: not a label (needs {', '.join(LABEL_KEYS)})")
+        raise InputError(f"{where}: not a label (needs {', '.join(LABEL_KEYS)})")
     if row["answer"] not in ANSWERS:
-        raise ValueError(f"{where}: answer {row['answer']!r} is not one of {', '.join(ANSWERS)}")
+        raise InputError(f"{where}: answer {row['answer']!r} is not one of {', '.join(ANSWERS)}")
     return row
 
 
@@ -230,7 +232,7 @@ def import_labels(file: str | os.PathLike, candidates_dir: str | os.PathLike,
     file, root = Path(file), Path(candidates_dir)
     candidates = load_candidates(root)
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such file")
+        raise MissingError(f"{file}: no such file")
     by_id = {c["id"]: c for c in candidates}
     by_video = {(root / c["video"]).resolve(): c for c in candidates}
     pairs = {p["pair_id"]: p for p in label_pairs(candidates)}
@@ -238,10 +240,10 @@ def import_labels(file: str | os.PathLike, candidates_dir: str | os.PathLike,
     for where, obj in _json_objects(file):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str) or not obj[k]]
         if missing:
-            raise ValueError(f"{where}: missing or empty {', '.join(missing)}")
+            raise InputError(f"{where}: missing or empty {', '.join(missing)}")
         annotator = obj.get("annotator") or f"import:{file.name}"
         if not isinstance(annotator, str):
-            raise ValueError(f"{where}: annotator must be text")
+            raise InputError(f"{where}: annotator must be text")
 
         def find(key: str) -> dict:
             ref = obj[key]
@@ -252,23 +254,23 @@ def import_labels(file: str | os.PathLike, candidates_dir: str | os.PathLike,
             except (OSError, ValueError):
                 hit = None
             if hit is None:
-                raise ValueError(f"{where}: {key} {ref!r} is neither a candidate id nor a candidate's video in {root}")
+                raise InputError(f"{where}: {key} {ref!r} is neither a candidate id nor a candidate's video in {root}")
             return hit
 
         chosen, rejected = find("chosen"), find("rejected")
         if chosen["id"] == rejected["id"]:
-            raise ValueError(f"{where}: chosen and rejected are the same candidate {chosen['id']!r}")
+            raise InputError(f"{where}: chosen and rejected are the same candidate {chosen['id']!r}")
         if (chosen["prompt_id"], chosen["lang"]) != (rejected["prompt_id"], rejected["lang"]):
-            raise ValueError(f"{where}: chosen {chosen['id']!r} ({chosen['prompt_id']}/{chosen['lang']}) and rejected "
+            raise InputError(f"{where}: chosen {chosen['id']!r} ({chosen['prompt_id']}/{chosen['lang']}) and rejected "
                              f"{rejected['id']!r} ({rejected['prompt_id']}/{rejected['lang']}) are not in the same "
                              "prompt group")
         if obj["prompt"].strip() != chosen["prompt"].strip():
-            raise ValueError(f"{where}: prompt {obj['prompt']!r} does not match the candidates' prompt "
+            raise InputError(f"{where}: prompt {obj['prompt']!r} does not match the candidates' prompt "
                              f"{chosen['prompt']!r}")
         pair = pairs["|".join(sorted((chosen["id"], rejected["id"])))]
         rows.append(make_label(pair, chosen["id"], rejected["id"], "left", annotator))
     if not rows:
-        raise ValueError(f"{file}: no labels to import")
+        raise InputError(f"{file}: no labels to import")
     append_labels(Path(labels_path) if labels_path else root / LABELS_FILE, rows)
     return len(rows)
 
@@ -358,15 +360,15 @@ class LabelState:
     def label(self, body: object) -> dict:
         """Check one answer from the page and append it; ValueError says what is wrong."""
         if not isinstance(body, dict):
-            raise ValueError("expected a JSON object")
+            raise InputError("expected a JSON object")
         annotator = _annotator(body.get("annotator"))
         pair_id, left, right, answer = (body.get(k) for k in ("pair_id", "left", "right", "answer"))
         if (pair := self.by_pair.get(pair_id) if isinstance(pair_id, str) else None) is None:
-            raise ValueError(f"unknown pair_id {pair_id!r}")
+            raise InputError(f"unknown pair_id {pair_id!r}")
         if not isinstance(left, str) or not isinstance(right, str) or sorted((left, right)) != [pair["a"], pair["b"]]:
-            raise ValueError(f"left/right {left!r}/{right!r} are not the two candidates of pair {pair['pair_id']!r}")
+            raise InputError(f"left/right {left!r}/{right!r} are not the two candidates of pair {pair['pair_id']!r}")
         if answer not in ANSWERS:
-            raise ValueError(f"answer {answer!r} is not one of {', '.join(ANSWERS)}")
+            raise InputError(f"answer {answer!r} is not one of {', '.join(ANSWERS)}")
         row = make_label(pair, left, right, answer, annotator)
         append_labels(self.labels_path, [row])
         return row
@@ -374,7 +376,7 @@ class LabelState:
 
 def _annotator(name: object) -> str:
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100:
-        raise ValueError("annotator must be a name of 1 to 100 characters")
+        raise InputError("annotator must be a name of 1 to 100 characters")
     return name.strip()
 
 
@@ -467,6 +469,6 @@ def make_server(candidates_dir: str | os.PathLike, labels_path: str | os.PathLik
     try:
         server = ThreadingHTTPServer((host, port), _handler(state))
     except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     server.state = state
     return server

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from stepvideo.fileio import atomic_write_text
+from stepvideo.errors import InputError, MissingError
 
 # best_worst: one pair per prompt; margin: every pair whose rewards differ; dominant: every pair where
 # the chosen video is also no worse on each part of the reward (checks, flicker, colour noise)
@@ -72,7 +73,7 @@ def ranked_pairs(rows: Sequence[dict], value: Callable[[dict], float | None], mo
     two differ by more than `min_margin` (equal values never make a pair) and `keep(chosen row,
     rejected row)` holds when given."""
     if mode not in PAIR_MODES:
-        raise ValueError(f"dpo.pairs must be one of {PAIR_MODES}, got {mode!r}")
+        raise InputError(f"dpo.pairs must be one of {PAIR_MODES}, got {mode!r}")
     out = []
     for (pid, lang), group in _groups(rows).items():
         scored = sorted(((value(r), r["id"], r) for r in group if value(r) is not None), key=lambda x: (-x[0], x[1]))
@@ -121,14 +122,14 @@ def write_pairs(folder: str | os.PathLike, pairs: Sequence[dict], meta: dict[str
 def read_pairs(folder: str | os.PathLike) -> list[dict]:
     path = Path(folder) / "pairs.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no pair dataset (run the dpo stage, or `stepvideo dpo pairs`)")
+        raise MissingError(f"{path}: no pair dataset (run the dpo stage, or `stepvideo dpo pairs`)")
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
     return rows
 
 
@@ -143,18 +144,18 @@ def pair_tensors(pairs: Sequence[dict], candidates: dict[str, tuple[Path, dict]]
     from stepvideo.training.dpo_trainer import write_pair_tensors
 
     if not pairs:
-        raise ValueError("no preference pairs: every prompt's candidates scored alike (lower dpo.min_margin, raise "
+        raise InputError("no preference pairs: every prompt's candidates scored alike (lower dpo.min_margin, raise "
                          "dpo.candidates_per_prompt) or no labels were given")
     chosen, rejected = [], []
     for p in pairs:
         for key, dst in (("chosen", chosen), ("rejected", rejected)):
             if p[key] not in candidates:
-                raise ValueError(f"pair {p['chosen']} > {p['rejected']}: candidate {p[key]} is not in the candidates")
+                raise InputError(f"pair {p['chosen']} > {p['rejected']}: candidate {p[key]} is not in the candidates")
             folder, row = candidates[p[key]]
             dst.append(load_latent(folder, row))
     shapes = {tuple(x.shape) for x in chosen + rejected}
     if len(shapes) != 1:
-        raise ValueError(f"the pairs' latents have several shapes {sorted(shapes)}: generate candidates at one size")
+        raise InputError(f"the pairs' latents have several shapes {sorted(shapes)}: generate candidates at one size")
     with torch.no_grad():
         text = encode([p["prompt"] for p in pairs])
     return write_pair_tensors(out, torch.stack(chosen), torch.stack(rejected),
@@ -165,7 +166,7 @@ def win_rate(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> dict[st
     """How often `a[i]` beats `b[i]` (paired; ties count half) with the Wilson score interval of the
     share among decided pairs: {"wins", "losses", "ties", "n", "win_rate", "ci_low", "ci_high"}."""
     if len(a) != len(b):
-        raise ValueError(f"paired scores must have one length, got {len(a)} and {len(b)}")
+        raise InputError(f"paired scores must have one length, got {len(a)} and {len(b)}")
     wins = sum(x > y for x, y in zip(a, b))
     losses = sum(x < y for x, y in zip(a, b))
     ties = len(a) - wins - losses
@@ -185,7 +186,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = 5
     """`a[i] - b[i]` over paired videos: the mean with a 95% bootstrap interval (seeded), and how many
     went up, down or stayed equal (an artifact score is 0 on most videos: the counts say more)."""
     if len(a) != len(b):
-        raise ValueError(f"paired scores must have one length, got {len(a)} and {len(b)}")
+        raise InputError(f"paired scores must have one length, got {len(a)} and {len(b)}")
     d = [x - y for x, y in zip(a, b)]
     if not d:
         return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "up": 0, "down": 0,

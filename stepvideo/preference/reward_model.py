@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stepvideo.errors import InputError
+
 
 @dataclass
 class RewardModelConfig:
@@ -80,7 +82,7 @@ class LatentRewardModel(nn.Module):
 
         cfg = read_config(folder)
         if cfg.get("_class") != "LatentRewardModel":
-            raise ValueError(f"{folder}: not a reward model folder (config.json _class is {cfg.get('_class')!r})")
+            raise InputError(f"{folder}: not a reward model folder (config.json _class is {cfg.get('_class')!r})")
         fields = RewardModelConfig.__dataclass_fields__
         model = cls(RewardModelConfig(**{k: v for k, v in cfg.items() if k in fields}))
         model.load_state_dict(load_state_dict(folder))
@@ -111,14 +113,14 @@ def train_reward_model(data: dict[str, torch.Tensor], keys: Sequence[str], out: 
     group) and save it to `out`; returns {"train_accuracy", "heldout_accuracy", "train_pairs",
     "heldout_pairs", "loss_first", "loss_last"}."""
     if len(keys) != data["chosen"].shape[0]:
-        raise ValueError(f"{len(keys)} prompt keys for {data['chosen'].shape[0]} pairs")
+        raise InputError(f"{len(keys)} prompt keys for {data['chosen'].shape[0]} pairs")
     torch.manual_seed(seed)
     text_vec = pooled_text(data)
     held = heldout_groups(keys, heldout_fraction)
     test = torch.tensor([k in held for k in keys])
     train = ~test
     if not bool(train.any()):
-        raise ValueError("no training pairs left after holding out prompts for the reward model")
+        raise InputError("no training pairs left after holding out prompts for the reward model")
     cw, rw, tv = data["chosen"][train], data["rejected"][train], text_vec[train]
     model = LatentRewardModel(RewardModelConfig(z_channels=int(cw.shape[2]), text_dim=int(tv.shape[1]), width=width))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

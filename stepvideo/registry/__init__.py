@@ -23,16 +23,8 @@ CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER = "candidate", "champion", "previous",
 JUDGED = (CHAMPION, CHALLENGER)  # versions the promote stage has already decided on
 
 
-class RegistryUnavailable(ConnectionError):
-    """The registry could not be read (an unreachable server, a broken store): not the same as an
-    empty registry, so nothing decides on it as if no model were registered."""
-
-
-def missing_or_raise(e: Exception, what: str) -> None:
-    """Return when MLflow error `e` says `what` does not exist; raise RegistryUnavailable otherwise."""
-    if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-        return
-    raise RegistryUnavailable(f"the MLflow registry at {tracking.tracking_uri()} cannot be read ({what}): {e}") from e
+RegistryUnavailable = tracking.RegistryUnavailable
+missing_or_raise = tracking.missing_or_raise
 
 
 def registered_version(name: str, weights: str, tag: str = "weights_hash") -> str | None:

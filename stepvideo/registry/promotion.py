@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from stepvideo import tracking
 from stepvideo.registry import CHALLENGER, CHAMPION, PREVIOUS
+from stepvideo.errors import InputError, MissingError
 EPS = 1e-9  # figures are rounded sums of passes: equal within this is a tie
 SCORES_FILE = "promotion/{role}_scores.json"
 
@@ -150,8 +151,9 @@ def aliases(name: str) -> dict[str, str]:
 
     try:
         model = tracking.client().get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        raise FileNotFoundError(f"{name}: no such registered model in {tracking.tracking_uri()}") from None
+    except mlflow.exceptions.MlflowException as e:
+        tracking.missing_or_raise(e, f"registered model {name}")
+        raise MissingError(f"{name}: no such registered model in {tracking.tracking_uri()}") from None
     return {a: str(v) for a, v in (model.aliases or {}).items()}
 
 
@@ -235,7 +237,7 @@ def _prompts_for(results: Mapping, prompts_file: str | None) -> list:
     by_id = {str(p["id"] if isinstance(p, dict) else p.id): p for p in load_prompts(prompts_file or None)}
     missing = [pid for pid in wanted if pid not in by_id]
     if missing:
-        raise ValueError(f"the candidate was judged on prompts the benchmark does not have ({', '.join(missing[:5])}"
+        raise InputError(f"the candidate was judged on prompts the benchmark does not have ({', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''}): set evaluate.prompts to the file it used")
     keep = set(wanted)
     return [p for pid, p in by_id.items() if pid in keep]
@@ -258,7 +260,7 @@ def champion_scores(name: str, version: str, results: Mapping, *, run: Any, work
                       frames=s["frames"], height=s["height"], width=s["width"], steps=s["steps"], cfg=s["cfg"],
                       shift=s["shift"], fps=s.get("fps", 8), batch_size=batch_size, progress=progress)
     if eval_key(judged) != key:
-        raise ValueError(f"the champion {name}/{version} was judged on other videos than the candidate "
+        raise InputError(f"the champion {name}/{version} was judged on other videos than the candidate "
                          f"(eval key {eval_key(judged)} vs {key}): the benchmark file changed, or the candidate was "
                          "evaluated on another device type or dtype than this machine's?")
     uri = _log_scores(run, "champion", name, version, key, judged)
@@ -365,7 +367,8 @@ def _version_exists(name: str, version: str) -> None:
     try:
         tracking.client().get_model_version(name, str(version))
     except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{name}/{version}: not in the MLflow registry ({e.message})") from None
+        tracking.missing_or_raise(e, f"{name}/{version}")
+        raise MissingError(f"{name}/{version}: not in the MLflow registry ({e.message})") from None
 
 
 def promote_by_person(name: str, version: str, *, user: str | None = None, reason: str = "",
@@ -379,7 +382,7 @@ def promote_by_person(name: str, version: str, *, user: str | None = None, reaso
         with registry_lock():
             old = aliases(name).get(CHAMPION)
             if old == version:
-                raise ValueError(f"{name}/{version} is already the champion")
+                raise InputError(f"{name}/{version} is already the champion")
             tracking.tag_model_version(name, version, {"promoted_by": by, "promotion_reason": reason or "(none given)",
                                                        "promotion_time": _now(), "promotion_run": run.info.run_id,
                                                        "promotion_champion": old or "none"})
@@ -400,14 +403,15 @@ def rollback(name: str, *, user: str | None = None, reason: str = "", experiment
             now = aliases(name)
             cur, prev = now.get(CHAMPION), now.get(PREVIOUS)
             if prev is None:
-                raise ValueError(f"{name} has no `previous` version to roll back to")
+                raise InputError(f"{name} has no `previous` version to roll back to")
             client = tracking.client()
             client.set_registered_model_alias(name, CHAMPION, prev)
             before = (client.get_model_version(name, prev).tags or {}).get("replaced_version", "none")
             exists = True
             try:
                 client.get_model_version(name, before)
-            except mlflow.exceptions.MlflowException:
+            except mlflow.exceptions.MlflowException as e:
+                tracking.missing_or_raise(e, f"{name}/{before}")
                 exists = False
             if before not in ("none", cur, prev) and exists:
                 client.set_registered_model_alias(name, PREVIOUS, before)

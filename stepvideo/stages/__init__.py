@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from stepvideo.errors import InputError
+
 _COMMON = ("stepvideo.stages.common",)
 _VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.io")
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
@@ -95,7 +97,7 @@ STAGES: Mapping[str, Callable[..., Any]] = _Stages()
 def _origin(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise ValueError(f"stage code table: cannot locate module {module!r}")
+        raise InputError(f"stage code table: cannot locate module {module!r}")
     return Path(spec.origin)
 
 

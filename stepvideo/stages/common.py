@@ -10,6 +10,7 @@ from typing import Any
 from stepvideo import tracking
 from stepvideo.config import Params
 from stepvideo.data.versioning import data_version
+from stepvideo.errors import MissingError
 
 OUTPUTS = "outputs"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout: where release/ lives
@@ -49,13 +50,13 @@ def clean_rows(root: Path) -> tuple[Path, list[dict]]:
     clean = root / OUTPUTS / "validated" / "clean.jsonl"
     rows = read_manifest(clean) if clean.is_file() else None
     if not rows:
-        raise FileNotFoundError(f"{clean}: no validated clips; run the validate stage first")
+        raise MissingError(f"{clean}: no validated clips; run the validate stage first")
     return clean, rows
 
 
 def require_output(folder: Path, stage: str, marker: str = "config.json") -> Path:
     if not (folder / marker).is_file():
-        raise FileNotFoundError(f"{folder}: no output of the `{stage}` stage; run it first (stepvideo stage {stage})")
+        raise MissingError(f"{folder}: no output of the `{stage}` stage; run it first (stepvideo stage {stage})")
     return folder
 
 

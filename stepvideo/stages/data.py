@@ -14,6 +14,7 @@ from stepvideo.data.synth import SynthConfig, generate
 from stepvideo.data.validation import ValidationFailed, format_report, validate
 from stepvideo.data.versioning import version_data
 from stepvideo.stages.common import OUTPUTS, project_data_version
+from stepvideo.errors import MissingError
 
 
 def stage_data(params: Params, root: Path, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def existing_data(params: Params, root: Path) -> dict[str, Any]:
     """The data folder as it is (synthesized or ingested earlier): what a retrain trains on."""
     manifest = root / params.data.out / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no data to train on; write it first (stepvideo data synth, or "
+        raise MissingError(f"{manifest}: no data to train on; write it first (stepvideo data synth, or "
                                 f"stepvideo data ingest --out {params.data.out})")
     rows = sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
     return {"manifest": str(manifest), "data_dir": str(root / params.data.out), "metrics": {"rows": rows}}

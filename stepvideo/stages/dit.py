@@ -15,6 +15,7 @@ from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
                                      project_data_version, require_output)
 from stepvideo.registry import registered_version
+from stepvideo.errors import InputError, MissingError
 
 if TYPE_CHECKING:
     from stepvideo.training.dit_trainer import DiTTrainConfig
@@ -98,7 +99,7 @@ def _dit_init(name: str, init_from: str, root: Path) -> tuple[Path | None, str]:
         return None, "scratch"
     folder = root / OUTPUTS / "dit" / prev
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{name} starts from the `{prev}` stage's model, but {folder} does not exist: run "
+        raise MissingError(f"{name} starts from the `{prev}` stage's model, but {folder} does not exist: run "
                                 f"`stepvideo stage {prev}` first (or set {name}.init_from in params.yaml)")
     weights = model_hash(folder)
     return folder, registered_version(registry.DIT_STAGES[prev], weights) or f"folder:{weights}"
@@ -114,7 +115,7 @@ def stage_patch_size(patch_size: int, init: Path | None) -> int:
         try:
             return int(json.loads(config.read_text()).get("patch_size") or 0)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{config}: not a readable DiT config ({e})") from e
+            raise InputError(f"{config}: not a readable DiT config ({e})") from e
     return 0
 
 
@@ -130,17 +131,17 @@ def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -
 
     sp = getattr(params, name)
     if sp.model not in PRESETS:
-        raise ValueError(f"{name}.model must be one of {sorted(PRESETS)}, got {sp.model!r}")
+        raise InputError(f"{name}.model must be one of {sorted(PRESETS)}, got {sp.model!r}")
     if sp.resolution not in cache.resolutions:
-        raise ValueError(f"{name}.resolution must be one of {sorted(cache.resolutions)}, got {sp.resolution!r}")
+        raise InputError(f"{name}.resolution must be one of {sorted(cache.resolutions)}, got {sp.resolution!r}")
     kinds = tuple(sp.kinds)
     candidates = cache.select("train", kinds)
     if not candidates:
         hint = " (text-to-image pre-training needs stills: add images to the dataset, or set t2i_pretrain.kinds: " \
                "[video])" if kinds == ("image",) else ""
-        raise ValueError(f"{name}: the latent cache has no train items of kinds {list(kinds)}{hint}")
+        raise InputError(f"{name}: the latent cache has no train items of kinds {list(kinds)}{hint}")
     if (sp.still_share or 0) > 0 and not any(cache.items[i]["kind"] == "image" for i in candidates):
-        raise ValueError(f"{name}.still_share is {sp.still_share} but the data has no stills in the train split: "
+        raise InputError(f"{name}.still_share is {sp.still_share} but the data has no stills in the train split: "
                          f"set {name}.still_share: null (or add images to the dataset)")
     min_quality = sp.min_quality or None
     if min_quality and all(cache.items[i]["quality"] != cache.items[i]["quality"] for i in candidates):
@@ -202,7 +203,7 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
     from stepvideo.training.dit_trainer import train_dit
 
     if name not in DIT_PREVIOUS:
-        raise ValueError(f"unknown DiT stage {name!r} (known: {', '.join(DIT_PREVIOUS)})")
+        raise InputError(f"unknown DiT stage {name!r} (known: {', '.join(DIT_PREVIOUS)})")
     sp = getattr(params, name)
     cache_dir = require_output(root / OUTPUTS / "latent_cache", "latent_cache", marker="cache.json")
     cache = LatentCache(cache_dir)

@@ -30,6 +30,7 @@ from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
                                      project_data_version, require_output)
 from stepvideo.registry import registered_version
+from stepvideo.errors import InputError
 
 if TYPE_CHECKING:
     from stepvideo.training.dpo_trainer import DPOTrainConfig
@@ -74,7 +75,7 @@ def _check(params: Params) -> None:
     if dp.rounds < 1 or dp.candidates_per_prompt < 2:
         errors.append("dpo.rounds >= 1 and dpo.candidates_per_prompt >= 2 are required")
     if errors:
-        raise ValueError("; ".join(errors))
+        raise InputError("; ".join(errors))
 
 
 def dpo_key(params: Params, root: Path, sft: Path) -> str:
@@ -114,7 +115,7 @@ def _human(params: Params, root: Path) -> tuple[Path, list[dict], list[dict]]:
         p.setdefault("margin", None)
         p["round"] = 0
     if not pairs:
-        raise ValueError(f"{labels}: the labels give no preference pairs (only ties, skips or split votes)")
+        raise InputError(f"{labels}: the labels give no preference pairs (only ties, skips or split votes)")
     return folder, rows, pairs
 
 
@@ -154,7 +155,7 @@ def dpo_prompts(params: Params, root: Path) -> list[dict]:
     prompts = train_prompts(root / OUTPUTS / "validated" / "clean.jsonl", dp.train_prompts, dp.seed) + \
         style_prompt_rows(dp.style_prompts, dp.seed + 1)
     if not prompts:
-        raise ValueError("dpo: no prompts (dpo.train_prompts and dpo.style_prompts are 0, or the data has no "
+        raise InputError("dpo: no prompts (dpo.train_prompts and dpo.style_prompts are 0, or the data has no "
                          "training clips with attributes)")
     return prompts
 
@@ -247,7 +248,7 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
                                            fps=params.data.fps, model=f"round {r} policy", progress=progress, **size)
                 for row in rows:
                     if row["id"] in index:
-                        raise ValueError(f"candidate id {row['id']} appears in two candidate folders")
+                        raise InputError(f"candidate id {row['id']} appears in two candidate folders")
                 use_rm = dp.source == "reward_model" if r == 0 else dp.onpolicy_reward == "reward_model"
                 if use_rm and not rm_metrics:
                     if dp.labels and dp.human_candidates:

@@ -15,6 +15,7 @@ from stepvideo.config import Params
 from stepvideo.fileio import atomic_write_text
 from stepvideo.registry import registered_version
 from stepvideo.stages.common import OUTPUTS, require_output
+from stepvideo.errors import InputError, MissingError
 
 
 def bundle_version(name: str, dit_weights: str) -> str | None:
@@ -78,15 +79,15 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
     weights = lineage.get("dit_weights")
     version = bundle_version(pp.registered, weights) if weights else None
     if version is None:
-        raise FileNotFoundError(f"{bundle}: no version of {pp.registered} with dit_weights={weights} in the registry: "
+        raise MissingError(f"{bundle}: no version of {pp.registered} with dit_weights={weights} in the registry: "
                                 "run the bundle stage (stepvideo stage bundle) with tracking.register: true")
     results = json.loads(eval_file.read_text(encoding="utf-8"))
     judged = _evaluated_weights(str(results.get("model", "")))
     if judged != weights:
-        raise ValueError(f"{eval_file} judged DiT {results.get('model')!r} (weights {judged}), but {bundle} ships "
+        raise InputError(f"{eval_file} judged DiT {results.get('model')!r} (weights {judged}), but {bundle} ships "
                          f"weights {weights}: run the evaluate stage again (stepvideo stage evaluate)")
     if not (results.get("summary") or {}).get("overall") and results.get("gallery"):
-        raise ValueError(f"{eval_file}: a gallery run (official-format prompts) has no accuracy to promote on")
+        raise InputError(f"{eval_file}: a gallery run (official-format prompts) has no accuracy to promote on")
     from stepvideo.registry.promotion import eval_key, promote
 
     candidate = f"{pp.registered}/{version}"

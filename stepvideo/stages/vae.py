@@ -11,6 +11,7 @@ from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import OUTPUTS, clean_rows, local_path, project_data_version
 from stepvideo.evaluation.runner import vae_content_metrics
+from stepvideo.errors import InputError
 
 if TYPE_CHECKING:
     from stepvideo.training.vae_trainer import VAETrainConfig
@@ -78,13 +79,13 @@ def vae_train_config(params: Params, root: Path = Path(".")) -> "tuple[VAETrainC
     presets = {"demo": VAEConfig.demo, "small": VAEConfig.small, "tiny": VAEConfig.tiny,
                "official": VAEConfig.official}
     if vp.model not in presets:
-        raise ValueError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
+        raise InputError(f"vae.model must be one of {sorted(presets)}, got {vp.model!r}")
     model = presets[vp.model]()
     common = shared_fields(VAETrainConfig, vp, VAE_SET_BY_STAGE)
     common["perceptual_backbone_path"] = vp.perceptual_backbone_path or None
     if vp.stage1_steps > 0:
         if vp.init_from:
-            raise ValueError("vae.stage1_steps > 0 trains from scratch: leave vae.init_from empty")
+            raise InputError("vae.stage1_steps > 0 trains from scratch: leave vae.init_from empty")
         return two_stage_recipe(model, vp.stage1_steps, vp.adapt_steps, vp.mid_steps, vp.steps, **common)
     return None, VAETrainConfig(model=model.to_dict(), init_from=local_path(vp.init_from, root) or None,
                                 steps=vp.steps, dual_path_start_step=vp.dual_path_start_step, **common)

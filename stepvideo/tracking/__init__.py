@@ -15,7 +15,24 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from stepvideo.errors import InputError, MissingError, UnavailableError
+
 PARENT_ENV = "STEPVIDEO_PARENT_RUN_ID"
+# the MLflow error codes of a lookup that found nothing (a missing model or version; a missing alias
+# reads INVALID_PARAMETER_VALUE); any other error means the store could not be read
+MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+class RegistryUnavailable(UnavailableError):
+    """The registry could not be read (an unreachable server, a broken store): not the same as an
+    empty registry, so nothing decides on it as if no model were registered."""
+
+
+def missing_or_raise(e: Exception, what: str) -> None:
+    """Return when MLflow error `e` says `what` does not exist; raise RegistryUnavailable otherwise."""
+    if getattr(e, "error_code", None) in MISSING_CODES:
+        return
+    raise RegistryUnavailable(f"the MLflow registry at {tracking_uri()} cannot be read ({what}): {e}") from e
 
 
 def project_root() -> Path:
@@ -69,7 +86,7 @@ def code_version(*modules: str) -> str:
     for name in sorted(modules):
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
-            raise ValueError(f"cannot locate module {name!r}")
+            raise InputError(f"cannot locate module {name!r}")
         origin = Path(spec.origin)
         files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
         for f in files:
@@ -172,7 +189,8 @@ def register_folder(folder: str | os.PathLike, name: str, *, tags: dict | None =
     mlf = client()
     try:
         mlf.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as e:
+        missing_or_raise(e, f"registered model {name}")
         mlf.create_registered_model(name, description=f"stepvideo {name}: a folder of safetensors + config.json")
     tags = {k: str(v) for k, v in (tags or {}).items()}
     mv = mlf.create_model_version(name, source=f"{active.info.artifact_uri}/model", run_id=active.info.run_id,
@@ -194,7 +212,7 @@ def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) 
     if "://" not in text and not text.startswith(("models:/", "runs:/")):
         path = Path(text)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: model folder not found")
+            raise MissingError(f"{path}: model folder not found")
         return path
     import mlflow
 
@@ -202,7 +220,8 @@ def resolve_model(uri: str | os.PathLike, dst: str | os.PathLike | None = None) 
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(dst) if dst else None))
     except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{text}: cannot resolve in the MLflow registry ({e.message})") from e
+        missing_or_raise(e, text)
+        raise MissingError(f"{text}: cannot resolve in the MLflow registry ({e.message})") from e
 
 
 def model_version(uri: str) -> Any:
@@ -218,7 +237,8 @@ def model_version(uri: str) -> Any:
         name, _, version = ref.partition("/")
         return mlf.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{uri}: not in the MLflow registry ({e.message})") from e
+        missing_or_raise(e, uri)
+        raise MissingError(f"{uri}: not in the MLflow registry ({e.message})") from e
 
 
 def tag_model_version(name: str, version: str, tags: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from stepvideo.fileio import atomic_write_text
 from stepvideo.fileio import atomic_folder
 from stepvideo.models.io import save_folder
+from stepvideo.errors import InputError
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -57,7 +58,7 @@ def save_checkpoint(
         save_folder(tmp / MODEL, model_state, model_config)
         for name, group in (tensors or {}).items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name == MODEL:
-                raise ValueError(f"bad tensor group name {name!r}")
+                raise InputError(f"bad tensor group name {name!r}")
             save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
         (tmp / STATE).write_text(json.dumps({"step": int(step), **dict(state or {})}, sort_keys=True) + "\n")
     atomic_write_text(root / LATEST, json.dumps({"step": int(step), "folder": final.name}) + "\n")
@@ -94,7 +95,7 @@ def load_state(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e
+        raise InputError(f"{path}: unreadable checkpoint state ({e})") from e
 
 
 def load_tensors(folder: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:

@@ -42,6 +42,7 @@ from stepvideo.models.dit import DiTConfig, StepVideoDiT
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.ema import EMA, average_weights
 from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
+from stepvideo.errors import InputError
 
 LogFn = Callable[[int, dict[str, float]], None]
 FINAL = "final"
@@ -128,7 +129,7 @@ class DiTTrainConfig:
         if self.zero_stage not in (0, 1, 2, 3):
             errors.append(f"zero_stage must be 0..3, got {self.zero_stage}")
         if errors:
-            raise ValueError("invalid DiTTrainConfig: " + "; ".join(errors))
+            raise InputError("invalid DiTTrainConfig: " + "; ".join(errors))
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -137,7 +138,7 @@ class DiTTrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "DiTTrainConfig":
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown DiTTrainConfig fields {unknown}")
+            raise InputError(f"unknown DiTTrainConfig fields {unknown}")
         return cls(**dict(d))
 
     def fingerprint(self) -> str:
@@ -193,7 +194,7 @@ def initial_model(cfg: DiTTrainConfig) -> StepVideoDiT:
     got = model.config
     for name in ("in_channels", "out_channels", "caption_channels", "hidden_size", "num_layers", "patch_size"):
         if getattr(got, name) != getattr(target, name):
-            raise ValueError(f"init_from {cfg.init_from}: {name} = {getattr(got, name)} but the stage's model has "
+            raise InputError(f"init_from {cfg.init_from}: {name} = {getattr(got, name)} but the stage's model has "
                              f"{getattr(target, name)}")
     model.config.gradient_checkpointing = target.gradient_checkpointing
     model.attention_backend = model.config.attention_backend = target.attention_backend
@@ -204,11 +205,11 @@ def _check_cache(model: StepVideoDiT, cache: Any) -> None:
     mc = model.config
     z = int(cache.meta["z_channels"])
     if mc.in_channels != z or mc.out_channels != z:
-        raise ValueError(f"DiT in/out_channels ({mc.in_channels}, {mc.out_channels}) do not match the latent cache's "
+        raise InputError(f"DiT in/out_channels ({mc.in_channels}, {mc.out_channels}) do not match the latent cache's "
                          f"{z} VAE channels ({cache.folder})")
     dims = [int(cache.text.encoders[n]["dim"]) for n in ("llm", "clip") if n in cache.text.encoders]
     if dims != list(mc.caption_channels):
-        raise ValueError(f"DiT caption_channels {list(mc.caption_channels)} do not match the cache's text encoders {dims}")
+        raise InputError(f"DiT caption_channels {list(mc.caption_channels)} do not match the cache's text encoders {dims}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,14 +242,14 @@ def train_dit(
     cache = LatentCache(cache_dir)
     indices = cache.select(split=cfg.split, kinds=cfg.kinds, min_quality=cfg.min_quality)
     if not indices:
-        raise ValueError(f"{name}: no items in {cache_dir} for split={cfg.split!r}, kinds={cfg.kinds}, "
+        raise InputError(f"{name}: no items in {cache_dir} for split={cfg.split!r}, kinds={cfg.kinds}, "
                          f"min_quality={cfg.min_quality}")
     batches = BucketSampler(cache, indices, cfg.resolution, cfg.batch_size, cfg.bucket_batch_sizes,
                             cfg.still_share, cfg.seed)
     sizes = {cfg.batch_size, *cfg.bucket_batch_sizes.values()}
     bad_sizes = sorted(s for s in sizes if s % (world * cfg.grad_accum))
     if bad_sizes:
-        raise ValueError(f"{name}: batch sizes {bad_sizes} are not divisible by ranks x grad_accum = "
+        raise InputError(f"{name}: batch sizes {bad_sizes} are not divisible by ranks x grad_accum = "
                          f"{world} x {cfg.grad_accum}")
     timesteps = TimestepSampler(cfg.timestep_sampling, mean=cfg.logit_mean, std=cfg.logit_std,
                                 shift=cfg.timestep_shift)
@@ -270,7 +271,7 @@ def train_dit(
     if last is not None:
         state = ckpt.load_state(last)
         if state.get("fingerprint") != cfg.fingerprint():
-            raise ValueError(f"{last}: written by a different training config; use a fresh out_dir or delete it")
+            raise InputError(f"{last}: written by a different training config; use a fresh out_dir or delete it")
         engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
         if ema is not None:
             ema.load_state_dict(ckpt.load_tensors(last, "ema"))

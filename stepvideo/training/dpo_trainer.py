@@ -41,6 +41,7 @@ from stepvideo.models.dit import StepVideoDiT
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.dit_trainer import NonFiniteLossError, _sample_generator
 from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
+from stepvideo.errors import InputError, MissingError
 
 LogFn = Callable[[int, dict[str, float]], None]
 TEXT_KEYS = ("llm_emb", "llm_mask", "clip_emb", "clip_mask")
@@ -93,7 +94,7 @@ class DPOTrainConfig:
         if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
             errors.append("checkpoint_every, log_every, keep_checkpoints and max_bad_steps must be >= 1")
         if errors:
-            raise ValueError("invalid DPOTrainConfig: " + "; ".join(errors))
+            raise InputError("invalid DPOTrainConfig: " + "; ".join(errors))
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -118,10 +119,10 @@ def write_pair_tensors(path: str | os.PathLike, chosen: torch.Tensor, rejected: 
 
     n = chosen.shape[0]
     if chosen.shape != rejected.shape or n == 0:
-        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be one non-empty shape")
+        raise InputError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be one non-empty shape")
     bad = [k for k, v in text.items() if v.shape[0] != n]
     if "llm_emb" not in text or bad:
-        raise ValueError(f"text embeddings need llm_emb and {n} rows each (wrong: {bad})")
+        raise InputError(f"text embeddings need llm_emb and {n} rows each (wrong: {bad})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -138,11 +139,11 @@ def load_pair_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: pair tensors not found (the dpo stage writes them from the pair dataset)")
+        raise MissingError(f"{path}: pair tensors not found (the dpo stage writes them from the pair dataset)")
     data = load_file(str(path))
     missing = [k for k in ("chosen", "rejected", "llm_emb", "llm_mask") if k not in data]
     if missing:
-        raise ValueError(f"{path}: not a DPO pair file (missing {missing})")
+        raise InputError(f"{path}: not a DPO pair file (missing {missing})")
     for k in ("llm_mask", "clip_mask"):
         if k in data:
             data[k] = data[k].bool()
@@ -197,13 +198,13 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
     meta = data.pop("_meta")
     n = int(data["chosen"].shape[0])
     if cfg.batch_size % (world * cfg.grad_accum):
-        raise ValueError(f"{name}: batch_size {cfg.batch_size} is not divisible by ranks x grad_accum = "
+        raise InputError(f"{name}: batch_size {cfg.batch_size} is not divisible by ranks x grad_accum = "
                          f"{world} x {cfg.grad_accum}")
     timesteps = TimestepSampler(cfg.timestep_sampling, shift=cfg.timestep_shift)
     ckpt.seed_rng(cfg.seed)
     model = _load_dit(cfg.init_from, cfg.gradient_checkpointing)
     if model.config.in_channels != data["chosen"].shape[2]:
-        raise ValueError(f"{pairs_file}: latents have {data['chosen'].shape[2]} channels, the model "
+        raise InputError(f"{pairs_file}: latents have {data['chosen'].shape[2]} channels, the model "
                          f"{cfg.init_from} takes {model.config.in_channels}")
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model.train()
@@ -221,7 +222,7 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
     if last is not None:
         state = ckpt.load_state(last)
         if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"{last}: written by a different DPO config or pair set; use a fresh out_dir or delete it")
+            raise InputError(f"{last}: written by a different DPO config or pair set; use a fresh out_dir or delete it")
         engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
         ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
         step, skipped, bad_in_row = int(state["step"]), int(state["skipped_steps"]), int(state["bad_in_row"])

@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from stepvideo.errors import InputError, MissingError
+
 __all__ = ["Engine", "EngineConfig", "deepspeed_config", "init_distributed"]
 
 _CONFIG_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
@@ -84,19 +86,19 @@ def _use_bf16(precision: str) -> bool:
     if precision == "auto":
         return torch.cuda.is_available()  # never bf16 by default on the CPU
     if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+        raise InputError(f"precision must be auto, bf16 or fp32, not {precision!r}")
     return precision == "bf16"
 
 
 def deepspeed_config(cfg: EngineConfig) -> dict:
     """The DeepSpeed config dict: the JSON file (or its built-in twin), with every field of ``cfg`` applied."""
     if not 0 <= cfg.zero_stage <= 3:
-        raise ValueError(f"zero_stage must be 0..3, not {cfg.zero_stage}")
+        raise InputError(f"zero_stage must be 0..3, not {cfg.zero_stage}")
     path = Path(cfg.config_file) if cfg.config_file else _CONFIG_DIR / f"zero{cfg.zero_stage}.json"
     if path.is_file():
         conf = json.loads(path.read_text())
     elif cfg.config_file:
-        raise FileNotFoundError(path)
+        raise MissingError(path)
     else:
         conf = _builtin_config(cfg.zero_stage)
     conf = copy.deepcopy(conf)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from stepvideo.errors import InputError
+
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -15,7 +17,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, schedule: str 
     factor stays 1 (``constant``) or follows a half cosine down to ``min_ratio`` at ``total_steps``.
     """
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+        raise InputError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":

@@ -54,6 +54,7 @@ from stepvideo.training import checkpoint as ckpt
 from stepvideo.training import schedule
 from stepvideo.training.vae_losses import PatchDiscriminator3D, PerceptualLoss, object_mask, pixel_loss, psnr, ssim
 from stepvideo.training.schedule import LR_SCHEDULES
+from stepvideo.errors import InputError
 
 CLIP_FRAMES = 17
 
@@ -119,7 +120,7 @@ class VAETrainConfig:
         if self.perceptual_weight > 0 and not self.perceptual_backbone_path:
             errors.append("perceptual_weight > 0 needs perceptual_backbone_path (a local TorchScript file)")
         if errors:
-            raise ValueError("invalid VAETrainConfig: " + "; ".join(errors))
+            raise InputError("invalid VAETrainConfig: " + "; ".join(errors))
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -129,7 +130,7 @@ class VAETrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown VAETrainConfig fields {unknown}")
+            raise InputError(f"unknown VAETrainConfig fields {unknown}")
         return cls(**dict(d))
 
 
@@ -237,7 +238,7 @@ def _floor16(n: int) -> int:
 
 def _check_items(items: Sequence[np.ndarray], what: str) -> None:
     if len(items) == 0:
-        raise ValueError(f"{what}: no clips")
+        raise InputError(f"{what}: no clips")
 
 
 def _draw_batch(
@@ -251,7 +252,7 @@ def _draw_batch(
     clips = [items[int(pool[int(j)])] for j in rng.integers(0, len(pool), size=cfg.batch_size)]
     size = min([cfg.crop_size] + [_floor16(min(c.shape[1], c.shape[2])) for c in clips])
     if size < 16:
-        raise ValueError("every clip must be at least 16x16 pixels")
+        raise InputError("every clip must be at least 16x16 pixels")
     t = CLIP_FRAMES if video else 1
     out = []
     for c in clips:
@@ -338,7 +339,7 @@ def _refuse_legacy_checkpoints(out: Path) -> None:
     """A run written before the one checkpoint format would otherwise silently restart (and overwrite it)."""
     legacy = sorted((out / ckpt.CKPT_DIR).glob("step-*/training_state.pt"))
     if legacy:
-        raise ValueError(f"{legacy[-1].parent}: an old-format VAE checkpoint (pickled training_state.pt), which is "
+        raise InputError(f"{legacy[-1].parent}: an old-format VAE checkpoint (pickled training_state.pt), which is "
                          f"no longer loaded; delete {out / ckpt.CKPT_DIR} to start afresh, or use a new out_dir")
 
 
