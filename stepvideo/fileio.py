@@ -1,14 +1,34 @@
-"""Writing files and folders so that saved work is never lost: a temporary name beside the target,
-then an atomic rename. The project's one home for it (no dependencies: every layer may import it):
-`atomic_write_text` for a file, `atomic_folder` for a folder."""
+"""Files in and out. Writing so that saved work is never lost: a temporary name beside the target,
+then an atomic rename (`atomic_write_text` for a file, `atomic_folder` for a folder). Reading the
+project's JSON Lines files with errors that name the file and line (`read_jsonl`). The one home for
+both (it depends on `errors` alone: every layer may import it)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Iterator
+
+from stepvideo.errors import InputError
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """("FILE:N", object) for each non-blank line of the UTF-8 JSON Lines file `path`; a line that is
+    not a JSON object raises InputError naming the file and the line."""
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield where, obj
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

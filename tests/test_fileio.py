@@ -1,4 +1,5 @@
-"""The one atomic writer: a folder is replaced only by a complete one, and a failure leaves no trace."""
+"""The one atomic writer (a folder is replaced only by a complete one, and a failure leaves no trace)
+and the one JSON Lines reader."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ def test_a_failed_block_keeps_the_old_folder_and_leaves_no_temp(tmp_path, error)
 def test_atomic_write_text(tmp_path):
     path = atomic_write_text(tmp_path / "a" / "b.txt", "x\n")
     assert path.read_text() == "x\n" and sorted(p.name for p in path.parent.iterdir()) == ["b.txt"]
+
+
+def test_read_jsonl_names_the_file_and_line(tmp_path):
+    from stepvideo.errors import InputError
+    from stepvideo.fileio import read_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    assert list(read_jsonl(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:3", {"a": 2})]
+    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{path}:2: not valid JSON"):
+        list(read_jsonl(path))
+    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(InputError, match=rf"{path}:2: expected a JSON object, got list"):
+        list(read_jsonl(path))

@@ -80,7 +80,7 @@ def test_load_candidates_and_pairs(cands):
 
 
 @pytest.mark.parametrize("line, problem", [
-    ("{not json", "not JSON"),
+    ("{not json", "not valid JSON"),
     ('{"id": "x", "prompt_id": "c9", "lang": "en", "video": "videos/c0001-en-s0.mp4"}', "missing key prompt"),
     ('{"id": "x", "prompt_id": "c9", "lang": "en", "prompt": "p", "video": "videos/nope.mp4"}', "'videos/nope.mp4' not found"),
     ('{"id": "x", "prompt_id": "c9", "lang": "en", "prompt": "p", "video": "../../etc/passwd"}', "outside"),
@@ -92,7 +92,7 @@ def test_load_candidates_errors_name_file_and_line(cands, line, problem):
     path.write_text(path.read_text() + line + "\n")
     with pytest.raises(ValueError) as e:
         load_candidates(cands)
-    assert f"{path}, line 7" in str(e.value) and problem in str(e.value)
+    assert f"{path}:7" in str(e.value) and problem in str(e.value)
 
 
 def test_load_candidates_missing_file(tmp_path):
@@ -143,7 +143,7 @@ def test_append_and_partial_last_line(cands):
     assert len(_lines(path)) == 4
     # a bad line that is not the last one is an error naming the line
     path.write_text("{oops\n" + path.read_text())
-    with pytest.raises(ValueError, match=r"labels.jsonl, line 1: not JSON"):
+    with pytest.raises(ValueError, match=r"labels.jsonl:1: not valid JSON"):
         read_labels(path)
 
 
@@ -193,7 +193,7 @@ GOOD = {"prompt": PROMPTS["c0001"], "chosen": "c0001-en-s2", "rejected": "videos
 
 
 @pytest.mark.parametrize("bad, problem", [
-    ("{oops", "not JSON"),
+    ("{oops", "not valid JSON"),
     ({"prompt": PROMPTS["c0001"], "chosen": "c0001-en-s2"}, "missing or empty rejected"),
     ({**GOOD, "chosen": "videos/unknown.mp4"}, "neither a candidate id nor a candidate's video"),
     ({**GOOD, "chosen": "c0001-en-s0"}, "same candidate"),
@@ -204,10 +204,10 @@ def test_import_validation_names_the_line_and_appends_nothing(cands, tmp_path, b
     f = _write_jsonl(tmp_path / "ext.jsonl", [GOOD, bad])
     with pytest.raises(ValueError) as e:
         import_labels(f, cands)
-    assert f"{f}, line 2" in str(e.value) and problem in str(e.value)
+    assert f"{f}:2" in str(e.value) and problem in str(e.value)
     assert not (cands / "labels.jsonl").exists()
     result = CliRunner().invoke(label_app, ["import", str(f), "--candidates", str(cands)])
-    assert result.exit_code == 2 and "error:" in result.stderr and "line 2" in result.stderr
+    assert result.exit_code == 2 and "error:" in result.stderr and ":2: " in result.stderr
     assert not (cands / "labels.jsonl").exists()
 
 

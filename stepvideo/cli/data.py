@@ -52,9 +52,10 @@ def data_ingest(
 ):
     """Probe a user's own clips into the project's manifest; bad rows are kept with their reason."""
     from stepvideo.data.ingest import ingest
+    from stepvideo.fileio import read_jsonl
 
     manifest = ingest(videos, captions, out, heldout_fraction=heldout_fraction)
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    rows = [row for _, row in read_jsonl(manifest)]
     bad = [r for r in rows if r["probe_error"]]
     typer.echo(f"wrote {manifest}: {len(rows)} rows, {len(bad)} unreadable")
     for r in bad:

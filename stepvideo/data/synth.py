@@ -30,6 +30,7 @@ from tqdm import tqdm
 from stepvideo.data.manifest import write_manifest
 from stepvideo.data.video_io import write_image, write_video
 from stepvideo.errors import InputError, MissingError
+from stepvideo.fileio import read_jsonl
 
 # value -> (English, Chinese). Order matters: it is part of the generator.
 SHAPES = {"circle": ("circle", "圆形"), "square": ("square", "正方形"), "triangle": ("triangle", "三角形"),
@@ -208,11 +209,7 @@ def benchmark_scene_keys() -> frozenset[str]:
     if not BENCHMARK_FILE.is_file():
         raise MissingError(f"{BENCHMARK_FILE}: the benchmark prompts are missing; the dataset holds their "
                                 "scenes out (regenerate: python -m stepvideo.evaluation.prompts --write)")
-    keys = set()
-    for line in BENCHMARK_FILE.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            keys.add(scene_key(json.loads(line)["attributes"]))
-    return frozenset(keys)
+    return frozenset(scene_key(row["attributes"]) for _, row in read_jsonl(BENCHMARK_FILE))
 
 
 def sample_training_attributes(rng: np.random.Generator, video: bool, exclude: frozenset[str] | None = None) -> dict:

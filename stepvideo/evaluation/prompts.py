@@ -32,7 +32,7 @@ import numpy as np
 from stepvideo.data import synth
 from stepvideo.data.synth import ACTIONS, BACKGROUNDS, CAMERAS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from stepvideo.evaluation.checks import CATEGORIES, expected_checks
-from stepvideo.fileio import atomic_write_text
+from stepvideo.fileio import atomic_write_text, read_jsonl
 from stepvideo.errors import InputError
 
 BENCHMARK_FILE = Path(__file__).parent / "benchmark" / "embedded-v1.jsonl"
@@ -551,18 +551,13 @@ def load_benchmark(path: str | os.PathLike | None = None) -> list[BenchmarkPromp
         raise InputError(f"{path}: benchmark file does not exist")
     prompts: list[BenchmarkPrompt] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e})") from None
+    for where, row in read_jsonl(path):
+        lineno = int(where.rsplit(":", 1)[1])
         problem = _problem(row)
         if not problem and row["id"] in seen:
             problem = f"duplicate id {row['id']!r} (first on line {seen[row['id']]})"
         if problem:
-            raise InputError(f"{path}:{lineno}: {problem}")
+            raise InputError(f"{where}: {problem}")
         seen[row["id"]] = lineno
         prompts.append(BenchmarkPrompt(**row))
     if not prompts:

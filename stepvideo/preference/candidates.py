@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stepvideo.fileio import atomic_write_text
+from stepvideo.fileio import atomic_write_text, read_jsonl
 from stepvideo.errors import InputError, MissingError
 
 MANIFEST = "candidates.jsonl"
@@ -67,16 +67,10 @@ def read_candidates(folder: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for where, row in read_jsonl(path):
         missing = [k for k in ("id", "prompt_id", "lang", "prompt", "seed", "video", "latent") if k not in row]
         if missing:
-            raise InputError(f"{path}:{n}: missing {missing}")
+            raise InputError(f"{where}: missing {missing}")
         rows.append(row)
     return rows
 

@@ -45,6 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from stepvideo.errors import InputError, MissingError
+from stepvideo.fileio import read_jsonl
 
 CANDIDATES_FILE = "candidates.jsonl"
 LABELS_FILE = "labels.jsonl"
@@ -61,19 +62,6 @@ class PartialLineWarning(UserWarning):
 
 # ------------------------------------------------------------------ candidates and pairs
 
-def _json_objects(path: Path):
-    """("FILE, line N", object) for each non-blank line; ValueError on a line that is no JSON object."""
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}, line {n}: not JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
-            yield f"{path}, line {n}", obj
-
-
 def load_candidates(dir: str | os.PathLike) -> list[dict]:
     """Read and check DIR/candidates.jsonl; a bad line raises ValueError naming file, line and problem."""
     root = Path(dir)
@@ -81,7 +69,7 @@ def load_candidates(dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise MissingError(f"{path}: no such file (a candidates folder holds {CANDIDATES_FILE})")
     resolved, out, ids, prompts = root.resolve(), [], set(), {}
-    for where, row in _json_objects(path):
+    for where, row in read_jsonl(path):
         missing = [k for k in CANDIDATE_KEYS if k not in row]
         if missing:
             raise InputError(f"{where}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
@@ -149,7 +137,7 @@ def _parse_label(raw: bytes, where: str) -> dict:
     try:
         row = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{where}: not JSON ({e})") from None
+        raise InputError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(row, dict) or any(k not in row for k in LABEL_KEYS):
         raise InputError(f"{where}: not a label (needs {', '.join(LABEL_KEYS)})")
     if row["answer"] not in ANSWERS:
@@ -165,10 +153,10 @@ def read_labels(path: str | os.PathLike) -> list[dict]:
         return []
     lines = path.read_bytes().split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
-    rows = [_parse_label(raw, f"{path}, line {n}") for n, raw in enumerate(lines, 1) if raw.strip()]
+    rows = [_parse_label(raw, f"{path}:{n}") for n, raw in enumerate(lines, 1) if raw.strip()]
     if tail.strip():
         try:
-            rows.append(_parse_label(tail, f"{path}, line {len(lines) + 1}"))
+            rows.append(_parse_label(tail, f"{path}:{len(lines) + 1}"))
         except ValueError:
             warnings.warn(f"{path}: ignoring a partial last line ({len(tail)} bytes, an interrupted write): "
                           f"{tail[:120].decode('utf-8', 'replace')!r}", PartialLineWarning, stacklevel=2)
@@ -237,7 +225,7 @@ def import_labels(file: str | os.PathLike, candidates_dir: str | os.PathLike,
     by_video = {(root / c["video"]).resolve(): c for c in candidates}
     pairs = {p["pair_id"]: p for p in label_pairs(candidates)}
     rows = []
-    for where, obj in _json_objects(file):
+    for where, obj in read_jsonl(file):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str) or not obj[k]]
         if missing:
             raise InputError(f"{where}: missing or empty {', '.join(missing)}")

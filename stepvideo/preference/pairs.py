@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from stepvideo.fileio import atomic_write_text
+from stepvideo.fileio import atomic_write_text, read_jsonl
 from stepvideo.errors import InputError, MissingError
 
 # best_worst: one pair per prompt; margin: every pair whose rewards differ; dominant: every pair where
@@ -123,14 +123,7 @@ def read_pairs(folder: str | os.PathLike) -> list[dict]:
     path = Path(folder) / "pairs.jsonl"
     if not path.is_file():
         raise MissingError(f"{path}: no pair dataset (run the dpo stage, or `stepvideo dpo pairs`)")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def pair_tensors(pairs: Sequence[dict], candidates: dict[str, tuple[Path, dict]], encode: Callable,
