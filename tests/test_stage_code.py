@@ -140,3 +140,13 @@ def _imports_any(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     return found
+
+
+def test_the_leaf_modules_import_nothing_else_of_the_package():
+    """errors, fileio and data.vocabulary may be imported from every layer, models included, only
+    because they import nothing of the package but each other."""
+    leaves = {"stepvideo.errors": "errors.py", "stepvideo.fileio": "fileio.py",
+              "stepvideo.data.vocabulary": "data/vocabulary.py"}
+    for name, rel in leaves.items():
+        others = {m for m in _imports(ROOT / "stepvideo" / rel) if not any(m.startswith(leaf) for leaf in leaves)}
+        assert not others, f"{name} imports {sorted(others)}"

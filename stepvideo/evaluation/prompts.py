@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from stepvideo.data import synth
-from stepvideo.data.synth import ACTIONS, BACKGROUNDS, CAMERAS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from stepvideo.data.vocabulary import ACTIONS, BACKGROUNDS, CAMERAS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from stepvideo.evaluation.checks import CATEGORIES, expected_checks
 from stepvideo.fileio import atomic_write_text, read_jsonl
 from stepvideo.errors import InputError

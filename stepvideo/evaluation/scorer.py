@@ -32,7 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from stepvideo.data.synth import DIRECTIONS, SIZES, SPEEDS, inside_shape
+from stepvideo.data.synth import inside_shape
+from stepvideo.data.vocabulary import DIRECTIONS, SIZES, SPEEDS
 from stepvideo.evaluation.checks import CATEGORIES, Check, expected_checks
 from stepvideo.evaluation.segment import BG_COLORS, BG_NAMES, PALETTE_NAMES, Scene, Segment, analyse, background_distance
 from stepvideo.errors import InputError

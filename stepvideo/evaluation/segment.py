@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from stepvideo.data.synth import BACKGROUNDS, COLORS, SIZES
+from stepvideo.data.vocabulary import BACKGROUNDS, COLORS, SIZES
 from stepvideo.errors import InputError
 
 PALETTE_NAMES = tuple(COLORS)

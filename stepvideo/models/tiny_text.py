@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from stepvideo.data.vocabulary import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES
 from stepvideo.models.text_encoders import DEFAULT_MAX_LENGTH, SPECIAL_TOKENS, check_kind
 from stepvideo.errors import InputError
 
@@ -178,17 +179,17 @@ def build_tiny_text_encoders(
 
 
 # --------------------------------------------------------------------------------------------------
-# Sample captions of the synthetic video domain (tests, demos, the default tokenizer corpus)
+# Sample captions of the synthetic video domain (tests, demos, the default tokenizer corpus), in the
+# words of data.vocabulary (a leaf module every layer may import)
 # --------------------------------------------------------------------------------------------------
 
-_SHAPES = [("circle", "圆形"), ("square", "正方形"), ("triangle", "三角形"), ("star", "星形")]
-_COLORS = [("red", "红色"), ("green", "绿色"), ("blue", "蓝色"), ("yellow", "黄色"), ("white", "白色")]
-_MOTIONS = [
-    ("moves right", "向右移动"), ("moves left", "向左移动"), ("moves up", "向上移动"),
-    ("moves down", "向下移动"), ("rotates slowly", "缓慢旋转"), ("grows larger", "逐渐变大"),
-]
-_BACKGROUNDS = [("blue", "蓝色"), ("black", "黑色"), ("white", "白色"), ("gray", "灰色")]
-_SIZES = [("small", "小的"), ("large", "大的")]
+_ZH = {**{k: v[1] for k, v in COLORS.items()}, **{k: v[1] for k, v in BACKGROUNDS.items()}}
+_SHAPES = [(s, SHAPES[s][1]) for s in ("circle", "square", "triangle", "star")]
+_COLORS = [(c, COLORS[c][1]) for c in ("red", "green", "blue", "yellow", "white")]
+_MOTIONS = [*((f"moves {d}", f"{DIRECTIONS[d][1]}移动") for d in ("right", "left", "up", "down")),
+            ("rotates slowly", "缓慢旋转"), ("grows larger", "逐渐变大")]
+_BACKGROUNDS = [(b, _ZH[b]) for b in ("blue", "black", "white", "gray")]
+_SIZES = [(z, SIZES[z][1]) for z in ("small", "large")]
 
 
 def sample_captions(n: int | None = None) -> list[str]:

@@ -30,6 +30,8 @@ from stepvideo.errors import InputError
 
 _COMMON = ("stepvideo.stages.common",)
 _VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.io")
+_SCORER = ("stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.data.synth",
+           "stepvideo.data.vocabulary")  # the scorer and the words and shapes it judges by
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
         "stepvideo.training.checkpoint", "stepvideo.training.schedule", "stepvideo.training.ema",
         "stepvideo.models.dit", "stepvideo.models.attention", "stepvideo.models.rope", "stepvideo.models.io",
@@ -39,11 +41,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
     "validate": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
     "text_encoders": _COMMON + ("stepvideo.stages.text", "stepvideo.models.text_encoders",
-                                "stepvideo.models.tiny_text"),
+                                "stepvideo.models.tiny_text", "stepvideo.data.vocabulary"),
     "text_cache": _COMMON + ("stepvideo.stages.text", "stepvideo.data.text_cache", "stepvideo.models.text_encoders"),
-    "train_vae": _COMMON + _VAE_MODEL + ("stepvideo.stages.vae", "stepvideo.evaluation.runner",
-                                         "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment",
-                                         "stepvideo.training.vae_trainer", "stepvideo.training.vae_losses",
+    "train_vae": _COMMON + _VAE_MODEL + _SCORER + ("stepvideo.stages.vae", "stepvideo.evaluation.runner",
+                                                   "stepvideo.training.vae_trainer", "stepvideo.training.vae_losses",
                                          "stepvideo.training.checkpoint", "stepvideo.training.schedule"),
     "latent_cache": ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.data.latent_cache",
                      "stepvideo.data.text_cache") + _VAE_MODEL,
@@ -51,14 +52,15 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "t2v_lowres": _DIT,
     "t2v_highres": _DIT,
     "sft": _DIT,
-    "dpo": _DIT + ("stepvideo.stages.dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
-                   "stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.evaluation.prompts"),
+    "dpo": _DIT + _SCORER + ("stepvideo.stages.dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
+                             "stepvideo.evaluation.prompts"),
     "evaluate": ("stepvideo.stages.evaluate", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
-                 "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs"),
+                 "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs", "stepvideo.data.synth",
+                 "stepvideo.data.vocabulary"),
     "bundle": ("stepvideo.stages.bundle", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
                "stepvideo.pipelines"),
     "promote": ("stepvideo.stages.promote", "stepvideo.stages.common", "stepvideo.registry.promotion",
-                "stepvideo.evaluation"),
+                "stepvideo.evaluation", "stepvideo.data.synth", "stepvideo.data.vocabulary"),
 }
 
 
