@@ -87,3 +87,26 @@ def test_no_release_and_no_champion_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(rel, "RELEASE_DIR", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="pass --model"):
         rel.default_model()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the committed release's VAE (8x16x16, 2,000 steps) keeps the colour of 1 "
+                   "of these 8 circles; the VAE of the current `small` recipe keeps 8 of 8 (README, Learning "
+                   "per CPU-second). Remove this mark when the rebuilt release lands: strict, so it fails then")
+def test_release_vae_keeps_a_large_objects_colour(release):
+    """One large circle per colour on a gray still survives the release VAE's round trip with its
+    colour, as the scorer judges it (the colour check is what the benchmark's colour category asks)."""
+    from stepvideo.data import synth
+    from stepvideo.evaluation.scorer import score_frames
+
+    rng = np.random.default_rng(12345)
+    kept = []
+    for color in synth.COLORS:
+        attrs = {"background": "gray", "objects": [{"shape": "circle", "color": color, "size": "large"}]}
+        frames = synth.render(attrs, 1, 64, 64, rng=rng)
+        x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)[None]
+        with torch.no_grad():
+            y = release.vae.decode(release.vae.encode(x))
+        out = ((y[0].permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        checks = [c for c in score_frames(out, attrs)["checks"] if c["category"] == "color"]
+        kept.append(all(c["pass"] for c in checks))
+    assert sum(kept) >= 7, dict(zip(synth.COLORS, kept))
