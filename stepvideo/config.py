@@ -444,7 +444,7 @@ def shared_fields(target: type, section: Any, set_by_stage: tuple[str, ...] = ()
 
     Checked: every other field of `target` must be named in `set_by_stage` (the stage computes it:
     the model geometry, the starting folder). A trainer field added without a params field raises
-    here instead of silently taking the trainer's default (tests/test_config_fields.py)."""
+    here instead of silently taking the trainer's default (tests/unit/config/test_config_fields.py)."""
     have = {f.name for f in dataclasses.fields(section)}
     fields = [f.name for f in dataclasses.fields(target)]
     missing = [n for n in fields if n not in have and n not in set_by_stage]

@@ -68,7 +68,7 @@ TILING_NOTE = (
     "difference <= 3.6e-6 (<= 2.1e-6 of the output's max abs), relative RMS <= 1.7e-6 on latents and "
     "decoded frames (seeded random init: tiny 17x64x96 at tiles 32/48, a 1-frame image, 17x48x32 at "
     "tile 16, a 34-frame clip, demo, no dual path, other widths, 3 levels, the stage-1 VAE; "
-    "tests/test_vae_tiling.py asserts <= 1e-5 of the output's max abs); relative RMS 1.6e-7 with the "
+    "tests/unit/models/test_vae_tiling.py asserts <= 1e-5 of the output's max abs); relative RMS 1.6e-7 with the "
     "trained demo VAE at 17x128x128, tile 32. "
     "tile_mode='blend' (the default) is approximate: per-frame GroupNorm statistics and the mid-block "
     "causal attention see one tile instead of the whole frame, so every pixel changes, not only the "

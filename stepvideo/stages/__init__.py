@@ -13,7 +13,7 @@ and metrics. Both drivers call them: the Prefect flow (`flows/cascade.py`) and `
 
 :data:`STAGE_CODE` is what a stage's cached result depends on. The Prefect flow's cache keys hash
 these modules (:func:`code_version`) and `dvc.yaml`'s code `deps` are these paths (:func:`code_paths`;
-tests/test_stage_code.py fails when the two drift). A module listed here that changes re-runs the
+tests/unit/stages/test_stage_code.py fails when the two drift). A module listed here that changes re-runs the
 stage under either driver; a package name covers every file in it. Importing this package imports
 no stage module: :data:`STAGES` resolves each function on first use.
 """

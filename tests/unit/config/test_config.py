@@ -4,7 +4,7 @@ import pytest
 
 from stepvideo.config import ParamsError, dump_params, load_params, preset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_params_are_the_demo_preset():

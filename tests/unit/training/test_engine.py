@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from _engine_ranks import GLOBAL_MICRO_BATCH, GRAD_ACCUM, LR, STEPS_BEFORE, global_batches, make_model, run, train_step
 from stepvideo.training.engine import Engine, EngineConfig, _builtin_config, deepspeed_config, init_distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 STAGES = [0, 1, 2, 3]
 
 
@@ -274,7 +274,8 @@ def test_two_ranks_match_one_rank(tmp_path, stage):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "tests" / "_engine_ranks.py"), str(tmp_path), str(stage)]
+           "--master_port", str(_free_port()), str(REPO / "tests" / "unit" / "training" / "_engine_ranks.py"),
+           str(tmp_path), str(stage)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -9,7 +9,7 @@ from stepvideo.data.synth import (BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES
                                   check_attributes, generate)
 from stepvideo.data.video_io import read_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _files(root: Path) -> dict[str, bytes]:

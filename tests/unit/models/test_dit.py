@@ -30,7 +30,7 @@ from stepvideo.models.dit import (
 from stepvideo.models.dit_info import model_info
 from stepvideo.models.rope import apply_rope, default_rope_split, grid_positions, rope_cos_sin
 
-REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF_DIR = Path(__file__).resolve().parents[4] / "shared" / "reference"
 DIT_ST = REF_DIR / "stepvideo_dit_tiny.safetensors"
 DIT_JSON = REF_DIR / "stepvideo_dit_tiny.json"
 ref_missing = pytest.mark.skipif(not DIT_ST.is_file(), reason="DiT golden reference not present")

@@ -9,7 +9,7 @@ import yaml
 
 from stepvideo import stages, tracking
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _dvc_stages() -> dict:

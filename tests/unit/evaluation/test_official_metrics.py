@@ -12,7 +12,7 @@ import pytest
 from stepvideo.evaluation.metrics import MetricError, load_metric, load_metrics, run_metrics
 from stepvideo.evaluation.official import OFFICIAL_CATEGORIES, detect_lang, load_official
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ---------------------------------------------------------------- official format

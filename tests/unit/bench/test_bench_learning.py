@@ -16,7 +16,7 @@ from stepvideo.models.vae_blocks import CausalConv3d
 from stepvideo.training.vae_losses import object_mask, pixel_loss
 from stepvideo.training.vae_trainer import VAETrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _bench():

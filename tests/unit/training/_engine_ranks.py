@@ -1,6 +1,6 @@
-"""Helper for tests/test_engine.py: the same training run, at one rank or as each of N ranks under torchrun.
+"""Helper for tests/unit/training/test_engine.py: the same training run, at one rank or as each of N ranks under torchrun.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/_engine_ranks.py OUT_DIR [ZERO_STAGE=2]
+    python -m torch.distributed.run --nproc_per_node 2 tests/unit/training/_engine_ranks.py OUT_DIR [ZERO_STAGE=2]
 
 A run (see `run`): STEPS_BEFORE steps, full state saved (rank 0 writes safetensors) and loaded into a
 fresh engine that trains alongside (it must stay bitwise equal), STEPS_AFTER more, then a step whose

@@ -9,7 +9,7 @@ from pathlib import Path
 from stepvideo import registry
 from stepvideo.config import PromoteParams
 
-PACKAGE = Path(__file__).resolve().parents[1] / "stepvideo"
+PACKAGE = Path(__file__).resolve().parents[3] / "stepvideo"
 HOME = PACKAGE / "registry" / "__init__.py"
 
 

@@ -12,7 +12,7 @@ from stepvideo.compat.vae import convert_official_state_dict
 from stepvideo.models import vae_tiling
 from stepvideo.models.vae import DiagonalGaussian, VAEConfig, VideoVAE, mix_chunk_boundaries
 
-REF_DIR = Path(__file__).parents[2] / "shared/reference"
+REF_DIR = Path(__file__).parents[4] / "shared/reference"
 REF_FILE = REF_DIR / "stepvideo_vae_tiny.safetensors"
 REF_JSON = REF_DIR / "stepvideo_vae_tiny.json"
 needs_ref = pytest.mark.skipif(

@@ -25,7 +25,7 @@ from stepvideo.diffusion.sampler import (
     sampler_preset,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "stepvideo_scheduler.json"
+REF = Path(__file__).resolve().parents[4] / "shared" / "reference" / "stepvideo_scheduler.json"
 ref_missing = pytest.mark.skipif(not REF.is_file(), reason="scheduler reference JSON not present")
 
 

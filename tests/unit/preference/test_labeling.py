@@ -25,7 +25,7 @@ from stepvideo.preference.labeling import (PartialLineWarning, agreement, annota
                                            import_labels, label_pairs, load_candidates, make_label, make_server,
                                            read_labels)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPTS = {"c0001": "A red circle moves right.", "c0002": "A blue square grows."}
 

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.dit_trainer import DiTTrainConfig, NonFiniteLossError, make_micro_batch, train_dit
 
-REPO = Path(__file__).resolve().parents[1]
-RUNNER = REPO / "tests" / "_dit_train_run.py"
+REPO = Path(__file__).resolve().parents[3]
+RUNNER = REPO / "tests" / "unit" / "training" / "_dit_train_run.py"
 
 
 @pytest.fixture(scope="module")

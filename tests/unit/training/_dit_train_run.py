@@ -1,6 +1,6 @@
 """Run `train_dit` in its own process (the SIGKILL-resume and multi-rank tests launch this).
 
-    python tests/_dit_train_run.py CONFIG.json CACHE_DIR OUT_DIR [--pace SECONDS]
+    python tests/unit/training/_dit_train_run.py CONFIG.json CACHE_DIR OUT_DIR [--pace SECONDS]
 
 `--pace` sleeps after every step (through log_fn), so a test can kill the process mid-run.
 """
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from stepvideo.training.dit_trainer import DiTTrainConfig, train_dit  # noqa: E402
 

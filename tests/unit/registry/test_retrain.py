@@ -1,5 +1,5 @@
 """The retrain decision (data version + training params against the judged bundle's lineage) and
-the data event; the deployments themselves run in tests/test_deployments.py."""
+the data event; the deployments themselves run in tests/e2e/test_deployments.py."""
 
 from __future__ import annotations
 
