@@ -9,7 +9,9 @@ The package never imports `flows/`: the flows this CLI runs are looked up by nam
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -68,13 +70,28 @@ def flows(name: str) -> ModuleType:
     return next(iter(found)).load()
 
 
-def quiet_library_logs() -> None:
-    """INFO chatter of libraries that says nothing to a user of the pipeline (MLflow creating its sqlite
-    tables, Great Expectations' temporary docs folder); their warnings and errors still show."""
-    import logging
+class _Stderr(logging.Handler):
+    """Writes each record's message to the sys.stderr of the moment (a test's capture, a redirected CLI)."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # the logging contract: a broken stream must not break the run
+            self.handleError(record)
+
+
+def setup_logging() -> None:
+    """The stages' INFO lines (`stepvideo.*` loggers: a skipped stage, a DPO round, the evaluation
+    line) on stderr as plain text, once; and the INFO chatter of libraries that says nothing to a
+    user of the pipeline (MLflow creating its sqlite tables, Great Expectations' temporary docs
+    folder) silenced; their warnings and errors still show."""
     for name in ("mlflow.store.db.utils", "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    log = logging.getLogger("stepvideo")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr())
+        log.setLevel(logging.INFO)
+        log.propagate = False  # the lines are shown here, not again by a handler on the root logger
 
 
 def prefect_env(root: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from stepvideo.cli._common import PARAMS, flows, load_params_file, prefect_env, project_root, quiet_library_logs, user_errors
+from stepvideo.cli._common import PARAMS, flows, load_params_file, prefect_env, project_root, setup_logging, user_errors
 
 params_app = typer.Typer(help="params.yaml and the presets.", no_args_is_help=True)
 flow_app = typer.Typer(help="The Prefect cascade flow.", no_args_is_help=True)
@@ -48,7 +48,7 @@ def stage(name: str = typer.Argument(..., help="data | version | validate | text
     from stepvideo.data.validation import ValidationFailed
 
     p = load_params_file(params)
-    quiet_library_logs()
+    setup_logging()
     try:
         result = STAGES[name](p, project_root())
     except ValidationFailed as e:
@@ -70,7 +70,7 @@ def flow_run(
     """Run the cascade flow locally (a temporary Prefect server starts when none is configured)."""
     root = project_root()
     prefect_env(root)
-    quiet_library_logs()
+    setup_logging()
     cascade = flows("cascade").cascade
     result = cascade(root=str(root), params_file=str(params), preset=preset, source=source,
                      videos=str(videos) if videos else None, captions=str(captions) if captions else None, push=push)
@@ -93,7 +93,7 @@ def flow_retrain(
     judged bundle's lineage (champion, else challenger), else run the cascade and promote."""
     root = project_root()
     prefect_env(root)
-    quiet_library_logs()
+    setup_logging()
     retrain = flows("retrain").retrain
     state = retrain(root=str(root), params_file=str(params), source=source, push=push, force=force,
                     reason="manual", return_state=True)

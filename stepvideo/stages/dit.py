@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ from stepvideo.errors import InputError, MissingError
 
 if TYPE_CHECKING:
     from stepvideo.training.dit_trainer import DiTTrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 # The sample prompts every DiT stage renders at its end, in the embedded domain's caption style
@@ -234,8 +236,8 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
                       parent_run_id=parent_run_id):
         if excluded is not None:
             tracking.log_metrics({f"{name}_excluded_low_quality": excluded})
-            print(f"{name}: min_quality {sp.min_quality} leaves out {excluded} low-quality train rows of {sp.kinds}",
-                  file=sys.stderr)
+            logger.info(f"{name}: min_quality {sp.min_quality} leaves out {excluded} low-quality train rows of "
+                        f"{sp.kinds}")
         log = lambda step, m: tracking.log_metrics(m, step=step)  # noqa: E731
         t0 = time.perf_counter()
         result = train_dit(cfg, cache_dir, work, log_fn=log, progress=progress, name=name)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,8 @@ SOURCES = ("reward", "human", "reward_model")
 
 # the DPOTrainConfig fields each round sets; every other one comes from the `dpo` section by name
 DPO_SET_BY_STAGE = ("init_from", "reference", "seed", "deepspeed_config")
+
+logger = logging.getLogger(__name__)
 
 
 def dpo_train_config(dp: Any, policy: Path, reference: Path, round_index: int) -> "DPOTrainConfig":
@@ -197,7 +199,7 @@ def _skip(sft: Path, parent_version: str, root: Path) -> dict[str, Any]:
                    "parent_model_version": parent_version, "weights_hash": model_hash(tmp)}
         (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.json").unlink(missing_ok=True)
-    print("dpo: skipped (dpo.enabled is false); the SFT model is the cascade's final DiT", file=sys.stderr)
+    logger.info("dpo: skipped (dpo.enabled is false); the SFT model is the cascade's final DiT")
     return {"model_dir": str(out), "metrics": {}, "registered_version": None, "lineage": lineage, "skipped": True}
 
 
@@ -281,9 +283,9 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
             if dp.update_reference:
                 reference = policy
             policy = Path(result["model_dir"])
-            print(f"dpo round {r}: {len(rows)} candidates, {len(pairs)} pairs, implicit reward accuracy "
-                  f"{result['implicit_acc_first']:.2f} -> {result['implicit_acc_last']:.2f}, margin "
-                  f"{result['reward_margin_first']:.3f} -> {result['reward_margin_last']:.3f}", file=sys.stderr)
+            logger.info(f"dpo round {r}: {len(rows)} candidates, {len(pairs)} pairs, implicit reward accuracy "
+                        f"{result['implicit_acc_first']:.2f} -> {result['implicit_acc_last']:.2f}, margin "
+                        f"{result['reward_margin_first']:.3f} -> {result['reward_margin_last']:.3f}")
         seconds = time.perf_counter() - t0
         annotators = sorted({a for p in all_pairs for a in p.get("annotators", [])})
         summary = write_pairs(pairs_dir, all_pairs, {"reward_weights": weights.to_dict(), "source": dp.source,

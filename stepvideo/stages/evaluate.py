@@ -8,7 +8,7 @@ promotion input."""
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from stepvideo.registry import registered_version
 from stepvideo.stages.dit import DIT_PREVIOUS
 
 EVALUATE_FROM = "dpo"  # the cascade's final DiT (the SFT weights when dpo.enabled is false); SFT is its baseline
+
+logger = logging.getLogger(__name__)
 
 
 def _loss_curves(root: Path) -> dict[str, list[list[float]]]:
@@ -161,7 +163,7 @@ def stage_evaluate(params: Params, root: Path, parent_run_id: str | None = None,
         w = results["preference"]["win_rate"]
         line += (f"; SFT {base['summary']['overall']:.3f}; DPO beats SFT by the reward in {w['win_rate']:.1%} "
                  f"(95% CI {w['ci_low']:.1%}-{w['ci_high']:.1%})")
-    print(f"{line} ({seconds:.0f} s); report: {out / 'report.html'}", file=sys.stderr)
+    logger.info(f"{line} ({seconds:.0f} s); report: {out / 'report.html'}")
     return {"out": str(out), "report": str(out / "report.html"), "metrics": metrics, "evaluated": lineage["evaluated"]}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from stepvideo.fileio import atomic_write_text
 from stepvideo.registry import registered_version
 from stepvideo.stages.common import OUTPUTS, require_output
 from stepvideo.errors import InputError, MissingError
+
+logger = logging.getLogger(__name__)
 
 
 def bundle_version(name: str, dit_weights: str) -> str | None:
@@ -71,7 +73,7 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
     out = root / OUTPUTS / "promote"
     if not pp.enabled or not params.tracking.register:
         why = "promote.enabled is false" if not pp.enabled else "tracking.register is false: nothing is registered"
-        print(f"promote: skipped ({why})", file=sys.stderr)
+        logger.info(f"promote: skipped ({why})")
         return {"skipped": True, "why": why, "decision": None, "metrics": {}}
     bundle = require_output(root / OUTPUTS / "bundle", "bundle", marker="model_index.json")
     eval_file = require_output(root / OUTPUTS / "eval", "evaluate", marker="results.json") / "results.json"
@@ -116,7 +118,7 @@ def stage_promote(params: Params, root: Path, parent_run_id: str | None = None,
     metrics = {"promotion_passed": float(bool(d and d["passed"]))}
     if d:
         metrics.update({f"gate_{g['gate'].replace('.', '_')}_passed": float(g["passed"]) for g in d["gates"]})
-    print("promote: " + "\n".join(lines), file=sys.stderr)
+    logger.info("promote: " + "\n".join(lines))
     return {"decision": d, "metrics": metrics, "candidate": candidate, "aliases": outcome["aliases"],
             "champion_before": outcome["champion"], "champion_scores": outcome["champion_scores"],
             "summary": summary, "out": str(out), "report": str(out / "report.html")}

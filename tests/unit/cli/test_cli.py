@@ -108,3 +108,17 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_does_not():
     for bug in (ValueError("shape mismatch"), FileNotFoundError("internal path"), KeyError("k")):
         with pytest.raises(type(bug)):
             raising(bug)()
+
+
+def test_the_stages_lines_reach_stderr_through_logging(capsys):
+    """The stages log (not print) their one-line reports; the CLI shows the `stepvideo` loggers' INFO
+    lines on the stderr of the moment, once, however often it is set up."""
+    import logging
+
+    from stepvideo.cli._common import setup_logging
+
+    setup_logging()
+    setup_logging()
+    logging.getLogger("stepvideo.stages.promote").info("promote: skipped (promote.enabled is false)")
+    logging.getLogger("stepvideo.stages.promote").debug("not shown")
+    assert capsys.readouterr().err == "promote: skipped (promote.enabled is false)\n"
