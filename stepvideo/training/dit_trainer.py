@@ -1,7 +1,8 @@
 """DiT training by rectified flow matching: one loop for every stage of the cascade.
 
 torchtitan-style: this file is the loop; the components live beside it (``engine``: DeepSpeed
-with ZeRO 0-3; ``checkpoint``: the one checkpoint format; ``schedule``; ``ema``). The loop knows
+with ZeRO 0-3; ``checkpoint``: the one checkpoint format; ``loop``: engine set-up, resume and save,
+the rank split, the non-finite guard, shared with the DPO loop; ``schedule``; ``ema``). The loop knows
 nothing of MLflow, Prefect or DVC: the caller passes ``log_fn(step, metrics)``.
 
 Each optimizer step ``s``:
@@ -41,15 +42,13 @@ from stepvideo.diffusion.flow_matching import SAMPLERS, TimestepSampler, flow_ma
 from stepvideo.models.dit import DiTConfig, StepVideoDiT
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.ema import EMA, average_weights
+from stepvideo.training.loop import (NonFiniteLossError, RunCheckpoints, build_engine, check_batch_split,
+                                     rank_micro_batches)
 from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
 from stepvideo.errors import InputError
 
 LogFn = Callable[[int, dict[str, float]], None]
 FINAL = "final"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many non-finite steps in a row; the message names the last good checkpoint."""
 
 
 @dataclass
@@ -233,7 +232,7 @@ def train_dit(
     from tqdm.auto import tqdm
 
     from stepvideo.data.latent_cache import BucketSampler, LatentCache
-    from stepvideo.training.engine import Engine, EngineConfig, init_distributed
+    from stepvideo.training.engine import init_distributed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -246,11 +245,7 @@ def train_dit(
                          f"min_quality={cfg.min_quality}")
     batches = BucketSampler(cache, indices, cfg.resolution, cfg.batch_size, cfg.bucket_batch_sizes,
                             cfg.still_share, cfg.seed)
-    sizes = {cfg.batch_size, *cfg.bucket_batch_sizes.values()}
-    bad_sizes = sorted(s for s in sizes if s % (world * cfg.grad_accum))
-    if bad_sizes:
-        raise InputError(f"{name}: batch sizes {bad_sizes} are not divisible by ranks x grad_accum = "
-                         f"{world} x {cfg.grad_accum}")
+    check_batch_split(name, {cfg.batch_size, *cfg.bucket_batch_sizes.values()}, world, cfg.grad_accum)
     timesteps = TimestepSampler(cfg.timestep_sampling, mean=cfg.logit_mean, std=cfg.logit_std,
                                 shift=cfg.timestep_shift)
 
@@ -258,56 +253,32 @@ def train_dit(
     _check_cache(model, cache)
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model.train()
-    engine = Engine(model, EngineConfig(
-        zero_stage=cfg.zero_stage, precision=cfg.precision, micro_batch_size=max(cfg.batch_size // (world * cfg.grad_accum), 1),
-        grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, lr=cfg.lr, betas=cfg.betas,
-        weight_decay=cfg.weight_decay, config_file=cfg.deepspeed_config))
+    engine = build_engine(model, cfg, world)
     ema = EMA(engine.full_state_dict(), cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     # -- resume ---------------------------------------------------------------------------------
-    step, skipped, bad_in_row = 0, 0, 0
-    history: list[float] = []
-    last = ckpt.latest_checkpoint(out) if resume else None
-    if last is not None:
-        state = ckpt.load_state(last)
-        if state.get("fingerprint") != cfg.fingerprint():
-            raise InputError(f"{last}: written by a different training config; use a fresh out_dir or delete it")
-        engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
-        if ema is not None:
-            ema.load_state_dict(ckpt.load_tensors(last, "ema"))
-        ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
-        step, skipped, history = int(state["step"]), int(state["skipped_steps"]), list(state["loss_history"])
-        bad_in_row = int(state.get("bad_in_row", 0))
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    checkpoints = RunCheckpoints(out, engine, model.config.to_dict(), cfg.fingerprint(), rank, world,
+                                 keep=max(cfg.keep_checkpoints, cfg.average_last))
+    last, state, counter = checkpoints.resume(resume, cfg.to_dict(), "written by a different training config")
+    history: list[float] = list(state.get("loss_history", []))
+    if last is not None and ema is not None:
+        ema.load_state_dict(ckpt.load_tensors(last, "ema"))
 
     def save(at_step: int) -> Path | None:
-        weights, moments = engine.full_state_dict(), engine.full_optimizer_state()
-        if rank != 0:
-            return None
-        rng_tensors, rng_data = ckpt.capture_rng()
-        groups = {"optimizer": moments, "rng": rng_tensors}
-        if ema is not None:
-            groups["ema"] = ema.state_dict()
-        return ckpt.save_checkpoint(
-            out, at_step, model_state=weights, model_config=model.config.to_dict(), tensors=groups,
-            keep=max(cfg.keep_checkpoints, cfg.average_last),
-            state={"fingerprint": cfg.fingerprint(), "skipped_steps": skipped, "bad_in_row": bad_in_row,
-                   "loss_history": history, "rng": rng_data, "world_size": world, "zero_stage": cfg.zero_stage,
-                   "data_position": {"step": at_step, "sampler_seed": cfg.seed}})
+        return checkpoints.save(at_step, counter, groups={"ema": ema.state_dict()} if ema is not None else None,
+                                state={"loss_history": history, "zero_stage": cfg.zero_stage,
+                                       "data_position": {"step": at_step, "sampler_seed": cfg.seed}})
 
     # -- loop -----------------------------------------------------------------------------------
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=name, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=counter.step, disable=not progress or rank != 0, desc=name,
+               dynamic_ncols=True)
     window = {"samples": 0, "tokens": 0, "time": time.perf_counter()}
-    while step < cfg.steps:
+    while counter.step < cfg.steps:
+        step = counter.step
         lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
         global_idx = batches.batch_indices(step)
-        mine = list(range(rank, len(global_idx), world))
-        per_micro = len(mine) // cfg.grad_accum
         loss_sum, finite = 0.0, True
-        for m in range(cfg.grad_accum):
-            pos = mine[m * per_micro:(m + 1) * per_micro]
+        for pos in rank_micro_batches(len(global_idx), rank, world, cfg.grad_accum):
             mb = make_micro_batch(cache, cfg, timesteps, [global_idx[p] for p in pos], pos, step)
             dev = engine.device
             pred = engine(mb["x_t"].to(dev), mb["t"].to(dev), **{k: v.to(dev) for k, v in mb["text"].items()})
@@ -323,32 +294,24 @@ def train_dit(
         if finite:
             result = engine.step(lr)
             grad_norm, finite = result["grad_norm"], not result["skipped"]
-        step += 1
         if finite:
-            bad_in_row = 0
-            step_loss = engine.all_reduce_mean(loss_sum / cfg.grad_accum)
-            history.append(step_loss)
+            history.append(engine.all_reduce_mean(loss_sum / cfg.grad_accum))
             if ema is not None:
                 ema.update(engine.full_state_dict())
         else:
-            skipped += 1
-            bad_in_row += 1
             history.append(float("nan"))
-            if bad_in_row >= cfg.max_bad_steps:
-                bar.close()
-                good = ckpt.latest_checkpoint(out)
-                raise NonFiniteLossError(
-                    f"{name}: {bad_in_row} non-finite steps in a row (last at step {step}, {skipped} skipped in "
-                    f"all); stopped. The last good checkpoint is {good or 'none (no checkpoint yet)'}: lower the "
-                    f"learning rate or check the data, then re-run to resume from it")
+        counter.count(finite, cfg.max_bad_steps, name, "lower the learning rate or check the data", out,
+                      on_stop=bar.close)
+        step = counter.step
         window["samples"] += len(global_idx)
         bar.update(1)
         if finite:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if log_fn is not None and rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
             dt = max(time.perf_counter() - window["time"], 1e-9)
-            log_fn(step, {"loss": history[-1], "lr": lr, "grad_norm": grad_norm, "skipped_steps": float(skipped),
-                          "samples_per_s": window["samples"] / dt, "tokens_per_s": window["tokens"] * world / dt})
+            log_fn(step, {"loss": history[-1], "lr": lr, "grad_norm": grad_norm,
+                          "skipped_steps": float(counter.skipped), "samples_per_s": window["samples"] / dt,
+                          "tokens_per_s": window["tokens"] * world / dt})
             window = {"samples": 0, "tokens": 0, "time": time.perf_counter()}
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
@@ -365,7 +328,7 @@ def train_dit(
         weights, kept = ema.state_dict(), f"EMA (decay {cfg.ema_decay})"
     finite_losses = [x for x in history if x == x]
     result: dict[str, Any] = {
-        "step": step, "skipped_steps": skipped, "weights": kept, "items": len(indices),
+        "step": counter.step, "skipped_steps": counter.skipped, "weights": kept, "items": len(indices),
         # means of the first and last 10 finite step losses (one step's loss is one noisy batch)
         "loss_first": sum(finite_losses[:10]) / len(finite_losses[:10]) if finite_losses else float("nan"),
         "loss_last": sum(finite_losses[-10:]) / len(finite_losses[-10:]) if finite_losses else float("nan"),

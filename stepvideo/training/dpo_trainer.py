@@ -39,7 +39,8 @@ from stepvideo.diffusion.dpo import flow_dpo_loss
 from stepvideo.diffusion.flow_matching import SAMPLERS, TimestepSampler, training_pair
 from stepvideo.models.dit import StepVideoDiT
 from stepvideo.training import checkpoint as ckpt
-from stepvideo.training.dit_trainer import NonFiniteLossError, _sample_generator
+from stepvideo.training.dit_trainer import _sample_generator
+from stepvideo.training.loop import RunCheckpoints, build_engine, check_batch_split, rank_micro_batches
 from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
 from stepvideo.errors import InputError, MissingError
 
@@ -190,16 +191,14 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
     from tqdm.auto import tqdm
 
     from stepvideo.models.io import save_folder
-    from stepvideo.training.engine import Engine, EngineConfig, init_distributed
+    from stepvideo.training.engine import init_distributed
 
     rank, world = init_distributed()
     out = Path(out_dir)
     data = load_pair_tensors(pairs_file)
     meta = data.pop("_meta")
     n = int(data["chosen"].shape[0])
-    if cfg.batch_size % (world * cfg.grad_accum):
-        raise InputError(f"{name}: batch_size {cfg.batch_size} is not divisible by ranks x grad_accum = "
-                         f"{world} x {cfg.grad_accum}")
+    check_batch_split(name, [cfg.batch_size], world, cfg.grad_accum)
     timesteps = TimestepSampler(cfg.timestep_sampling, shift=cfg.timestep_shift)
     ckpt.seed_rng(cfg.seed)
     model = _load_dit(cfg.init_from, cfg.gradient_checkpointing)
@@ -208,51 +207,25 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
                          f"{cfg.init_from} takes {model.config.in_channels}")
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model.train()
-    engine = Engine(model, EngineConfig(
-        zero_stage=cfg.zero_stage, precision=cfg.precision,
-        micro_batch_size=max(cfg.batch_size // (world * cfg.grad_accum), 1), grad_accum=cfg.grad_accum,
-        grad_clip=cfg.grad_clip, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-        config_file=cfg.deepspeed_config))
+    engine = build_engine(model, cfg, world)
     reference = frozen_reference(cfg.reference or cfg.init_from, engine.device, engine.compute_dtype)
-    fingerprint = cfg.fingerprint(str(meta.get("version", "")))
 
-    step, skipped, bad_in_row = 0, 0, 0
-    curves: dict[str, list[float]] = {k: [] for k in CURVES}
-    last = ckpt.latest_checkpoint(out) if resume else None
-    if last is not None:
-        state = ckpt.load_state(last)
-        if state.get("fingerprint") != fingerprint:
-            raise InputError(f"{last}: written by a different DPO config or pair set; use a fresh out_dir or delete it")
-        engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
-        ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
-        step, skipped, bad_in_row = int(state["step"]), int(state["skipped_steps"]), int(state["bad_in_row"])
-        curves = {k: list(v) for k, v in state["curves"].items()}
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    def save(at_step: int) -> None:
-        weights, moments = engine.full_state_dict(), engine.full_optimizer_state()
-        if rank != 0:
-            return
-        rng_tensors, rng_data = ckpt.capture_rng()
-        ckpt.save_checkpoint(out, at_step, model_state=weights, model_config=model.config.to_dict(),
-                             tensors={"optimizer": moments, "rng": rng_tensors}, keep=cfg.keep_checkpoints,
-                             state={"fingerprint": fingerprint, "skipped_steps": skipped, "bad_in_row": bad_in_row,
-                                    "curves": curves, "rng": rng_data, "world_size": world})
+    checkpoints = RunCheckpoints(out, engine, model.config.to_dict(), cfg.fingerprint(str(meta.get("version", ""))),
+                                 rank, world, keep=cfg.keep_checkpoints)
+    _, state, counter = checkpoints.resume(resume, cfg.to_dict(), "written by a different DPO config or pair set")
+    curves: dict[str, list[float]] = {k: list(state.get("curves", {}).get(k, [])) for k in CURVES}
 
     dev, dtype = engine.device, engine.compute_dtype
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or rank != 0, desc=name, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=counter.step, disable=not progress or rank != 0, desc=name,
+               dynamic_ncols=True)
     t_start = time.perf_counter()
-    while step < cfg.steps:
+    while counter.step < cfg.steps:
+        step = counter.step
         lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
         global_idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
-        mine = list(range(rank, len(global_idx), world))
-        per_micro = len(mine) // cfg.grad_accum
         sums: dict[str, float] = {}
         finite = True
-        for m in range(cfg.grad_accum):
-            pos = mine[m * per_micro:(m + 1) * per_micro]
+        for pos in rank_micro_batches(len(global_idx), rank, world, cfg.grad_accum):
             idx = [global_idx[p] for p in pos]
             gens = [_sample_generator(cfg.seed, step, p) for p in pos]
             shape = data["chosen"].shape[1:]
@@ -281,32 +254,18 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
         if finite:
             result = engine.step(lr)
             grad_norm, finite = result["grad_norm"], not result["skipped"]
-        step += 1
-        if finite:
-            bad_in_row = 0
-            means = {k: engine.all_reduce_mean(v) for k, v in sums.items()}
-            for k in CURVES:
-                curves[k].append(means[k])
-        else:
-            skipped += 1
-            bad_in_row += 1
-            means = {}
-            for k in CURVES:
-                curves[k].append(float("nan"))
-            if bad_in_row >= cfg.max_bad_steps:
-                bar.close()
-                good = ckpt.latest_checkpoint(out)
-                raise NonFiniteLossError(
-                    f"{name}: {bad_in_row} non-finite steps in a row (last at step {step}); stopped. The last good "
-                    f"checkpoint is {good or 'none (no checkpoint yet)'}: lower dpo.lr or dpo.beta, then re-run to "
-                    f"resume from it")
+        means = {k: engine.all_reduce_mean(v) for k, v in sums.items()} if finite else {}
+        for k in CURVES:
+            curves[k].append(means[k] if finite else float("nan"))
+        counter.count(finite, cfg.max_bad_steps, name, "lower dpo.lr or dpo.beta", out, on_stop=bar.close)
+        step = counter.step
         bar.update(1)
         if means:
             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['implicit_acc']:.2f}")
         if log_fn is not None and rank == 0 and means and (step % cfg.log_every == 0 or step == cfg.steps):
-            log_fn(step, {**means, "lr": lr, "grad_norm": grad_norm, "skipped_steps": float(skipped)})
+            log_fn(step, {**means, "lr": lr, "grad_norm": grad_norm, "skipped_steps": float(counter.skipped)})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save(step)
+            checkpoints.save(step, counter, state={"curves": curves})
     bar.close()
 
     def window(k: str, last: bool) -> float:
@@ -315,7 +274,7 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
         return sum(vals) / len(vals) if vals else float("nan")
 
     result_out: dict[str, Any] = {
-        "step": step, "skipped_steps": skipped, "pairs": n, "seconds": time.perf_counter() - t_start,
+        "step": counter.step, "skipped_steps": counter.skipped, "pairs": n, "seconds": time.perf_counter() - t_start,
         **{f"{k}_first": window(k, False) for k in CURVES}, **{f"{k}_last": window(k, True) for k in CURVES},
         "curves": curves, "model_dir": str(out / "final"), "world_size": world}
     weights = engine.full_state_dict()
