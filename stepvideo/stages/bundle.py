@@ -9,7 +9,7 @@ from typing import Any
 from stepvideo import registry, tracking
 from stepvideo.config import Params
 from stepvideo.registry import registered_version
-from stepvideo.stages.common import OUTPUTS, load_encoders, model_hash, require_output
+from stepvideo.stages.common import OUTPUTS, load_encoders, model_hash, publish_model_folder, require_output
 
 # the DiT the shipped bundle takes its weights from: Video-DPO's output (the SFT weights when dpo is off)
 BUNDLE_FROM = "dpo"
@@ -46,8 +46,5 @@ def stage_bundle(params: Params, root: Path, parent_run_id: str | None = None) -
         pipe.save_pretrained(out, lineage=lineage)
         metrics = {"dit_parameters": pipe.dit.num_parameters(), "vae_parameters": pipe.vae.num_parameters(),
                    "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
-        tracking.log_metrics(metrics)
-        registered = None
-        if params.tracking.register:
-            registered = tracking.register_folder(out, registry.BUNDLE, tags=lineage, aliases=(registry.CANDIDATE,))
+        registered = publish_model_folder(params, out, registry.BUNDLE, lineage, metrics)
     return {"bundle": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}

@@ -16,6 +16,19 @@ OUTPUTS = "outputs"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout: where release/ lives
 
 
+def publish_model_folder(params: Params, folder: Path, model_name: str, lineage: dict[str, Any],
+                         metrics: dict[str, float], step: int | None = None) -> str | None:
+    """The end of every stage that makes a model: its metrics to the active MLflow run, then (with
+    `tracking.register`) the folder registered as a new version of `model_name`, tagged with its
+    lineage, alias `candidate`. Returns 'NAME/VERSION', or None when registration is off."""
+    from stepvideo import registry
+
+    tracking.log_metrics(metrics, step=step)
+    if not params.tracking.register:
+        return None
+    return tracking.register_folder(folder, model_name, tags=lineage, aliases=(registry.CANDIDATE,))
+
+
 def local_path(value: str, root: Path) -> str:
     """A folder named in params (`init_from`, `text_encoders.llm`, ...): a URI or absolute path as
     given; a relative one in the project `root`, else beside the package (the committed release,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, require_output)
+                                     project_data_version, publish_model_folder, require_output)
 from stepvideo.registry import registered_version
 from stepvideo.errors import InputError, MissingError
 
@@ -259,13 +259,11 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "weights": result["weights"],
                                                           "loss_curve": result["loss_curve"]},
                                                          indent=2, sort_keys=True) + "\n")
-        tracking.log_metrics(metrics, step=result["step"])
         tracking.set_tags({"weights_hash": weights, "weights_kept": result["weights"]})
         for f in samples:
             tracking.log_artifact(out / "samples" / f.name, "samples")
-        registered = None
-        if params.tracking.register:
-            registered = tracking.register_folder(out, registry.DIT_STAGES[name], tags=lineage, aliases=(registry.CANDIDATE,))
+        registered = publish_model_folder(params, out, registry.DIT_STAGES[name], lineage, metrics,
+                                          step=result["step"])
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
             "samples": [str(out / "samples" / f.name) for f in samples], "work_dir": str(work)}
 

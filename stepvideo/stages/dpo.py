@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, require_output)
+                                     project_data_version, publish_model_folder, require_output)
 from stepvideo.registry import registered_version
 from stepvideo.errors import InputError
 
@@ -302,13 +302,11 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "rounds": rounds, "pair_summary": summary},
                                                          indent=1, sort_keys=True) + "\n")
-        tracking.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
         tracking.set_tags({"pairs_version": pairs_version, "annotators": lineage["annotators"],
                            "weights_hash": lineage["weights_hash"]})
         tracking.log_artifact(pairs_dir / "summary.json", "pairs")
-        registered = None
-        if params.tracking.register:
-            registered = tracking.register_folder(out, registry.DPO, tags=lineage, aliases=(registry.CANDIDATE,))
+        registered = publish_model_folder(params, out, registry.DPO, lineage,
+                                          {k: float(v) for k, v in metrics.items() if v is not None and v == v})
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
             "pairs": str(pairs_dir), "pair_summary": summary, "rounds": rounds, "work_dir": str(work)}
 

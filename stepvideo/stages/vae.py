@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
-from stepvideo.stages.common import OUTPUTS, clean_rows, local_path, project_data_version
+from stepvideo.stages.common import OUTPUTS, clean_rows, local_path, project_data_version, publish_model_folder
 from stepvideo.evaluation.runner import vae_content_metrics
 from stepvideo.errors import InputError
 
@@ -53,12 +53,9 @@ def stage_vae(params: Params, root: Path, parent_run_id: str | None = None, prog
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
         # how much content the VAE keeps: the scorer on held-out clips before/after a round trip
         metrics.update(vae_content_metrics(out, clean, params.evaluate.vae_items, progress=progress))
-        tracking.log_metrics(metrics)
         if result.get("sample_path"):
             tracking.log_artifact(result["sample_path"], "samples")
-        registered = None
-        if params.tracking.register:
-            registered = tracking.register_folder(out, registry.VAE, tags=lineage, aliases=(registry.CANDIDATE,))
+        registered = publish_model_folder(params, out, registry.VAE, lineage, metrics)
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage}
 
 
