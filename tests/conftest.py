@@ -72,3 +72,15 @@ def tiny_params(root: Path, **data) -> Path:
     p["evaluate"].update({"max_prompts": 3, "steps": 2, "batch_size": 6, "vae_items": 2})
     path.write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _stepvideo_logger_restored():
+    """A CLI command in a test installs the `stepvideo` loggers' stderr handler (cli._common.setup_logging)
+    for the whole process: put the logger back after each test, so no test sees another's set-up."""
+    import logging
+
+    logger = logging.getLogger("stepvideo")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

@@ -2,11 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import BIN, tiny_params
+from conftest import BIN, REPO, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -158,6 +159,20 @@ def test_dvc_repro_in_a_temporary_clone(project):
     assert again.returncode == 0 and "didn't change" in (again.stdout + again.stderr)
     dag = run(str(BIN / "dvc"), "dag")
     assert all(s in dag.stdout for s in ("data.dvc", *ALL_STAGES[2:]))
+    # editing a file of a stage's code table reruns that stage (and only the stages that list it)
+    (project / "stepvideo").unlink()
+    shutil.copytree(REPO / "stepvideo", project / "stepvideo")  # a copy of the package to edit
+
+    def changed() -> set[str]:  # the stages `dvc status` lists (promote always: it reads the registry)
+        out = run(str(BIN / "dvc"), "status").stdout
+        return {line[:-1] for line in out.splitlines() if line and not line[0].isspace() and line.endswith(":")}
+
+    assert changed() == {"promote"}
+    dit = project / "stepvideo" / "stages" / "dit.py"
+    dit.write_text(dit.read_text() + "\n# an edit\n")
+    stale = changed()
+    assert {"latent_cache", "t2i_pretrain", "t2v_lowres", "t2v_highres", "sft", "dpo"} <= stale, stale
+    assert not {"validate", "text_encoders", "train_vae"} & stale, stale
     # a params change reruns the stage
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("min_clean_fraction: 0.8",
                                                                                        "min_clean_fraction: 0.5"))
