@@ -50,7 +50,7 @@ def _labels_path(candidates: Path, labels: Optional[Path]) -> Path:
 def serve(
     candidates: Path = CANDIDATES,
     labels: Optional[Path] = LABELS,
-    port: int = typer.Option(8765, help="port to listen on (0: any free port)"),
+    port: int = typer.Option(8765, min=0, max=65535, help="port to listen on (0: any free port)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)"),
 ):
     """Serve the labeling page: two videos of one prompt side by side, the annotator picks the better one."""

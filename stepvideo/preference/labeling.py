@@ -49,6 +49,7 @@ from stepvideo.fileio import read_jsonl
 
 CANDIDATES_FILE = "candidates.jsonl"
 LABELS_FILE = "labels.jsonl"
+MAX_BODY = 65536  # bytes of one POST to /api/label (an answer is a few hundred)
 ANSWERS = ("left", "right", "tie", "skip")
 CANDIDATE_KEYS = ("id", "prompt_id", "lang", "prompt", "video")
 LABEL_KEYS = ("pair_id", "left", "right", "answer", "annotator")
@@ -328,6 +329,7 @@ class LabelState:
         self.pairs = label_pairs(self.candidates)
         self.by_pair = {p["pair_id"]: p for p in self.pairs}
         self.videos = {c["id"]: c["video"] for c in self.candidates}
+        self.media = {(self.root / v).resolve() for v in self.videos.values()}  # what /media/ may serve
         self.labels_path = Path(labels_path) if labels_path else self.root / LABELS_FILE
         repair_labels(self.labels_path)
         read_labels(self.labels_path)  # a corrupt labels file fails now, not on the first request
@@ -405,12 +407,18 @@ def _handler(state: LabelState) -> type[BaseHTTPRequestHandler]:
         def do_POST(self):
             if urllib.parse.urlsplit(self.path).path != "/api/label":
                 return self._json(404, {"error": "not found"})
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > 65536:
+            given = (self.headers.get("Content-Length") or "0").strip()
+            if not given.isdigit():  # "-1" would read to EOF, unbounded; "abc" has no length at all
+                self.close_connection = True
+                return self._json(400, {"error": f"Content-Length must be a non-negative integer, got {given!r}"})
+            length = int(given)
+            if length > MAX_BODY:
                 self.close_connection = True
                 return self._json(413, {"error": "request too large"})
             try:
                 row = state.label(json.loads(self.rfile.read(length) or b"null"))
+            except RecursionError:  # JSON nested thousands deep
+                return self._json(400, {"error": "the answer is nested too deeply to be a label"})
             except ValueError as e:  # json.JSONDecodeError is a ValueError
                 return self._json(400, {"error": str(e)})
             self._json(200, {"ok": True, "label": row, "next": state.next(row["annotator"])})
@@ -418,7 +426,8 @@ def _handler(state: LabelState) -> type[BaseHTTPRequestHandler]:
         def _media(self, rel: str) -> None:
             try:
                 target = (state.root / rel).resolve()
-                ok = target.is_relative_to(state.root) and target.is_file()
+                # only the candidates' videos: not labels.jsonl (every annotator's answers) nor anything else
+                ok = target in state.media and target.is_file()
             except (OSError, ValueError):
                 ok = False
             if not ok:

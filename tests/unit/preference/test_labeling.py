@@ -336,6 +336,55 @@ def test_server_endpoints(server, cands):
         assert _http(base + path)[0] == 404, path
 
 
+def _raw_post(base: str, length: str, body: bytes) -> int:
+    """POST /api/label with a Content-Length header as given (urllib would compute a true one)."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", "/api/label")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", length)
+    conn.endheaders()
+    try:
+        conn.send(body)
+    except OSError:  # the server answered and closed before the whole body went out
+        pass
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_bad_lengths_and_deep_json_get_an_answer_and_store_nothing(server, cands):
+    """Content-Length -1 used to read to EOF past the size limit and store the label; a length that is
+    no number or a JSON nested 60,000 deep left a traceback and no response."""
+    base, _ = server
+    labels = cands / "labels.jsonl"
+    before = labels.read_bytes() if labels.exists() else b""
+    answer = json.dumps({"pair_id": "x", "answer": "left", "annotator": "a"}).encode()
+    assert _raw_post(base, "-1", answer + b" " * 5_000_000) == 400
+    assert _raw_post(base, "abc", answer) == 400
+    assert _raw_post(base, str(70_000), b"x" * 70_000) == 413
+    deep = b"[" * 60_000 + b"]" * 60_000
+    assert _raw_post(base, str(len(deep)), deep) in (400, 413)
+    deep = b"[" * 30_000 + b"]" * 30_000
+    assert _raw_post(base, str(len(deep)), deep) == 400
+    assert (labels.read_bytes() if labels.exists() else b"") == before
+    assert _http(base + "/api/next?annotator=a")[0] == 200  # the server still answers
+
+
+def test_media_serves_the_candidates_videos_only(server, cands):
+    """Anyone who reaches the port must not read every annotator's answers or the candidates file."""
+    base, _ = server
+    labels = cands / "labels.jsonl"
+    if not labels.exists():
+        labels.write_text("")
+    assert (cands / "candidates.jsonl").is_file()
+    for path in ("/media/labels.jsonl", "/media/candidates.jsonl", "/media/videos/"):
+        assert _http(base + path)[0] == 404, path
+    assert _http(base + "/media/videos/c0001-en-s0.mp4")[0] == 200
+
+
 # ------------------------------------------------------------------ the page in a real browser
 
 class _CDP:
@@ -523,3 +572,13 @@ def test_labeling_page_in_chromium(cands, tmp_path):
         if server is not None:
             server.kill()
             server.wait()
+
+
+def test_a_port_out_of_range_is_one_line_not_a_traceback(cands):
+    from typer.testing import CliRunner
+
+    from stepvideo.cli import app
+
+    for port in ("70000", "-1"):
+        res = CliRunner().invoke(app, ["label", "serve", "--candidates", str(cands), "--port", port])
+        assert res.exit_code == 2 and "--port" in res.output and "Traceback" not in res.output, res.output
