@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from stepvideo.models.dit import DiTConfig, StepVideoDiT, load_sharded
+from stepvideo.models.io import shard_files
 from stepvideo.errors import InputError, MissingError
 
 # official StepVideoModel kwargs we accept, with the only values our model implements
@@ -86,12 +87,7 @@ def _official_weight_files(tdir: Path) -> list[Path]:
     if len(indexes) > 1:
         raise InputError(f"{tdir}: more than one safetensors index: {[p.name for p in indexes]}")
     if indexes:
-        weight_map = json.loads(indexes[0].read_text())["weight_map"]
-        files = [tdir / n for n in sorted(set(weight_map.values()))]
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise MissingError(f"{indexes[0]} lists missing shards: {absent}")
-        return files
+        return shard_files(indexes[0])
     files = sorted(tdir.glob("*.safetensors"))
     if not files:
         raise MissingError(f"{tdir}: no .safetensors weights (the .bin format is not supported)")

@@ -98,12 +98,36 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
+def shard_files(index_path: str | os.PathLike) -> list[Path]:
+    """The shards a safetensors index names (`weight_map` values), in order. Each must be a file
+    beside the index: a name with a folder part, `..` or an absolute path is refused, so an index
+    can never make a loader read outside the model's folder."""
+    index_path = Path(index_path)
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise InputError(f"{index_path}: not a safetensors index (a JSON object with a weight_map): {e}") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index_path}: weight_map must map tensor names to shard file names")
+    folder = index_path.parent
+    files = []
+    for name in sorted(set(weight_map.values())):
+        # a bare file name (a hub snapshot's shards are symlinks in the folder: those are fine)
+        if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise InputError(f"{index_path}: shard {name!r} is not a file name in {folder}: refused")
+        path = folder / name
+        if not path.is_file():
+            raise MissingError(f"{index_path} lists a missing shard: {path}")
+        files.append(path)
+    return files
+
+
 def weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files of a folder, in shard order."""
     folder = Path(folder)
     if (folder / INDEX_NAME).is_file():
-        index = json.loads((folder / INDEX_NAME).read_text())
-        return [folder / n for n in sorted(set(index["weight_map"].values()))]
+        return shard_files(folder / INDEX_NAME)
     if (folder / WEIGHTS_NAME).is_file():
         return [folder / WEIGHTS_NAME]
     files = sorted(folder.glob("*.safetensors"))
