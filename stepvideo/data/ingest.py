@@ -8,6 +8,7 @@ validation gate can name it and quarantine it.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -36,7 +37,8 @@ def read_captions(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: captions file not found")
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    # a UTF-8 byte-order mark (what spreadsheet programs write) is not part of the first column's name
+    text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         missing = {"path", "caption"} - set(reader.fieldnames or [])
@@ -57,6 +59,8 @@ def read_captions(path: str | os.PathLike) -> list[dict]:
             rows.append({k: _fix_text(v) for k, v in obj.items()})
     else:
         raise IngestError(f"{path}: captions must be .csv or .jsonl")
+    if not rows:
+        raise IngestError(f"{path}: no caption rows (a header alone, or an empty file)")
     return rows
 
 
@@ -71,9 +75,10 @@ def ingest(videos: str | os.PathLike, captions: str | os.PathLike, out: str | os
     videos, out = Path(videos).resolve(), Path(out).resolve()
     if not videos.is_dir():
         raise IngestError(f"{videos}: videos folder not found")
+    captions_rows = read_captions(captions)  # a bad captions file fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n, cap in enumerate(tqdm(read_captions(captions), desc="ingest", unit="file", disable=not progress), 1):
+    for n, cap in enumerate(tqdm(captions_rows, desc="ingest", unit="file", disable=not progress), 1):
         rel = cap.get("path", "")
         media = videos / rel
         row_id = cap.get("id") or Path(rel).stem or f"row{n}"
@@ -82,6 +87,8 @@ def ingest(videos: str | os.PathLike, captions: str | os.PathLike, out: str | os
                "source": "ingest", "attributes": "", "probe_error": "", "kind": "video",
                "frames": 0, "fps": 0.0, "height": 0, "width": 0}
         try:
+            if not media.resolve().is_relative_to(videos):  # ../ or an absolute path: quarantined by name
+                raise VideoReadError(f"{rel}: the path leaves the videos folder {videos}")
             p = probe(media)
             row.update(kind=p.kind, frames=p.frames, fps=round(p.fps, 4), height=p.height, width=p.width)
         except VideoReadError as e:

@@ -104,6 +104,8 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"))[None]
+        except Image.DecompressionBombError as e:  # e.g. 14000x14000 in a 24 KB PNG
+            raise VideoReadError(f"{path}: too many pixels to decode safely ({e})") from e
         except (UnidentifiedImageError, OSError) as e:
             raise VideoReadError(f"{path}: not a readable image ({e})") from e
     import av
@@ -121,14 +123,32 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 
 
 def probe(path: str | os.PathLike) -> Probe:
-    """Fully decode a file and report frames, fps, size and duration (decoding is the real test)."""
+    """Fully decode a file and report frames, fps, size and duration (decoding is the real test).
+    A clip is decoded one frame at a time and no frame is kept: a long 1080p clip needs one frame of
+    memory, not the whole clip's (200 frames of 640x640 took 575 MB when they were stacked)."""
     path = Path(path)
-    frames = read_video(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
+        frames = read_video(path)
         return Probe(1, 0.0, frames.shape[1], frames.shape[2], 0.0, "image")
+    if not path.is_file():
+        raise VideoReadError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
     import av
 
-    with av.open(str(path)) as container:
-        rate = container.streams.video[0].average_rate
-        fps = float(rate) if rate else 0.0
-    return Probe(len(frames), fps, frames.shape[1], frames.shape[2], len(frames) / fps if fps else 0.0, "video")
+    count, height, width = 0, 0, 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path}: no video stream (zero frames)")
+            rate = container.streams.video[0].average_rate
+            fps = float(rate) if rate else 0.0
+            for frame in container.decode(video=0):
+                if not count:
+                    height, width = frame.height, frame.width
+                count += 1
+    except av.error.FFmpegError as e:
+        raise VideoReadError(f"{path}: cannot decode ({e})") from e
+    if not count:
+        raise VideoReadError(f"{path}: decodes to zero frames")
+    return Probe(count, fps, height, width, count / fps if fps else 0.0, "video")

@@ -157,3 +157,31 @@ def test_ingest_records_bad_rows_without_crashing(tmp_path):
         validate(manifest, ValidateParams(policy="fail"), tmp_path / "v", progress=False)
     named = {b["id"] for b in err.value.report["bad"]}
     assert named >= {"b", "c"} and "a" in named  # the last row reuses id 'a': duplicate + non-UTF-8
+
+
+def test_ingest_answers_hostile_rows_one_by_one(tmp_path):
+    """A decompression bomb, a path that leaves the videos folder and a spreadsheet's BOM: each is that
+    row's problem (or no problem at all), never the whole ingest's; a captions file without rows, or a
+    bad one, fails before the out folder is made."""
+    from PIL import Image
+
+    from stepvideo.data.ingest import IngestError
+
+    vids = tmp_path / "clips"
+    vids.mkdir()
+    write_video(vids / "a.mp4", np.full((17, 32, 48, 3), 90, np.uint8))
+    Image.new("L", (14000, 14000)).save(vids / "bomb.png", optimize=True)  # ~20 KB on disk
+    (tmp_path / "secret.mp4").write_bytes((vids / "a.mp4").read_bytes())
+    caps = tmp_path / "captions.csv"
+    caps.write_bytes(b"\xef\xbb\xbfpath,caption\na.mp4,A gray clip\nbomb.png,A bomb\n../secret.mp4,Outside\n"
+                     + f"{tmp_path / 'secret.mp4'},Absolute\n".encode())
+    rows = read_manifest(ingest(vids, caps, tmp_path / "out", progress=False))
+    errors = {r["id"]: r["probe_error"] for r in rows}
+    assert errors["a"] == "" and "too many pixels" in errors["bomb"]
+    assert [r["probe_error"] for r in rows[2:]] and all("leaves the videos folder" in r["probe_error"]
+                                                        for r in rows[2:]), rows[2:]
+    for text in (b"path,caption\n", b"\xef\xbb\xbfpath,caption\n", b"file,text\na.mp4,x\n"):
+        caps.write_bytes(text)
+        with pytest.raises(IngestError, match="captions.csv"):
+            ingest(vids, caps, tmp_path / "never", progress=False)
+        assert not (tmp_path / "never").exists()
