@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -482,6 +483,58 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         setattr(obj, key, copy.deepcopy(value))
 
 
+_AT_LEAST_ONE = {"batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints", "max_bad_steps",
+                 "generate_batch_size", "candidates_per_prompt", "rounds", "sample_steps", "seeds"}
+_UNIT_INTERVAL = {"caption_dropout", "still_share", "min_lr_ratio", "ema_decay", "low_res_factor",
+                  "reward_model_heldout", "image_prob", "min_quality"}
+
+
+def _choices(section: str, key: str) -> tuple[str, ...] | None:
+    if (section, key) == ("validate", "policy"):
+        return ("fail", "quarantine")
+    if key == "lr_schedule":
+        from stepvideo.training.schedule import LR_SCHEDULES
+
+        return LR_SCHEDULES
+    if key == "timestep_sampling":
+        from stepvideo.diffusion.flow_matching import SAMPLERS
+
+        return SAMPLERS
+    if key == "precision":
+        return ("auto", "bf16", "fp32")
+    return None
+
+
+def check_params(p: Params, where: str) -> None:
+    """Range and choice checks on every section as the file is read, so `vae.steps: -5`, `lr: .inf`
+    or `validate.policy: explode` fail at once, naming the file and the key, instead of deep inside
+    the stage that first reads them."""
+    for section in dataclasses.fields(p):
+        value = getattr(p, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            key, v, name = f.name, getattr(value, f.name), f"{where}: {section.name}.{f.name}"
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ParamsError(f"{name}: must be a finite number, got {v}")
+            if isinstance(v, (int, float)):
+                if key in _AT_LEAST_ONE and v < 1:
+                    raise ParamsError(f"{name}: must be at least 1, got {v}")
+                if (key == "steps" or key.endswith(("_steps", "_step", "_every", "_items"))) and v < 0:
+                    raise ParamsError(f"{name}: must be >= 0, got {v}")
+                if (key == "lr" or key.endswith("_lr")) and v <= 0:
+                    raise ParamsError(f"{name}: must be > 0, got {v}")
+                if (key.endswith(("_weight", "_fraction")) or key in ("weight_decay", "grad_clip")) and v < 0:
+                    raise ParamsError(f"{name}: must be >= 0, got {v}")
+                if (key in _UNIT_INTERVAL or key.endswith("_fraction")) and not 0 <= v <= 1:
+                    raise ParamsError(f"{name}: must lie in [0, 1], got {v}")
+            choices = _choices(section.name, key) if isinstance(v, str) else None
+            if choices and v not in choices:
+                raise ParamsError(f"{name}: must be one of {', '.join(choices)}, got {v!r}")
+
+
 def preset(name: str) -> Params:
     if name not in PRESETS:
         raise ParamsError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
@@ -496,12 +549,16 @@ def load_params(path: str | Path = "params.yaml", preset_name: str | None = None
     `preset_name` given: that preset alone, ignoring the file (used by `--preset` on the CLI).
     """
     if preset_name is not None:
-        return preset(preset_name)
+        p = preset(preset_name)
+        check_params(p, f"preset {preset_name}")
+        return p
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not a text (UTF-8) file ({e.reason} at byte {e.start})") from e
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(raw, dict):
@@ -509,6 +566,7 @@ def load_params(path: str | Path = "params.yaml", preset_name: str | None = None
     raw = dict(raw)
     p = preset(str(raw.pop("preset", "demo")))
     _apply(p, raw, str(path))
+    check_params(p, str(path))
     return p
 
 
