@@ -31,19 +31,30 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         yield where, obj
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 `text` to `path` (parents created) through a temporary file and os.replace; a
-    failed write leaves the old file as it was and no temporary file behind."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside `path` (same suffix: encoders pick the format by it) to write to; on
+    success it replaces `path` atomically, on any failure it is removed and `path` is as it was. An
+    existing folder at `path` is refused up front (a file cannot replace it)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file path (e.g. {path / ('out' + (path.suffix or '.mp4'))})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 `text` to `path` (parents created) through a temporary file and os.replace; a
+    failed write leaves the old file as it was and no temporary file behind."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+    return Path(path)
 
 
 def temp_folder_for(folder: str | os.PathLike) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stepvideo.errors import InputError
+from stepvideo.fileio import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -32,11 +33,6 @@ class Probe:
     kind: str  # "video" | "image"
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-
-
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18,
                 lossless: bool = False) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4, deterministically: yuv420p at `crf`, or with
@@ -52,8 +48,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
         raise InputError(f"{path}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if not lossless and (frames.shape[1] % 2 or frames.shape[2] % 2):
         raise InputError(f"{path}: H.264 yuv420p needs even height and width, got {frames.shape[1:3]}")
-    tmp = _atomic_target(path)
-    with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4",
+                                           options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "rgb24" if lossless else "yuv420p"
@@ -76,7 +72,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
         for packet in stream.encode():
             container.mux(packet)
         del alive
-    os.replace(tmp, path)
     return path
 
 
@@ -85,9 +80,8 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    tmp = _atomic_target(path)
-    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(tmp, format="PNG", optimize=False)
     return path
 
 

@@ -38,6 +38,7 @@ from stepvideo.models.vae import VAEConfig, VideoVAE
 from stepvideo.pipelines.components import (MODEL_INDEX, as_dtype, is_int, load_components, model_index,
                                             random_components, read_model_index, save_bundle)
 from stepvideo.errors import InputError
+from stepvideo.fileio import atomic_path
 
 __all__ = ["MODEL_INDEX", "T2VPipeline", "save_video", "frames_to_uint8"]
 
@@ -395,11 +396,8 @@ def save_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 8, gif: b
     if gif:
         from PIL import Image
 
-        gif_path = path.with_suffix(".gif")
-        tmp = gif_path.with_name(f".{gif_path.name}.tmp-{os.getpid()}.gif")
         images = [Image.fromarray(f) for f in arr]
-        images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0
-        )
-        os.replace(tmp, gif_path)
+        with atomic_path(path.with_suffix(".gif")) as tmp:
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                           duration=max(1, round(1000 / fps)), loop=0)
     return path

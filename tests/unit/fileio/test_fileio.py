@@ -55,3 +55,24 @@ def test_read_jsonl_names_the_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(InputError, match=rf"{path}:2: expected a JSON object, got list"):
         list(read_jsonl(path))
+
+
+def test_atomic_path_replaces_on_success_and_cleans_up_on_failure(tmp_path):
+    from stepvideo.errors import InputError
+    from stepvideo.fileio import atomic_path
+
+    target = tmp_path / "clip.mp4"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.suffix == ".mp4" and tmp.parent == tmp_path
+            tmp.write_bytes(b"half")
+            raise RuntimeError("encoder died")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        with atomic_path(tmp_path / "folder"):
+            pass

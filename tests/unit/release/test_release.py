@@ -80,6 +80,15 @@ def test_generate_without_model_uses_the_release_then_the_champion(tmp_path, mon
     assert "champion" in res.output and read_video(out).shape == (1, 32, 32, 3)
 
 
+def test_generate_out_an_existing_folder_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "videos"
+    out.mkdir()
+    res = runner.invoke(app, ["generate", "A red circle.", "--out", str(out), "--steps", "1", "--frames", "1"])
+    assert res.exit_code == 2 and "is a folder" in res.output and "Traceback" not in res.output, res.output
+    assert list(tmp_path.glob(".*tmp*")) == [] and list(out.iterdir()) == []
+
+
 def test_no_release_and_no_champion_is_a_clear_error(tmp_path, monkeypatch):
     import stepvideo.release as rel
 
