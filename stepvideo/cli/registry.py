@@ -7,11 +7,17 @@ from typing import Optional
 
 import typer
 
-from stepvideo.cli._common import user_errors
+from stepvideo.cli._common import setup_logging, user_errors
 from stepvideo.errors import MissingError
 
 registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, scores, lineage; promote and roll "
                                 "back by a person's decision.", no_args_is_help=True)
+
+
+@registry_app.callback()
+def _quiet() -> None:
+    """(every registry command: no MLflow 'Creating tables' chatter on a fresh store)"""
+    setup_logging()
 
 
 SCORES = ("overall", "lang_en", "lang_zh", "consistency", "flicker", "color_noise")

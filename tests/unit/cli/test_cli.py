@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -122,3 +123,11 @@ def test_the_stages_lines_reach_stderr_through_logging(capsys):
     logging.getLogger("stepvideo.stages.promote").info("promote: skipped (promote.enabled is false)")
     logging.getLogger("stepvideo.stages.promote").debug("not shown")
     assert capsys.readouterr().err == "promote: skipped (promote.enabled is false)\n"
+
+
+def test_registry_show_on_a_fresh_store_prints_no_mlflow_chatter(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "stepvideo.cli", "registry", "show"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "no registered models" in proc.stdout, proc.stdout + proc.stderr
+    assert "Creating initial MLflow database tables" not in proc.stderr and "INFO" not in proc.stderr, proc.stderr
