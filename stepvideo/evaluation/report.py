@@ -326,8 +326,8 @@ def _preference_section(pref: Mapping) -> str:
     w, c = pref.get("win_rate") or {}, pref.get("win_rate_by_checks") or {}
     tiles = [_tile("DPO wins by the reward", _pct(w.get("win_rate")) + f" ({_pct(w.get('ci_low'))}–"
                    f"{_pct(w.get('ci_high'))})"),
-             _tile("wins / ties / losses", f"{w.get('wins', '?')} / {w.get('ties', '?')} / {w.get('losses', '?')}"),
-             _tile("where the checks decide", _pct(c.get("win_rate")) + f" of {c.get('n', '?')}"),
+             _tile("wins / ties / losses", " / ".join(_e(w.get(k, "?")) for k in ("wins", "ties", "losses"))),
+             _tile("where the checks decide", _pct(c.get("win_rate")) + f" of {_e(c.get('n', '?'))}"),
              _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
              _tile(f"mean flicker (over {_e(pref.get('flicker_videos_candidate', '?'))} / "
                    f"{_e(pref.get('flicker_videos_baseline', '?'))} videos with an object)",

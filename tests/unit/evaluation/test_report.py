@@ -178,3 +178,15 @@ def test_report_charts_render_in_chromium(results, tmp_path, chromium):
     # the category and language charts are above the fold: both series' bars are drawn
     assert count(CANDIDATE_COLOR) > 1500, count(CANDIDATE_COLOR)
     assert count(BASELINE_COLOR) > 1000, count(BASELINE_COLOR)
+
+
+def test_every_value_from_a_results_file_is_escaped(tmp_path):
+    """A results file is user input: a number field holding markup must show as text."""
+    from stepvideo.evaluation.report import render_report
+
+    evil = "<script>alert(1)</script>"
+    results = {"model": evil, "summary": {"videos": evil, "flicker_videos": evil}, "videos": [],
+               "preference": {"win_rate": {"wins": evil, "ties": evil, "losses": evil},
+                              "win_rate_by_checks": {"n": evil}, "flicker_videos_candidate": evil}}
+    page = render_report(results, tmp_path)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
