@@ -377,6 +377,8 @@ def promote_by_person(name: str, version: str, *, user: str | None = None, reaso
     `previous`. Tagged `promotion=promoted`, `promoted_by=person:<user>`, `promotion_reason`."""
     version, by = str(version), f"person:{user or current_user()}"
     _version_exists(name, version)
+    if aliases(name).get(CHAMPION) == version:  # a refusal leaves no FAILED run behind (checked again below)
+        raise InputError(f"{name}/{version} is already the champion")
     with _own_run("registry_promote", experiment,
                   {"candidate": f"{name}/{version}", "promoted_by": by, "reason": reason}) as run:
         with registry_lock():
@@ -398,6 +400,8 @@ def rollback(name: str, *, user: str | None = None, reason: str = "", experiment
     import mlflow
 
     by = f"person:{user or current_user()}"
+    if aliases(name).get(PREVIOUS) is None:  # a refusal leaves no FAILED run behind (checked again below)
+        raise InputError(f"{name} has no `previous` version to roll back to")
     with _own_run("registry_rollback", experiment, {"promoted_by": by, "reason": reason}) as run:
         with registry_lock():
             now = aliases(name)

@@ -169,8 +169,15 @@ def test_person_promote_and_rollback_are_recorded(bundle, tmp_path, monkeypatch)
     assert name in {m["name"] for m in listing}
     bad = runner.invoke(registry_app, ["promote", name, "99"])
     assert bad.exit_code == 2 and "not in the MLflow registry" in bad.output
+    import mlflow
+
+    def failed() -> int:
+        return len(mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FAILED'"))
+
+    before = failed()
     again = runner.invoke(registry_app, ["promote", name, v[1]])
     assert again.exit_code == 2 and "already the champion" in again.output
+    assert failed() == before  # a refused promotion leaves no FAILED run behind
 
 
 def test_champion_scores_cached_when_the_eval_key_matches_else_evaluated(bundle, tmp_path):
