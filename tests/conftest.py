@@ -28,6 +28,16 @@ SHARED = REPO.parent / "shared"
 BIN = Path(sys.executable).parent
 
 
+def load_bench(name: str):
+    """The benchmark script bench/NAME.py as a module (the bench/ folder is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 

@@ -85,13 +85,18 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
     return path
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode a clip or still into (T, H, W, 3) uint8 RGB; raises VideoReadError naming the file."""
+def _readable(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"{path}: file does not exist")
     if path.stat().st_size == 0:
         raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode a clip or still into (T, H, W, 3) uint8 RGB; raises VideoReadError naming the file."""
+    path = _readable(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
 
@@ -124,10 +129,7 @@ def probe(path: str | os.PathLike) -> Probe:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         frames = read_video(path)
         return Probe(1, 0.0, frames.shape[1], frames.shape[2], 0.0, "image")
-    if not path.is_file():
-        raise VideoReadError(f"{path}: file does not exist")
-    if path.stat().st_size == 0:
-        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    _readable(path)
     import av
 
     count, height, width = 0, 0, 0

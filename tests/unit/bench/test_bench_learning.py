@@ -3,27 +3,22 @@ speed path it measures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+
+from conftest import load_bench
 from stepvideo.models.vae_blocks import CausalConv3d
 from stepvideo.training.vae_losses import object_mask, pixel_loss
 from stepvideo.training.vae_trainer import VAETrainConfig
 
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "bench" / "bench_learning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_learning")
 
 
 def test_smoke_prints_a_table_and_keeps_results(tmp_path, capsys):

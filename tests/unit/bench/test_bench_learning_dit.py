@@ -3,22 +3,17 @@ the oracle's lossless latent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
+from conftest import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_learning_dit", ROOT / "bench" / "bench_learning_dit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_learning_dit")
 
 
 def test_pixel_patchify_round_trip_is_exact_and_has_the_vae_layout():

@@ -1,10 +1,9 @@
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from stepvideo.config import ParamsError, dump_params, load_params, preset
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 def test_committed_params_are_the_demo_preset():

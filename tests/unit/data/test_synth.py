@@ -3,13 +3,13 @@ from pathlib import Path
 
 import yaml
 
+from conftest import REPO
 from stepvideo.config import load_params
 from stepvideo.data.manifest import read_manifest
 from stepvideo.data.synth import (BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES, SynthConfig, caption,
                                   check_attributes, generate)
 from stepvideo.data.video_io import read_video
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 def _files(root: Path) -> dict[str, bytes]:

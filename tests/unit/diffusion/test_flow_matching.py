@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SHARED
 from stepvideo.diffusion.flow_matching import (
     TimestepSampler,
     flow_matching_loss,
@@ -25,7 +25,7 @@ from stepvideo.diffusion.sampler import (
     sampler_preset,
 )
 
-REF = Path(__file__).resolve().parents[4] / "shared" / "reference" / "stepvideo_scheduler.json"
+REF = SHARED / "reference" / "stepvideo_scheduler.json"
 ref_missing = pytest.mark.skipif(not REF.is_file(), reason="scheduler reference JSON not present")
 
 

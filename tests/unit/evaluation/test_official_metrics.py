@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO
 from stepvideo.evaluation.metrics import MetricError, load_metric, load_metrics, run_metrics
 from stepvideo.evaluation.official import OFFICIAL_CATEGORIES, detect_lang, load_official
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 # ---------------------------------------------------------------- official format

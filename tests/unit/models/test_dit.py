@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from conftest import SHARED
 from stepvideo.compat.dit import (
     _is_dit_reference,
     load_official_transformer,
@@ -30,7 +31,7 @@ from stepvideo.models.dit import (
 from stepvideo.models.dit_info import model_info
 from stepvideo.models.rope import apply_rope, default_rope_split, grid_positions, rope_cos_sin
 
-REF_DIR = Path(__file__).resolve().parents[4] / "shared" / "reference"
+REF_DIR = SHARED / "reference"
 DIT_ST = REF_DIR / "stepvideo_dit_tiny.safetensors"
 DIT_JSON = REF_DIR / "stepvideo_dit_tiny.json"
 ref_missing = pytest.mark.skipif(not DIT_ST.is_file(), reason="DiT golden reference not present")

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SHARED
 from stepvideo.compat.vae import convert_official_state_dict
 from stepvideo.models import vae_tiling
 from stepvideo.models.vae import DiagonalGaussian, VAEConfig, VideoVAE, mix_chunk_boundaries
 
-REF_DIR = Path(__file__).parents[4] / "shared/reference"
+REF_DIR = SHARED / "reference"
 REF_FILE = REF_DIR / "stepvideo_vae_tiny.safetensors"
 REF_JSON = REF_DIR / "stepvideo_vae_tiny.json"
 needs_ref = pytest.mark.skipif(

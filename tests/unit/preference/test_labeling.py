@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import REPO
 from stepvideo.cli.dpo import label_app
 from stepvideo.preference.labeling import (PartialLineWarning, agreement, annotator_order, append_labels, human_pairs,
                                            import_labels, label_pairs, load_candidates, make_label, make_server,
                                            read_labels)
 
-REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPTS = {"c0001": "A red circle moves right.", "c0002": "A blue square grows."}
 

@@ -4,12 +4,12 @@ factory builds the MlflowClient."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from conftest import REPO
 from stepvideo import registry
 from stepvideo.config import PromoteParams
 
-PACKAGE = Path(__file__).resolve().parents[3] / "stepvideo"
+PACKAGE = REPO / "stepvideo"
 HOME = PACKAGE / "registry" / "__init__.py"
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO
 from stepvideo import stages, tracking
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = REPO
 
 
 def _dvc_stages() -> dict:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import REPO
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training.dit_trainer import DiTTrainConfig, NonFiniteLossError, make_micro_batch, train_dit
 
-REPO = Path(__file__).resolve().parents[3]
 RUNNER = REPO / "tests" / "unit" / "training" / "_dit_train_run.py"
 
 

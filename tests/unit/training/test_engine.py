@@ -7,16 +7,15 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from _engine_ranks import GLOBAL_MICRO_BATCH, GRAD_ACCUM, LR, STEPS_BEFORE, global_batches, make_model, run, train_step
+from conftest import REPO
 from stepvideo.training.engine import Engine, EngineConfig, _builtin_config, deepspeed_config, init_distributed
 
-REPO = Path(__file__).resolve().parents[3]
 STAGES = [0, 1, 2, 3]
 
 
