@@ -391,15 +391,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": {"model": "small", "steps": 5000, "batch_size": 4, "image_prob": 0.9, "lr": 1.0e-3,
                 "warmup_steps": 100, "l2_weight": 1.0, "edge_weight": 1.0, "object_weight": 4.0,
                 "checkpoint_every": 250, "eval_every": 500, "eval_max_items": 32},
-        # patch 2 on the 8x8 latent grid: the DiT sees as many tokens as it did on the 16x VAE's 4x4 grid
-        "t2i_pretrain": {"model": "small", "patch_size": 2, "steps": 1000, "batch_size": 32, "lr": 5.0e-4,
-                         "warmup_steps": 100, "checkpoint_every": 250},
-        "t2v_lowres": {"model": "small", "patch_size": 2, "steps": 1200, "batch_size": 32, "lr": 3.0e-4,
-                       "warmup_steps": 100, "checkpoint_every": 250},
-        "t2v_highres": {"model": "small", "patch_size": 2, "steps": 1200, "batch_size": 16, "lr": 2.0e-4,
-                        "warmup_steps": 50, "checkpoint_every": 250},
-        "sft": {"model": "small", "patch_size": 2, "steps": 300, "batch_size": 16, "lr": 5.0e-5,
-                "checkpoint_every": 50, "average_last": 3, "keep_checkpoints": 3},
+        # patch 2 on the 8x8 latent grid: the DiT sees as many tokens as it did on the 16x VAE's 4x4 grid.
+        # Batch 8 with 4x the steps of batch 32 (equal samples, ~0.85x the seconds): at equal CPU seconds
+        # batch 8 takes 4.7x the steps and learns background where batch 32 does not (README,
+        # "Learning per CPU-second", bench/bench_learning_dit.py)
+        "t2i_pretrain": {"model": "small", "patch_size": 2, "steps": 4000, "batch_size": 8, "lr": 5.0e-4,
+                         "warmup_steps": 400, "checkpoint_every": 1000},
+        "t2v_lowres": {"model": "small", "patch_size": 2, "steps": 4800, "batch_size": 8, "lr": 3.0e-4,
+                       "warmup_steps": 400, "checkpoint_every": 1000},
+        "t2v_highres": {"model": "small", "patch_size": 2, "steps": 2400, "batch_size": 8, "lr": 2.0e-4,
+                        "warmup_steps": 100, "checkpoint_every": 600},
+        "sft": {"model": "small", "patch_size": 2, "steps": 600, "batch_size": 8, "lr": 5.0e-5,
+                "checkpoint_every": 100, "average_last": 3, "keep_checkpoints": 3},
         "evaluate": {"vae_items": 100},
     },
     "step-video-t2v": {
