@@ -480,10 +480,44 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> None:
         if isinstance(current, (int, float)) and not isinstance(current, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"{where}.{key}: expected a number, got {value!r}")
-            value = type(current)(value) if isinstance(current, float) else value
+            value = _float(value, f"{where}.{key}") if isinstance(current, float) else value
             if isinstance(current, int) and not isinstance(value, int):
                 raise ParamsError(f"{where}.{key}: expected an integer, got {value!r}")
+        elif isinstance(current, str) and not isinstance(value, str):
+            raise ParamsError(f"{where}.{key}: expected text, got {value!r}")
+        elif isinstance(current, list):
+            value = _list_of(value, str(names[key].type), f"{where}.{key}")
+        elif isinstance(current, dict):
+            value = _dict_of(value, f"{where}.{key}")
         setattr(obj, key, copy.deepcopy(value))
+
+
+def _float(value: int | float, where: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise ParamsError(f"{where}: {str(value)[:20]}... is too large a number") from None
+
+
+def _list_of(value: Any, annotation: str, where: str) -> list:
+    """A `list[float]` / `list[str]` field's value, checked (integers in a list of floats become floats)."""
+    if not isinstance(value, list):
+        raise ParamsError(f"{where}: expected a list, got {value!r}")
+    if "list[float]" in annotation:
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value):
+            raise ParamsError(f"{where}: expected a list of numbers, got {value!r}")
+        return [_float(x, where) for x in value]
+    if "list[str]" in annotation and not all(isinstance(x, str) for x in value):
+        raise ParamsError(f"{where}: expected a list of text values, got {value!r}")
+    return value
+
+
+def _dict_of(value: Any, where: str) -> dict:
+    """A `dict[str, int]` field's value (bucket_batch_sizes), checked."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              for k, v in value.items()):
+        raise ParamsError(f"{where}: expected a mapping of text keys to integers, got {value!r}")
+    return value
 
 
 _AT_LEAST_ONE = {"batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints", "max_bad_steps",
@@ -564,10 +598,15 @@ def load_params(path: str | Path = "params.yaml", preset_name: str | None = None
         raise ParamsError(f"{path}: not a text (UTF-8) file ({e.reason} at byte {e.start})") from e
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from e
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid params (YAML nested too deeply to read)") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     raw = dict(raw)
-    p = preset(str(raw.pop("preset", "demo")))
+    name = raw.pop("preset", "demo")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ParamsError(f"{path}: preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    p = preset(name)
     _apply(p, raw, str(path))
     check_params(p, str(path))
     return p

@@ -17,15 +17,25 @@ from stepvideo.errors import InputError
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """("FILE:N", object) for each non-blank line of the UTF-8 JSON Lines file `path`; a line that is
-    not a JSON object raises InputError naming the file and the line."""
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    not a JSON object (or not UTF-8, or nested too deeply to read) raises InputError naming the file
+    and the line. Lines end at "\n" only: U+2028, U+0085 and the like, which json.dumps(...,
+    ensure_ascii=False) writes unescaped inside strings, are text, not line breaks. A UTF-8
+    byte-order mark at the start is skipped."""
+    data = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{path}:{n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not line.strip():
             continue
-        where = f"{path}:{n}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield where, obj

@@ -28,9 +28,13 @@ class IngestError(InputError):
 
 
 def _fix_text(value: object) -> str:
-    """Strings decoded with surrogateescape: undecodable bytes become U+FFFD (visible to validation)."""
+    """Strings decoded with surrogateescape: undecodable bytes become U+FFFD (visible to validation).
+    A lone surrogate from a JSON escape ("\\ud800", not UTF-8 bytes) becomes U+FFFD as well."""
     text = "" if value is None else str(value)
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (U+D800-U+DC7F, U+DD00-U+DFFF)
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def read_captions(path: str | os.PathLike) -> list[dict]:
@@ -40,20 +44,26 @@ def read_captions(path: str | os.PathLike) -> list[dict]:
     # a UTF-8 byte-order mark (what spreadsheet programs write) is not part of the first column's name
     text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        missing = {"path", "caption"} - set(reader.fieldnames or [])
-        if missing:
-            raise IngestError(f"{path}: missing column(s) {', '.join(sorted(missing))} (have {reader.fieldnames})")
-        rows = [{k: _fix_text(v) for k, v in r.items() if k is not None} for r in reader]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            missing = {"path", "caption"} - set(reader.fieldnames or [])
+            if missing:
+                raise IngestError(f"{path}: missing column(s) {', '.join(sorted(missing))} (have {reader.fieldnames})")
+            rows = [{k: _fix_text(v) for k, v in r.items() if k is not None} for r in reader]
+        except csv.Error as e:  # e.g. a lone carriage return inside an unquoted field
+            raise IngestError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
     elif path.suffix.lower() in (".jsonl", ".json"):
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        # lines end at "\n" only: U+2028, U+0085... inside a caption are text (str.splitlines breaks there)
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise IngestError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            except RecursionError:
+                raise IngestError(f"{path}:{n}: JSON nested too deeply to read") from None
             if not isinstance(obj, dict) or "path" not in obj or "caption" not in obj:
                 raise IngestError(f"{path}:{n}: expected an object with 'path' and 'caption'")
             rows.append({k: _fix_text(v) for k, v in obj.items()})

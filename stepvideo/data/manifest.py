@@ -43,19 +43,25 @@ def write_manifest(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL manifest. Undecodable bytes in a line are kept as U+FFFD so validation can name the row."""
+    """Read a JSONL manifest. Undecodable bytes in a line are kept as U+FFFD so validation can name the row;
+    a line that is not a JSON object raises ManifestError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     rows = []
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
-            if not raw.strip():
+            if n == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (an editor's) is no JSON
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8", errors="replace"))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            except RecursionError:
+                raise ManifestError(f"{path}:{n}: JSON nested too deeply to read") from None
             if not isinstance(row, dict):
                 raise ManifestError(f"{path}:{n}: expected a JSON object")
             rows.append(row)
