@@ -148,29 +148,30 @@ def check_attributes(attrs: object) -> str:
     """'' when `attrs` is a valid synthetic attribute record, else the reason it is not."""
     if not isinstance(attrs, dict):
         return "attributes are not a JSON object"
-    if attrs.get("background") not in BACKGROUNDS:
+    known = lambda value, table: isinstance(value, str) and value in table  # noqa: E731 (a list or dict: unhashable)
+    if not known(attrs.get("background"), BACKGROUNDS):
         return f"unknown background {attrs.get('background')!r}"
     objs = attrs.get("objects")
     if not isinstance(objs, list) or not 1 <= len(objs) <= 3:
         return "objects must be a list of 1-3 objects"
-    if "camera" in attrs and attrs["camera"] not in CAMERAS:
+    if "camera" in attrs and not known(attrs["camera"], CAMERAS):
         return f"unknown camera {attrs['camera']!r}"
     for i, o in enumerate(objs):
         if not isinstance(o, dict):
             return f"object {i} is not a JSON object"
         for key, table in (("shape", SHAPES), ("color", COLORS), ("size", SIZES)):
-            if o.get(key) not in table:
+            if not known(o.get(key), table):
                 return f"object {i}: unknown {key} {o.get(key)!r}"
         if "action" in o:
-            if o["action"] not in ACTIONS:
+            if not known(o["action"], ACTIONS):
                 return f"object {i}: unknown action {o['action']!r}"
             if o["action"] in ("move", "move2"):
                 path = o.get("path")
                 if not isinstance(path, list) or len(path) != (1 if o["action"] == "move" else 2) \
-                        or any(d not in DIRECTIONS for d in path):
+                        or not all(known(d, DIRECTIONS) for d in path):
                     return f"object {i}: bad path {path!r} for action {o['action']}"
                 # a move2 caption states no speed, so a record parsed from one has none
-                if (o["action"] == "move" or "speed" in o) and o.get("speed") not in SPEEDS:
+                if (o["action"] == "move" or "speed" in o) and not known(o.get("speed"), SPEEDS):
                     return f"object {i}: unknown speed {o.get('speed')!r}"
     return ""
 
