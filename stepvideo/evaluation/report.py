@@ -156,11 +156,26 @@ def line_chart(title: str, points, width: int = 420, height: int = 200) -> str:
 
 # ---------------------------------------------------------------- pieces
 
+def _inside(path_value, root: Path) -> Path | None:
+    """The file a results entry names, resolved (symlinks followed), when it lies inside the evaluated
+    folder `root`; None for a path that leaves it (`..`, an absolute path elsewhere, a symlink out)."""
+    try:
+        base = root.resolve()
+        path = (base / str(path_value)).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        return None
+    return path if path.is_relative_to(base) else None
+
+
 def _media(path_value, root: Path, label: str) -> str:
+    """The video (or still) a results entry names, inline; only files inside `root` are embedded: a
+    results file is user input, and the page must not carry /etc/passwd or ../secret.mp4 along."""
     if not path_value:
         return f'<div class="missing">{_e(label)}: no video</div>'
-    path = Path(path_value)
-    path = path if path.is_absolute() else root / path
+    path = _inside(path_value, root)
+    if path is None:
+        return (f'<div class="missing refused">{_e(label)}: refused {_e(path_value)} (outside the evaluated '
+                f'folder; only files inside it are embedded)</div>')
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -242,6 +257,7 @@ def _metric_means(summary: Mapping, videos: list[Mapping]) -> dict[str, float | 
 
 
 def _tile(label: str, value: str, base: str | None = None) -> str:
+    """A figure: `label` is escaped here; `value` and `base` are markup, already escaped or formatted."""
     extra = f"<small>baseline {base}</small>" if base is not None else ""
     return f'<div class="tile">{_e(label)}<b>{value}</b>{extra}</div>'
 
@@ -264,7 +280,7 @@ def _header(results: Mapping, title: str, gallery: bool) -> str:
     else:
         tiles.append(_tile("overall accuracy", _pct(s.get("overall")), b(_pct(bs.get("overall")))))
         tiles.append(_tile("bilingual consistency", _pct(s.get("consistency")), b(_pct(bs.get("consistency")))))
-    tiles.append(_tile(f"mean flicker ({_e(s.get('flicker_videos', '?'))} videos with an object)",
+    tiles.append(_tile(f"mean flicker ({s.get('flicker_videos', '?')} videos with an object)",
                        _fmt(s.get("flicker")), b(_fmt(bs.get("flicker")))))
     tiles.append(_tile("mean color noise", _fmt(s.get("color_noise")), b(_fmt(bs.get("color_noise")))))
     base_means = _metric_means(bs, (baseline or {}).get("videos") or [])
@@ -329,8 +345,8 @@ def _preference_section(pref: Mapping) -> str:
              _tile("wins / ties / losses", " / ".join(_e(w.get(k, "?")) for k in ("wins", "ties", "losses"))),
              _tile("where the checks decide", _pct(c.get("win_rate")) + f" of {_e(c.get('n', '?'))}"),
              _tile("mean reward", _fmt(pref.get("reward_candidate")), _fmt(pref.get("reward_baseline"))),
-             _tile(f"mean flicker (over {_e(pref.get('flicker_videos_candidate', '?'))} / "
-                   f"{_e(pref.get('flicker_videos_baseline', '?'))} videos with an object)",
+             _tile(f"mean flicker (over {pref.get('flicker_videos_candidate', '?')} / "
+                   f"{pref.get('flicker_videos_baseline', '?')} videos with an object)",
                    _fmt(pref.get("flicker_candidate")), _fmt(pref.get("flicker_baseline"))),
              _tile("mean color noise", _fmt(pref.get("color_noise_candidate")), _fmt(pref.get("color_noise_baseline")))]
     for key, label in (("flicker_change", "flicker change (videos where both show an object)"),
@@ -338,7 +354,8 @@ def _preference_section(pref: Mapping) -> str:
         ch = pref.get(key)
         if ch:  # DPO - SFT per video: mean [95% bootstrap interval], videos up / down / equal
             tiles.append(_tile(label, f"{_fmt(ch.get('mean'))} [{_fmt(ch.get('ci_low'))}, {_fmt(ch.get('ci_high'))}]"
-                                      f" · {ch.get('up', '?')} up / {ch.get('down', '?')} down / {ch.get('equal', '?')} ="))
+                                      f" · {_e(ch.get('up', '?'))} up / {_e(ch.get('down', '?'))} down / "
+                                      f"{_e(ch.get('equal', '?'))} ="))
     curves = pref.get("curves") or {}
     plots = "".join(line_chart(f"DPO: {name}", [[i + 1, v] for i, v in enumerate(vals) if v == v])
                     for name, vals in curves.items())

@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -329,6 +330,27 @@ def cascade_loss_curves(uri: str) -> dict[str, list[list[float]]]:
     return stage_metric_histories(uri, "loss")
 
 
+def _copy_baseline_videos(videos: list, src: Path, dest: Path) -> list:
+    """An earlier eval folder's videos copied under `dest` (OUT/baseline), each entry's path made
+    relative to OUT: the report embeds only files inside the folder it reports on. A path that leaves
+    the earlier folder is not copied; the report then shows it refused."""
+    src, out = src.resolve(), dest.parent
+    kept = []
+    for v in videos:
+        v = dict(v) if isinstance(v, dict) else {"video": None}
+        try:
+            path = (src / str(v.get("video") or "")).resolve()
+        except (OSError, ValueError, RuntimeError):
+            path = src
+        if v.get("video") and path.is_relative_to(src) and path.is_file():
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            v["video"] = target.relative_to(out).as_posix()
+        kept.append(v)
+    return kept
+
+
 def evaluate_model(model: str, prompts: Sequence[Any], out: str | os.PathLike, *, seeds: int = 1,
                    baseline: str | None = None, metric_specs: Sequence[str] = (), progress: bool = True,
                    **settings: Any) -> dict:
@@ -352,14 +374,17 @@ def evaluate_model(model: str, prompts: Sequence[Any], out: str | os.PathLike, *
     if baseline:
         earlier = Path(baseline) / "results.json"
         if earlier.is_file():
-            base = json.loads(earlier.read_text(encoding="utf-8"))
-            base_root = Path(baseline).resolve()
+            try:
+                base = json.loads(earlier.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise InputError(f"{earlier}: not a results file ({e})") from None
+            if not isinstance(base, dict) or not isinstance(base.get("videos"), list):
+                raise InputError(f"{earlier}: not a results file (no list of videos)")
+            base["videos"] = _copy_baseline_videos(base["videos"], Path(baseline), out / "baseline")
         else:
-            base_root = (out / "baseline").resolve()
-            base = run_benchmark(load(baseline), prompts, base_root, model=baseline, seeds=seeds, metrics=metrics,
-                                 progress=progress, git_commit=git_commit(), **settings)
-        for v in base["videos"]:  # the candidate's report shows them: paths from its own folder
-            v["video"] = str((base_root / v["video"]).resolve())
+            base = run_benchmark(load(baseline), prompts, out / "baseline", model=baseline, seeds=seeds,
+                                 metrics=metrics, progress=progress, git_commit=git_commit(), **settings)
+            base["videos"] = [{**v, "video": f"baseline/{v['video']}"} for v in base["videos"]]
         base = {k: base[k] for k in ("model", "summary", "videos", "settings") if k in base}
     return run_benchmark(load(model), prompts, out, model=str(model), seeds=seeds, metrics=metrics, baseline=base,
                          loss_curves=cascade_loss_curves(model), progress=progress, git_commit=git_commit(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -46,8 +47,8 @@ def results(tmp_path) -> dict:
     for vid, cat, lang, prompt, color, step, passed in specs:
         write_video(root / "videos" / f"{vid}.mp4", _clip(color, step))
         videos.append(_video(vid, cat, lang, prompt, f"videos/{vid}.mp4", passed))
-        # the baseline's videos live elsewhere: absolute paths
-        bpath = write_video(tmp_path / "baseline" / f"{vid}.mp4", _clip(color[::-1], -step))
+        # the baseline's videos: absolute paths, inside the evaluated folder (as `eval run --baseline` copies them)
+        bpath = write_video(root / "baseline" / "videos" / f"{vid}.mp4", _clip(color[::-1], -step))
         base_videos.append(_video(vid, cat, lang, prompt, str(bpath), not passed, user=0.1))
     summary = {"overall": 0.6, "categories": {"color": 0.5, "motion": 0.9, "count": 1.0, "speed": None},
                "languages": {"en": 0.7, "zh": 0.5},
@@ -190,3 +191,69 @@ def test_every_value_from_a_results_file_is_escaped(tmp_path):
                               "win_rate_by_checks": {"n": evil}, "flicker_videos_candidate": evil}}
     page = render_report(results, tmp_path)
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+
+
+def test_only_files_inside_the_evaluated_folder_are_embedded(tmp_path):
+    """A results file is user input: a baseline (or candidate) video path that leaves the evaluated
+    folder (`..`, an absolute path elsewhere, a symlink out) is refused, visibly, and its bytes stay out."""
+    import base64
+
+    from stepvideo.evaluation.report import render_report
+
+    root = tmp_path / "eval"
+    inside = write_video(root / "videos" / "ok.mp4", _clip((220, 30, 30), 2))
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"SECRET-BYTES " * 50)
+    (root / "videos" / "link.mp4").symlink_to(secret)
+    (root / "videos" / "sub").mkdir()
+    refused = ["../secret.mp4", "/etc/passwd", str(secret), "videos/link.mp4", "videos/sub/../../../secret.mp4",
+               "videos/\x00.mp4"]
+    base_videos = [{"id": f"v{i}", "video": path} for i, path in enumerate(refused)]
+    results = {"model": "m", "summary": {"videos": len(refused)},
+               "videos": [{"id": f"v{i}", "video": "videos/ok.mp4"} for i in range(len(refused))],
+               "baseline": {"model": "b", "summary": {}, "videos": base_videos}}
+    page = render_report(results, root)
+    payloads = [secret.read_bytes(), Path("/etc/passwd").read_bytes() if Path("/etc/passwd").is_file() else b""]
+    for data in payloads:
+        if data:
+            encoded = base64.b64encode(data).decode()
+            assert encoded[:60] not in page and data[:40].decode("latin-1") not in page
+    for path in refused:
+        assert f"refused {html.escape(path)} (outside the evaluated folder" in page, path
+    assert page.count("refused ") == len(refused)
+    # the file inside the folder is embedded, by a relative path and by an absolute one
+    assert page.count(base64.b64encode(inside.read_bytes()).decode()[:200]) == len(refused)
+    ok_abs = render_report({"videos": [{"id": "a", "video": str(inside)}]}, root)
+    assert ok_abs.count('src="data:video/mp4;base64,') == 1 and "refused" not in ok_abs
+    # the folder itself reached through a symlink: its own files are inside it
+    (tmp_path / "eval-link").symlink_to(root)
+    via_link = render_report({"videos": [{"id": "a", "video": "videos/ok.mp4"}]}, tmp_path / "eval-link")
+    assert via_link.count('src="data:video/mp4;base64,') == 1
+
+
+def test_preference_change_counts_are_escaped(tmp_path):
+    from stepvideo.evaluation.report import render_report
+
+    evil = "<img src=x onerror=alert(1)>"
+    results = {"videos": [], "summary": {"flicker_videos": "<b>"},
+               "preference": {"flicker_change": {"mean": 0.1, "up": evil, "down": evil, "equal": evil}}}
+    page = render_report(results, tmp_path)
+    assert "<img src=x" not in page and page.count(html.escape(evil)) == 3
+    assert "mean flicker (&lt;b&gt; videos" in page  # escaped once, not twice (&amp;lt;)
+
+
+def test_an_earlier_eval_folders_baseline_videos_are_copied_inside(tmp_path):
+    """`eval run --baseline EARLIER_FOLDER`: its videos are copied under OUT/baseline (the report embeds
+    only files inside OUT); a path that leaves the earlier folder is not copied and shows as refused."""
+    from stepvideo.evaluation.report import render_report
+    from stepvideo.evaluation.runner import _copy_baseline_videos
+
+    earlier, out = tmp_path / "earlier", tmp_path / "out"
+    write_video(earlier / "videos" / "a.mp4", _clip((220, 30, 30), 2))
+    (tmp_path / "secret.mp4").write_bytes(b"SECRET")
+    videos = _copy_baseline_videos([{"id": "a", "video": "videos/a.mp4"}, {"id": "b", "video": "../secret.mp4"}],
+                                   earlier, out / "baseline")
+    assert videos[0]["video"] == "baseline/videos/a.mp4" and (out / "baseline" / "videos" / "a.mp4").is_file()
+    assert videos[1]["video"] == "../secret.mp4" and not (out / "secret.mp4").exists()
+    page = render_report({"videos": videos}, out)
+    assert page.count('src="data:video/mp4;base64,') == 1 and "refused ../secret.mp4" in page
