@@ -25,7 +25,7 @@ from stepvideo import registry, tracking
 from stepvideo.config import Params, dump_params
 from stepvideo.evaluation.checks import CATEGORIES
 from stepvideo.stages.common import OUTPUTS, PACKAGE_ROOT, clean_rows, require_output
-from stepvideo.errors import MissingError
+from stepvideo.errors import InputError, MissingError
 
 RELEASE_NAME = "stepvideo-tiny"
 RELEASE_DIR = PACKAGE_ROOT / "release" / RELEASE_NAME
@@ -90,14 +90,17 @@ def build_release(root: Path, params: Params, out: Path = RELEASE_DIR, vae_items
     from stepvideo.pipelines.t2v import MODEL_INDEX, T2VPipeline
     from stepvideo.fileio import atomic_folder
     from stepvideo.evaluation.runner import vae_content_metrics
+    from stepvideo.models.io import read_json
 
     root = Path(root)
     bundle = require_output(root / OUTPUTS / "bundle", "bundle", marker=MODEL_INDEX)
     results_file = root / OUTPUTS / "eval" / "results.json"
     if not results_file.is_file():
         raise MissingError(f"{results_file}: no benchmark results; run the evaluate stage first")
-    results = json.loads(results_file.read_text())
-    vae_train = json.loads((require_output(root / OUTPUTS / "vae", "train_vae") / "metrics.json").read_text())
+    results = read_json(results_file, dict)
+    vae_train = read_json(require_output(root / OUTPUTS / "vae", "train_vae") / "metrics.json", dict)
+    if not isinstance(results.get("summary"), dict):
+        raise InputError(f"{results_file}: no \"summary\" object; run the evaluate stage again")
     out = Path(out)
     with atomic_folder(out) as tmp:
         pipe = T2VPipeline.from_pretrained(bundle, dtype=torch.float32)

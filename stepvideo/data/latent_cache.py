@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from stepvideo.data.text_cache import TextCache, build_text_cache, cache_key, texts_version
 from stepvideo.fileio import atomic_folder
@@ -300,13 +301,17 @@ class LatentCache:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         meta = _read_meta(self.folder)
-        self._media: dict[str, dict] = meta.pop("media")
-        self.items: list[dict] = [dict(it, quality=float("nan") if it["quality"] is None else float(it["quality"]))
-                                  for it in meta.pop("items")]
-        self.meta: dict[str, Any] = meta
-        self.key: str = meta["key"]
-        self.resolutions: dict[str, tuple[int, int]] = {k: (int(v[0]), int(v[1]))
-                                                        for k, v in meta["resolutions"].items()}
+        try:
+            self._media: dict[str, dict] = meta.pop("media")
+            self.items: list[dict] = [dict(it, quality=float("nan") if it["quality"] is None else float(it["quality"]))
+                                      for it in meta.pop("items")]
+            self.meta: dict[str, Any] = meta
+            self.key: str = meta["key"]
+            self.resolutions: dict[str, tuple[int, int]] = {k: (int(v[0]), int(v[1]))
+                                                            for k, v in meta["resolutions"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise InputError(f"{self.folder / META_NAME}: not a latent cache's metadata ({type(e).__name__}: {e}); "
+                             "delete the folder to rebuild it") from None
         self.text = TextCache(self.folder / TEXT_NAME)
         self._handles: dict[str, Any] = {}
         self._pid: int | None = None
@@ -318,12 +323,12 @@ class LatentCache:
         return dict(self.__dict__, _handles={}, _pid=None)
 
     def _file(self, shard: str) -> Any:
-        from safetensors import safe_open
+        from stepvideo.models.io import open_safetensors
 
         if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
+            self._handles[shard] = open_safetensors(self.folder / shard)
         return self._handles[shard]
 
     def select(self, split: str | None = "train", kinds: Sequence[str] = ("video", "image"),
@@ -362,9 +367,14 @@ class LatentCache:
         means, logvars = [], []
         for i in idx:
             clip = self.items[i]["clip_id"]
-            f = self._file(self._media[clip]["shard"])
-            means.append(f.get_tensor(f"{clip}/{resolution}/mean"))
-            logvars.append(f.get_tensor(f"{clip}/{resolution}/logvar"))
+            shard = self._media[clip]["shard"]
+            f = self._file(shard)
+            try:
+                means.append(f.get_tensor(f"{clip}/{resolution}/mean"))
+                logvars.append(f.get_tensor(f"{clip}/{resolution}/logvar"))
+            except SafetensorError as e:
+                raise InputError(f"{self.folder / shard}: latent cache shard lacks {clip}/{resolution} ({e}); "
+                                 "delete the folder to rebuild it") from None
         out: dict[str, Any] = {"mean": torch.stack(means), "logvar": torch.stack(logvars)}
         text = self.text.get_dict([EMPTY_ID if d else self.items[i]["id"] for i, d in zip(idx, drop)])
         for name, (emb, mask) in text.items():

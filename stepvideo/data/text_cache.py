@@ -187,20 +187,28 @@ class TextCache:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError
+
+        from stepvideo.models.io import open_safetensors
 
         self.path = Path(path)
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = _read_meta(f)
-            if meta is None:
-                raise InputError(f"{self.path} is not a text cache (no {META_KEY!r} metadata of format {FORMAT!r})")
-            ids = json.loads(bytes(f.get_tensor("ids").numpy()).decode("utf-8"))
-            self._row = f.get_tensor("row")
-            self.encoders: dict[str, dict[str, Any]] = meta["encoders"]
-            self._offsets = {n: f.get_tensor(f"{n}.offsets") for n in self.encoders}
+        with open_safetensors(self.path) as f:
+            try:
+                meta = _read_meta(f)
+                if meta is None:
+                    raise InputError(f"{self.path} is not a text cache (no {META_KEY!r} metadata of format {FORMAT!r})")
+                ids = json.loads(bytes(f.get_tensor("ids").numpy()).decode("utf-8"))
+                self._row = f.get_tensor("row")
+                self.encoders: dict[str, dict[str, Any]] = meta["encoders"]
+                self._offsets = {n: f.get_tensor(f"{n}.offsets") for n in self.encoders}
+                self.key: str = meta["key"]
+                self.data_version: str = meta["data_version"]
+            except InputError:
+                raise
+            except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise InputError(f"{self.path}: not a readable text cache ({type(e).__name__}: {e}); "
+                                 "delete it to rebuild it") from None
         self.metadata = meta
-        self.key: str = meta["key"]
-        self.data_version: str = meta["data_version"]
         self.ids: list[str] = ids
         self._index = {i: k for k, i in enumerate(ids)}
         self._handle = None
@@ -224,10 +232,10 @@ class TextCache:
         return id_ in self._index
 
     def _file(self):
-        from safetensors import safe_open
+        from stepvideo.models.io import open_safetensors
 
         if self._handle is None or self._pid != os.getpid():  # re-open after a fork
-            self._handle = safe_open(str(self.path), framework="pt")
+            self._handle = open_safetensors(self.path)
             self._pid = os.getpid()
         return self._handle
 

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -475,10 +476,10 @@ class StepVideoDiT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-        from stepvideo.models.io import read_config, weight_files
+        from stepvideo.models.io import load_config, weight_files, weights_label
 
-        cfg = DiTConfig.from_dict(read_config(folder))
-        return load_sharded(cls, cfg, weight_files(folder), device=device, dtype=dtype)
+        cfg = load_config(DiTConfig, folder, ignore=("model_type",))
+        return load_sharded(cls, cfg, weight_files(folder), device=device, dtype=dtype, label=weights_label(folder))
 
 
 def official_mask_to_ours(
@@ -516,35 +517,42 @@ def load_sharded(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     rename=None,
+    label: str | os.PathLike | None = None,
 ) -> StepVideoDiT:
-    """Build on meta, then assign tensors shard by shard (peak memory ~ model + one shard)."""
-    from safetensors import safe_open
+    """Build on meta, then assign tensors shard by shard (peak memory ~ model + one shard).
 
+    A shard that is not safetensors, a tensor of the wrong shape, a missing or an unexpected
+    tensor is an InputError naming the file (``label`` for the missing ones: the folder's weights)."""
+    from stepvideo.models.io import _few, iter_safetensors
+
+    files = [Path(f) for f in files]
     with torch.device("meta"):
         model = cls(config)
-    expected = set(model.state_dict().keys())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     seen: set[str] = set()
     unexpected: list[str] = []
     for f in files:
         part: dict[str, torch.Tensor] = {}
-        with safe_open(str(f), framework="pt", device=str(device)) as fh:
-            for k in fh.keys():
-                name = rename(k) if rename else k
-                if name not in expected:
-                    unexpected.append(k)
-                    continue
-                if name in seen:
-                    raise InputError(f"{name} appears in more than one shard")
-                t = fh.get_tensor(k)
-                part[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-        res = model.load_state_dict(part, strict=False, assign=True)
-        if res.unexpected_keys:  # defensive; filtered above
-            unexpected.extend(res.unexpected_keys)
+        for k, t in iter_safetensors(f, device=str(device)):
+            name = rename(k) if rename else k
+            if name not in shapes:
+                unexpected.append(k)
+                continue
+            if name in seen:
+                raise InputError(f"{f}: {name} appears in more than one shard")
+            if tuple(t.shape) != shapes[name]:
+                raise InputError(f"{f}: does not fit StepVideoDiT: wrong shape for {k}: {tuple(t.shape)} "
+                                 f"(model {shapes[name]})")
+            part[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        if unexpected:
+            raise InputError(f"{f}: does not fit StepVideoDiT: unexpected tensors {_few(unexpected)}")
+        model.load_state_dict(part, strict=False, assign=True)
         seen.update(part)
         del part
-    missing = sorted(expected - seen)
-    if missing or unexpected:
-        raise InputError(f"checkpoint does not match the model: missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
+    missing = sorted(set(shapes) - seen)
+    if missing:
+        where = label if label is not None else (files[0] if len(files) == 1 else ", ".join(map(str, files)))
+        raise InputError(f"{where}: does not fit StepVideoDiT: missing tensors {_few(missing)} ({len(missing)} in all)")
     return model
 
 

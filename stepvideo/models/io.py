@@ -12,13 +12,16 @@ half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from stepvideo.fileio import atomic_folder
@@ -88,14 +91,95 @@ def parse_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None = N
     return out
 
 
+def read_json(path: str | os.PathLike, expected: type | tuple[type, ...] | None = dict, what: str = "") -> Any:
+    """The JSON content of ``path``; a missing file is a MissingError, a file that is not UTF-8
+    JSON (or whose top level is not ``expected``) an InputError, each naming the file."""
+    path = Path(path)
+    what = f" {what}" if what else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingError(f"{path}: no such{what} file") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a{what} JSON file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read this{what} file ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if expected is not None and not isinstance(data, expected):
+        want = "a JSON object" if expected is dict else f"JSON of type {expected}"
+        raise InputError(f"{path}: expected {want}, got {type(data).__name__}")
+    return data
+
+
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise MissingError(f"{path}: no config.json; is {folder} a stepvideo model folder?")
+    return read_json(path, dict)
+
+
+# -- typed config files ------------------------------------------------------------------------
+
+
+def _type_error(hint: Any, value: Any) -> str | None:
+    """Why ``value`` (parsed JSON) does not fit the annotation ``hint``; None when it fits or the
+    annotation is not one this check knows (int, float, bool, str, list/tuple of those, X | None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        reasons = [_type_error(a, value) for a in args]
+        return None if any(r is None for r in reasons) else next(r for r in reasons if r)
+    if hint is type(None):
+        return None if value is None else "must be null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        item = args[0] if args else None
+        for v in value:
+            why = _type_error(item, v) if item is not None else None
+            if why:
+                return f"must be a list whose items {why.removeprefix('must ')}"
+        return None
+    return None
+
+
+def check_fields(cls: type, data: Mapping[str, Any], where: str | os.PathLike) -> None:
+    """InputError naming ``where`` and the key for a key of ``data`` that is not a field of the
+    dataclass ``cls``, or a value of the wrong JSON type for its field."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise InputError(f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {names}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        why = _type_error(hints.get(key), value)
+        if why:
+            raise InputError(f"{where}: {cls.__name__} field {key!r} {why}, got {value!r}")
+
+
+def load_config(cls: type, folder: str | os.PathLike, ignore: tuple[str, ...] = ()) -> Any:
+    """``cls.from_dict`` of a folder's checked config.json (``ignore``: keys from_dict handles
+    itself, e.g. ``model_type``): any key, type or value it refuses is an InputError naming the file."""
+    path = Path(folder) / CONFIG_NAME
+    data = read_config(folder)
+    check_fields(cls, {k: v for k, v in data.items() if k not in ignore}, path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from e
+        cfg = cls.from_dict(data)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except (TypeError, ValueError) as e:  # the config's own checks (InputError is a ValueError)
+        raise InputError(f"{path}: {e}") from None
+    return cfg
 
 
 def shard_files(index_path: str | os.PathLike) -> list[Path]:
@@ -136,13 +220,85 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _few(names, n: int = 3) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def iter_safetensors(path: str | os.PathLike, device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of one safetensors file, one tensor at a time; a file that is missing,
+    empty, truncated or not safetensors at all is a MissingError/InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError(f"{path}: no such safetensors file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as fh:
+            for k in fh.keys():
+                yield k, fh.get_tensor(k)
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def open_safetensors(path: str | os.PathLike, device: str = "cpu") -> Any:
+    """``safe_open`` of ``path`` (a lazy handle: keys, metadata, get_tensor), its errors turned
+    into a MissingError/InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError(f"{path}: no such safetensors file")
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_safetensors_file(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file (see :func:`iter_safetensors` for the errors)."""
+    return dict(iter_safetensors(path, device))
+
+
+def state_problems(expected: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, missing_ok: bool = False,
+                   unexpected_ok: bool = False) -> list[str]:
+    """What keeps ``state`` from loading into a module whose ``state_dict()`` is ``expected``:
+    missing and unexpected names, shapes that differ (the first few of each); [] when it fits."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})" for k in expected
+             if k in state and hasattr(expected[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing and not missing_ok:
+        problems.append(f"missing tensors {_few(missing)}")
+    if unexpected and not unexpected_ok:
+        problems.append(f"unexpected tensors {_few(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes {_few(wrong)}")
+    return problems
+
+
+def load_state_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], file: str | os.PathLike, *,
+                       strict: bool = True, assign: bool = False):
+    """``module.load_state_dict(state)`` where a missing or unexpected tensor (``strict``) or a
+    tensor of the wrong shape is an InputError naming ``file`` and the first few offending names."""
+    problems = state_problems(module.state_dict(), state, missing_ok=not strict, unexpected_ok=not strict)
+    if problems:
+        raise InputError(f"{file}: does not fit {type(module).__name__}: " + "; ".join(problems))
+    return module.load_state_dict(state, strict=strict, assign=assign)
+
+
 def iter_tensors(folder: str | os.PathLike, device: str = "cpu"):
     """Yield (name, tensor) over every shard, one tensor at a time (never the whole model twice)."""
     for f in weight_files(folder):
-        with safe_open(str(f), framework="pt", device=device) as fh:
-            for k in fh.keys():
-                yield k, fh.get_tensor(k)
+        yield from iter_safetensors(f, device)
 
 
 def load_state_dict(folder: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     return dict(iter_tensors(folder, device))
+
+
+def weights_label(folder: str | os.PathLike) -> Path:
+    """The file to name for a folder's weights: its one safetensors file, else its index (or the folder)."""
+    folder = Path(folder)
+    for name in (WEIGHTS_NAME, INDEX_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(folder.glob("*.safetensors"))
+    return files[0] if len(files) == 1 else folder

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from stepvideo.models.io import parse_dtype
+from stepvideo.models.io import open_safetensors, parse_dtype, read_json, shard_files
 from stepvideo.errors import InputError, MissingError
 
 __all__ = ["DEFAULT_MAX_LENGTH", "SPECIAL_TOKENS", "TextEncoder", "PrecomputedTextEncoder", "text_key", "save_precomputed"]
@@ -91,6 +91,62 @@ def _hash_files(files: Iterable[Path], root: Path, h: "hashlib._Hash") -> None:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
         h.update(b"\0")
+
+
+def check_transformers_folder(folder: Path, what: str = "model") -> None:
+    """Refuse a local transformers folder whose JSON files are not JSON objects or whose safetensors
+    weights are not readable safetensors, with an InputError (MissingError: no config.json)
+    naming the file, before transformers sees it (its errors are tracebacks or multi-line reports)."""
+    if what == "model":
+        if not (folder / "config.json").is_file():
+            raise MissingError(f"{folder / 'config.json'}: no config.json; is {folder} a transformers model folder?")
+        read_json(folder / "config.json", dict)
+        if (folder / "model.safetensors.index.json").is_file():
+            weights = shard_files(folder / "model.safetensors.index.json")
+        else:
+            weights = sorted(folder.glob("*.safetensors"))
+        for f in weights:
+            with open_safetensors(f) as fh:
+                fh.keys()
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (folder / name).is_file():
+                read_json(folder / name, dict)
+
+
+def _load_model(auto_cls: Any, src: str | os.PathLike, **kwargs: Any) -> Any:
+    """``auto_cls.from_pretrained(src)`` where a checkpoint that lacks a tensor of the model or has
+    one of the wrong shape (transformers would initialise it at random, or raise after a
+    multi-line report) is an InputError naming the folder; tensors the model does not use warn."""
+    import logging
+    import warnings
+
+    from stepvideo.models.io import _few
+
+    kwargs.setdefault("ignore_mismatched_sizes", True)  # reported here, as one line
+    def no_report(record: logging.LogRecord) -> bool:  # the load report: its content is checked below
+        return "LOAD REPORT" not in str(record.msg)
+
+    # (a filter, not a level: transformers logs other warnings when this logger's level is raised)
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addFilter(no_report)
+    try:
+        model, info = auto_cls.from_pretrained(str(src), output_loading_info=True, **kwargs)
+    finally:
+        log.removeFilter(no_report)
+    missing = sorted(info.get("missing_keys") or [])
+    wrong = sorted(f"{k[0]} {tuple(k[1])} (model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
+                   for k in info.get("mismatched_keys") or [])
+    problems = ([f"missing tensors {_few(missing)}"] if missing else []) + ([f"wrong shapes {_few(wrong)}"] if wrong else [])
+    if problems:
+        from stepvideo.models.io import weights_label
+
+        where = weights_label(src) if Path(src).is_dir() else src
+        raise InputError(f"{where}: the weights do not fit {type(model).__name__}: " + "; ".join(problems))
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        warnings.warn(f"{src}: tensors {type(model).__name__} does not use: {_few(unexpected)}", stacklevel=3)
+    return model
 
 
 def _resolve_local_dir(path_or_id: str | os.PathLike) -> Path | None:
@@ -201,8 +257,11 @@ class TextEncoder:
         if tokenizer_path is None and p.is_dir() and not (p / "config.json").exists():
             if (p / "clip_text_encoder").is_dir() and (p / "tokenizer").is_dir():  # official HunyuanCLIP
                 model_src, tok_src = p / "clip_text_encoder", p / "tokenizer"
+        for src, what in ((model_src, "model"), (tok_src, "tokenizer")):
+            if Path(src).is_dir():
+                check_transformers_folder(Path(src), what)
         tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
-        model = AutoModel.from_pretrained(str(model_src), **_dtype_kwarg(torch_dtype), **model_kwargs)
+        model = _load_model(AutoModel, model_src, **_dtype_kwarg(torch_dtype), **model_kwargs)
         model = model.to(device=device, dtype=torch_dtype)
         if getattr(getattr(model, "config", None), "use_cache", False):
             model.config.use_cache = False  # one forward pass, no KV cache
@@ -320,8 +379,6 @@ class PrecomputedTextEncoder:
         dtype: torch.dtype | str | None = None,
         name: str | None = None,
     ) -> None:
-        from safetensors import safe_open
-
         paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
         if not paths:
             raise InputError("no precomputed embedding files given")
@@ -333,7 +390,7 @@ class PrecomputedTextEncoder:
         for i, p in enumerate(self.paths):
             if not p.is_file():
                 raise MissingError(f"precomputed text embeddings not found: {p}")
-            with safe_open(str(p), framework="pt", device="cpu") as f:
+            with open_safetensors(p) as f:
                 meta.update(f.metadata() or {})
                 for k in f.keys():
                     self._where[k] = i

@@ -562,8 +562,9 @@ class VideoVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str = "cpu") -> "VideoVAE":
         """Load a folder written by :meth:`save_pretrained`."""
-        model = cls(VAEConfig.from_dict(model_io.read_config(folder)))
-        model.load_state_dict(model_io.load_state_dict(folder, device=device), strict=True)
+        model = cls(model_io.load_config(VAEConfig, folder))
+        state = model_io.load_state_dict(folder, device=device)
+        model_io.load_state_checked(model, state, model_io.weights_label(folder))
         return model.to(device)
 
     def num_parameters(self) -> int:

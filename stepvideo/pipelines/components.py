@@ -157,28 +157,72 @@ def load_components(dit: Any, vae: Any, text_encoders: Any, llm: Any, clip: Any,
     return load_dit(dit, device, dtype), load_vae(vae, device, dtype), llm_enc, clip_enc
 
 
+def _component_path(folder: Path, index_path: Path, name: str, entry: Any) -> Path:
+    """The checked folder (or file) of component ``name``: a relative path inside the bundle that exists."""
+    if not isinstance(entry, dict):
+        raise InputError(f"{index_path}: component {name!r} must be a JSON object, got {type(entry).__name__}")
+    rel = entry.get("path")
+    if not isinstance(rel, str) or not rel.strip():
+        raise InputError(f"{index_path}: component {name!r} has no \"path\" (a folder inside the bundle)")
+    path = folder / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+        raise InputError(f"{index_path}: component {name!r} path {rel!r} is not a folder inside {folder}: refused")
+    if not path.exists():
+        raise MissingError(f"{index_path}: component {name!r} path {rel!r} does not exist ({path})")
+    return path
+
+
 def read_model_index(folder: str | os.PathLike, class_name: str) -> dict[str, Any]:
-    """The checked ``model_index.json`` of a bundle folder: {"components", "entries" (the text
-    encoders'), "sampler" (a SamplerConfig or "default"), "lineage"}."""
+    """The checked ``model_index.json`` of a bundle folder: {"components", "paths" (each component's
+    checked folder), "entries" (the text encoders'), "sampler" (a SamplerConfig or "default"),
+    "lineage"}. Anything malformed is an InputError (MissingError for a path that does not exist)
+    naming the file and the key."""
+    from stepvideo.models.io import check_fields, read_json
+
     folder = Path(folder)
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():
         raise MissingError(f"{index_path}: no {MODEL_INDEX}; is {folder} a T2VPipeline bundle?")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{index_path}: not valid JSON ({e})") from e
+    index = read_json(index_path, dict)
     if index.get("_class_name") != class_name:
         raise InputError(f"{index_path} describes a {index.get('_class_name')!r}, not a {class_name}")
-    if int(index.get("format_version", 1)) > FORMAT_VERSION:
-        raise InputError(f"{index_path}: format_version {index['format_version']} is newer than this code ({FORMAT_VERSION})")
+    version = index.get("format_version", 1)
+    if not is_int(version):
+        raise InputError(f"{index_path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise InputError(f"{index_path}: format_version {version} is newer than this code ({FORMAT_VERSION})")
     comps = index.get("components", {})
+    if not isinstance(comps, dict):
+        raise InputError(f"{index_path}: components must be a JSON object, got {type(comps).__name__}")
     for name in ("dit", "vae", "llm"):
         if name not in comps:
             raise InputError(f"{index_path}: component {name!r} missing")
+    unknown = sorted(set(comps) - set(COMPONENT_PATHS))
+    if unknown:
+        raise InputError(f"{index_path}: unknown component(s) {unknown}; known: {sorted(COMPONENT_PATHS)}")
+    paths = {name: _component_path(folder, index_path, name, entry) for name, entry in comps.items()}
     entries = {k: comps[k] for k in ("llm", "clip") if k in comps}
-    sampler = SamplerConfig(**index["sampler"]) if index.get("sampler") else "default"
-    return {"components": comps, "entries": entries, "sampler": sampler, "lineage": index.get("lineage")}
+    for k, e in entries.items():
+        if e.get("max_length") is not None and not is_int(e["max_length"]):
+            raise InputError(f"{index_path}: component {k!r} max_length must be an integer, got {e['max_length']!r}")
+        files = e.get("files")
+        if files is not None and (not isinstance(files, list) or not all(
+                isinstance(f, str) and Path(f).name == f and f not in ("", ".", "..") for f in files)):
+            raise InputError(f"{index_path}: component {k!r} files must be a list of file names in its folder")
+    sampler: SamplerConfig | str = "default"
+    raw = index.get("sampler")
+    if raw:
+        if not isinstance(raw, dict):
+            raise InputError(f"{index_path}: sampler must be a JSON object, got {type(raw).__name__}")
+        check_fields(SamplerConfig, raw, index_path)
+        try:
+            sampler = SamplerConfig(**raw)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{index_path}: sampler: {e}") from None
+    lineage = index.get("lineage")
+    if lineage is not None and not isinstance(lineage, dict):
+        raise InputError(f"{index_path}: lineage must be a JSON object, got {type(lineage).__name__}")
+    return {"components": comps, "paths": paths, "entries": entries, "sampler": sampler, "lineage": lineage}
 
 
 def model_index(pipe: Any) -> dict[str, Any]:

@@ -192,11 +192,11 @@ class T2VPipeline:
             dtype = torch.float32
         folder = Path(folder)
         index = read_model_index(folder, cls.__name__)
-        comps, entries = index["components"], index["entries"]
+        paths, entries = index["paths"], index["entries"]
         return cls.from_components(
-            folder / comps["dit"]["path"],
-            folder / comps["vae"]["path"],
-            {k: folder / e["path"] for k, e in entries.items()},
+            paths["dit"],
+            paths["vae"],
+            {k: paths[k] for k in entries},
             device=device,
             dtype=dtype,
             sampler=index["sampler"],

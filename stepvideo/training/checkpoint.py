@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from stepvideo.fileio import atomic_write_text
 from stepvideo.fileio import atomic_folder
@@ -100,14 +100,24 @@ def load_state(folder: str | os.PathLike) -> dict[str, Any]:
 
 def load_tensors(folder: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:
     """A tensor group of a checkpoint, or None when the checkpoint has none of that name."""
+    from stepvideo.models.io import load_safetensors_file
+
     path = Path(folder) / f"{name}.safetensors"
-    return load_file(str(path)) if path.is_file() else None
+    return load_safetensors_file(path) if path.is_file() else None
 
 
 def load_model_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint; an unreadable file is an InputError naming it."""
     from stepvideo.models.io import load_state_dict
 
     return load_state_dict(Path(folder) / MODEL)
+
+
+def model_weights_file(folder: str | os.PathLike) -> Path:
+    """The file to name in an error about a checkpoint's model weights."""
+    from stepvideo.models.io import weights_label
+
+    return weights_label(Path(folder) / MODEL)
 
 
 # ---------------------------------------------------------------- RNG states (tensors + JSON, no pickle)

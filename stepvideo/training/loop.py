@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from stepvideo.errors import InputError
+from stepvideo.models.io import state_problems
 from stepvideo.training import checkpoint as ckpt
 
 
@@ -107,7 +108,12 @@ class RunCheckpoints:
         state = ckpt.load_state(last)
         if state.get("fingerprint") != self.fingerprint:
             raise InputError(f"{last}: {mismatch}; use a fresh out_dir or delete it")
-        self.engine.load_full_state(ckpt.load_model_state(last), ckpt.load_tensors(last, "optimizer"))
+        weights = ckpt.load_model_state(last)
+        module = self.engine.module.state_dict(keep_vars=True)  # a ZeRO-3 partition (ds_id) has no full shape
+        problems = state_problems({k: None if hasattr(v, "ds_id") else v for k, v in module.items()}, weights)
+        if problems:
+            raise InputError(f"{ckpt.model_weights_file(last)}: does not fit the model: " + "; ".join(problems))
+        self.engine.load_full_state(weights, ckpt.load_tensors(last, "optimizer"))
         ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
         counter = StepCounter(int(state["step"]), int(state["skipped_steps"]), int(state.get("bad_in_row", 0)))
         return last, state, counter

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stepvideo.models.io import load_state_checked
 from stepvideo.models.vae import VAEConfig, VideoVAE, frames_to_tensor
 from stepvideo.training import checkpoint as ckpt
 from stepvideo.training import schedule
@@ -399,11 +400,11 @@ def train_vae(
         _refuse_legacy_checkpoints(out)
     if last is not None:
         state = ckpt.load_state(last)
-        model.load_state_dict(ckpt.load_model_state(last))
+        load_state_checked(model, ckpt.load_model_state(last), ckpt.model_weights_file(last))
         ckpt.load_optimizer(opt, ckpt.load_tensors(last, "optimizer") or {}, state["optimizer"])
         disc_state = ckpt.load_tensors(last, "disc")
         if disc is not None and opt_d is not None and disc_state is not None:
-            disc.load_state_dict(disc_state)
+            load_state_checked(disc, disc_state, last / "disc.safetensors")
             ckpt.load_optimizer(opt_d, ckpt.load_tensors(last, "disc_optimizer") or {}, state["disc_optimizer"])
         rng = ckpt.load_tensors(last, "rng")
         ckpt.restore_rng(rng, state["rng"])
