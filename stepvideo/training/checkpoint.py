@@ -51,21 +51,43 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` of a run; returns its folder. ``keep`` newest folders survive."""
+    from safetensors import SafetensorError
+
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    with atomic_folder(final) as tmp:
-        save_folder(tmp / MODEL, model_state, model_config)
-        for name, group in (tensors or {}).items():
-            if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name == MODEL:
-                raise InputError(f"bad tensor group name {name!r}")
-            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
-        (tmp / STATE).write_text(json.dumps({"step": int(step), **dict(state or {})}, sort_keys=True) + "\n")
-    atomic_write_text(root / LATEST, json.dumps({"step": int(step), "folder": final.name}) + "\n")
+    for name in tensors or {}:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name == MODEL:
+            raise InputError(f"bad tensor group name {name!r}")
+    try:
+        with atomic_folder(final) as tmp:
+            save_folder(tmp / MODEL, model_state, model_config)
+            for name, group in (tensors or {}).items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+            (tmp / STATE).write_text(json.dumps({"step": int(step), **dict(state or {})}, sort_keys=True) + "\n")
+        atomic_write_text(root / LATEST, json.dumps({"step": int(step), "folder": final.name}) + "\n")
+    except (OSError, SafetensorError) as e:  # a full disk, a file size limit, ...: name what failed
+        raise _write_error(e, final, latest_checkpoint(run_dir)) from e
     for old in list_checkpoints(run_dir)[: -max(keep, 1)]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_error(e: BaseException, final: Path, previous: Path | None) -> OSError:
+    """An OSError (the cause's errno: ENOSPC, EFBIG, ...) naming the checkpoint that could not be
+    written and the one that stays the latest. safetensors reports a failed write as a
+    SafetensorError ("I/O error: ... (os error 28)") without errno or path: both are recovered here."""
+    code = getattr(e, "errno", None)
+    if code is None:
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    detail = getattr(e, "strerror", None) or (os.strerror(code) if code else str(e))
+    keep = f"{previous} stays the latest" if previous is not None else "no earlier checkpoint"
+    text = f"cannot write checkpoint {final}: {detail} ({keep})"
+    err = OSError(code, text) if code else OSError(text)
+    err.filename = str(final)
+    return err
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
