@@ -329,10 +329,14 @@ def _apply(name: str, version: str, champ: str | None, decision: Decision, key: 
 
 
 def _make_champion(client: Any, name: str, version: str, old: str | None) -> None:
-    client.set_registered_model_alias(name, CHAMPION, version)
+    """`champion` -> `version`, the old champion -> `previous`, in an order that a process killed
+    between two calls leaves consistent: the tag naming what it replaces and `previous` come first
+    (until `champion` moves, both aliases name the old champion), so no alias is lost and running
+    the promotion again finishes it."""
+    client.set_model_version_tag(name, version, "replaced_version", old or "none")
     if old is not None and old != version:
         client.set_registered_model_alias(name, PREVIOUS, old)
-    client.set_model_version_tag(name, version, "replaced_version", old or "none")
+    client.set_registered_model_alias(name, CHAMPION, version)
     if aliases(name).get(CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
 
@@ -422,7 +426,7 @@ def rollback(name: str, *, user: str | None = None, reason: str = "", experiment
             else:
                 client.delete_registered_model_alias(name, PREVIOUS)
             tracking.tag_model_version(name, prev, {"restored_by": by, "restored_time": _now()})
-            if cur is not None:
+            if cur is not None and cur != prev:  # cur == prev: a rollback killed after its first move, finished now
                 tracking.tag_model_version(name, cur, {"promotion": "rolled-back", "rolled_back_by": by,
                                                        "rollback_reason": reason or "(none given)",
                                                        "rollback_run": run.info.run_id})
