@@ -3,6 +3,11 @@
 The default store is a sqlite database and an artifact folder under `mlflow/` in the project;
 `MLFLOW_TRACKING_URI` overrides it. Stages call `stage_run`; drivers (the Prefect flow) call
 `flow_run` and pass its id down, so a stage records the same whichever driver ran it.
+
+A tracking server that does not answer: MLflow's client retries each call with backoff
+(MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7; MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, default 2;
+MLFLOW_HTTP_REQUEST_TIMEOUT, default 120 s per request), then the call raises `RegistryUnavailable`
+naming the URI; the run is left for the server to mark (it cannot be told), the stage's files stay.
 """
 
 from __future__ import annotations
@@ -33,6 +38,31 @@ def missing_or_raise(e: Exception, what: str) -> None:
     if getattr(e, "error_code", None) in MISSING_CODES:
         return
     raise RegistryUnavailable(f"the MLflow registry at {tracking_uri()} cannot be read ({what}): {e}") from e
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether MLflow error `e` says the tracking server did not answer (refused, reset, timed out),
+    which MLflow raises once its own retries with backoff are spent."""
+    text = str(e)
+    return getattr(e, "error_code", None) == "TEMPORARILY_UNAVAILABLE" or (
+        text.startswith("API request to") and ("failed with exception" in text or "timeout exception" in text))
+
+
+@contextlib.contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    """Turn a tracking call's "the server did not answer" into RegistryUnavailable naming the URI."""
+    import mlflow
+
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as e:
+        if not _unreachable(e):
+            raise
+        raise RegistryUnavailable(
+            f"the MLflow tracking server at {tracking_uri()} cannot be reached ({what}), after MLflow's retries with "
+            f"backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR and "
+            f"MLFLOW_HTTP_REQUEST_TIMEOUT set them); the stage's files written so far are kept, run it again "
+            f"once the server is back: {e}") from e
 
 
 def project_root() -> Path:
@@ -136,32 +166,46 @@ def run(name: str, *, experiment: str = "stepvideo", params: dict | None = None,
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    exp_id = _experiment_id(experiment)
     parent = parent_run_id or os.environ.get(PARENT_ENV) or None
     base_tags = {"git_commit": git_commit(), "stage": name}
-    with mlflow.start_run(run_name=name, experiment_id=exp_id, parent_run_id=parent, nested=parent is not None,
-                          tags={**base_tags, **(tags or {})}) as active:
+    with _reachable(f"starting the run {name!r}"):
+        exp_id = _experiment_id(experiment)
+        active = mlflow.start_run(run_name=name, experiment_id=exp_id, parent_run_id=parent,
+                                  nested=parent is not None, tags={**base_tags, **(tags or {})})
+    try:
         if params:
-            mlflow.log_params(_flatten(params))
+            with _reachable(f"logging the params of {name!r}"):
+                mlflow.log_params(_flatten(params))
         yield active
+    except BaseException:
+        try:
+            mlflow.end_run("FAILED")
+        except mlflow.exceptions.MlflowException:  # the store is out of reach too: the error that stopped
+            pass                                   # the stage is the one to show, not this one
+        raise
+    with _reachable(f"ending the run {name!r}"):
+        mlflow.end_run()
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+    with _reachable("log metrics"):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
 
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    with _reachable("log artifact"):
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    with _reachable("set tags"):
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
 # ---------------------------------------------------------------- the model registry
