@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -33,6 +33,8 @@ def generate_cmd(
     gif: bool = typer.Option(False, help="also write a GIF beside the mp4"),
     vae_tile: Optional[int] = typer.Option(None, help="decode in spatial tiles of this many pixels (multiple of 16)"),
     vae_tile_mode: str = typer.Option("exact", help="exact (equals untiled; latents stay in host memory) | blend"),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="a LoRA adapter FILE_OR_FOLDER[:SCALE] merged into "
+                                                                  "the DiT at load (repeatable; scale 1 when omitted)"),
 ):
     """Sample a video from text and write it as mp4 (and optionally GIF)."""
     from tqdm import tqdm
@@ -45,7 +47,13 @@ def generate_cmd(
 
         model, why = default_model()
         typer.echo(f"no --model: using {why} ({model})", err=True)
+    from stepvideo.models.lora import fuse_lora, load_adapter, parse_lora_arg
+
+    adapters = [(load_adapter(path), scale) for path, scale in map(parse_lora_arg, lora or [])]  # bad files: at once
     pipe = T2VPipeline.from_pretrained(resolve_model(model))
+    for adapter, scale in adapters:
+        fuse_lora(pipe.dit, adapter, scale)
+        typer.echo(f"LoRA {adapter.source} merged at scale {scale:g}", err=True)
     bar = tqdm(desc="sampling", unit="step")
 
     def progress(done: int, total: int) -> None:
