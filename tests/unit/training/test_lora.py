@@ -312,3 +312,20 @@ def test_lora_export_merge_and_generate_commands(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and ("bad.safetensors" in lines[0]
                                                                        or "missing" in lines[0]), res.output
     assert not (tmp_path / "b.mp4").exists() and not (tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("cmd", [["lora"], ["lora", "export"], ["lora", "merge"]], ids=" ".join)
+def test_lora_commands_have_help(cmd):
+    res = runner.invoke(app, [*cmd, "--help"])
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_the_inference_side_imports_neither_peft_nor_training():
+    """Pipelines may import stepvideo.models.lora (imports run down: training -> pipelines -> models)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stepvideo.models.lora; "
+            "bad = [m for m in sys.modules if m == 'peft' or m.startswith(('peft.', 'stepvideo.training'))]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
