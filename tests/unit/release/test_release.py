@@ -98,9 +98,6 @@ def test_no_release_and_no_champion_is_a_clear_error(tmp_path, monkeypatch):
         rel.default_model()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the committed release's VAE (8x16x16, 2,000 steps) keeps the colour of 1 "
-                   "of these 8 circles; the VAE of the current `small` recipe keeps 8 of 8 (README, Learning "
-                   "per CPU-second). Remove this mark when the rebuilt release lands: strict, so it fails then")
 def test_release_vae_keeps_a_large_objects_colour(release):
     """One large circle per colour on a gray still survives the release VAE's round trip with its
     colour, as the scorer judges it (the colour check is what the benchmark's colour category asks)."""
