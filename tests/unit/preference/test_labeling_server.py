@@ -123,41 +123,79 @@ def test_server_endpoints(server, cands):
     assert _http(base + "/nothing")[0] == 404
 
 
-def _raw_post(base: str, length: str, body: bytes, token: str) -> int:
-    """POST /api/label with a Content-Length header as given (urllib would compute a true one)."""
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.putrequest("POST", "/api/label")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("X-Stepvideo-Token", token)
-    conn.putheader("Content-Length", length)
-    conn.endheaders()
+def _raw_post(srv, headers: list[tuple[str, str]], body: bytes, close_write: bool = True) -> int:
+    """POST /api/label with exactly these headers (Host and the token added), whatever Content-Length
+    says; the body goes out from a thread while the answer is read (the server may answer and close
+    before the whole body is sent), then the sending side is shut (EOF: what `read(-1)` waited for)."""
+    port = srv.server_address[1]
+    head = [("Host", f"127.0.0.1:{port}"), ("X-Stepvideo-Token", srv.token), ("Content-Type", "application/json"),
+            *headers]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /api/label HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head).encode("latin-1")
+                 + b"\r\n")
+
+    def send():
+        try:
+            sock.sendall(body)
+            if close_write:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before the whole body went out
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    response = http.client.HTTPResponse(sock)
     try:
-        conn.send(body)
-    except OSError:  # the server answered and closed before the whole body went out
-        pass
-    status = conn.getresponse().status
-    conn.close()
-    return status
+        response.begin()
+        response.read()
+        return response.status
+    finally:
+        sender.join(10)
+        sock.close()
 
 
-def test_bad_lengths_and_deep_json_get_an_answer_and_store_nothing(server, cands):
-    """Content-Length -1 used to read to EOF past the size limit and store the label; a length that is
-    no number or a JSON nested 60,000 deep left a traceback and no response."""
+def test_bad_lengths_and_deep_json_get_an_answer_and_store_nothing(server, cands, capfd):
+    """Content-Length -1 read to EOF past the 64 KiB limit and stored the label; a length that is no
+    number or a JSON nested 60,000 deep left a traceback on stderr and no response."""
     base, srv = server
-    tok = srv.token
-    labels = cands / "labels.jsonl"
-    before = labels.read_bytes() if labels.exists() else b""
-    answer = json.dumps({"pair_id": "x", "answer": "left", "annotator": "a"}).encode()
-    assert _raw_post(base, "-1", answer + b" " * 5_000_000, tok) == 400
-    assert _raw_post(base, "abc", answer, tok) == 400
-    assert _raw_post(base, str(70_000), b"x" * 70_000, tok) == 413
+    p = label_pairs(load_candidates(cands))[0]
+    answer = json.dumps({"annotator": "a", "pair_id": p["pair_id"], "left": p["a"], "right": p["b"],
+                         "answer": "left"}).encode()  # a good answer: only its length is wrong
+    length = [("Content-Length", str(len(answer)))]
+    not_lengths = ("-1", "abc", "\u00b2", "1e3", "0x10", "+5", "1_0", " ")  # "\u00b2".isdigit(); int() refuses it
+    for given, expected in [*((g, 400) for g in not_lengths), (str(10**20), 413), ("0" * 5000 + "9" * 5000, 413)]:
+        status = _raw_post(srv, [("Content-Length", given)], answer + b" " * (5_000_000 if given == "-1" else 0))
+        assert status == expected, given
+    assert _raw_post(srv, [("Content-Length", "0" * 5000 + str(len(answer)))], answer) == 200  # a length still
+    assert _raw_post(srv, length * 2, answer) == 200  # twice the same length: one answer
+    assert _raw_post(srv, [*length, ("Content-Length", "5")], answer) == 400  # two lengths: which one?
+    assert _raw_post(srv, [("Transfer-Encoding", "chunked")], b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer), answer)) == 411
+    assert _raw_post(srv, [("Content-Length", "70000")], b"x" * 70_000) == 413
     deep = b"[" * 60_000 + b"]" * 60_000
-    assert _raw_post(base, str(len(deep)), deep, tok) in (400, 413)
-    deep = b"[" * 30_000 + b"]" * 30_000
-    assert _raw_post(base, str(len(deep)), deep, tok) == 400
-    assert (labels.read_bytes() if labels.exists() else b"") == before
-    assert _http(base + "/api/next?annotator=a", token=tok)[0] == 200  # the server still answers
+    assert _raw_post(srv, [("Content-Length", "-1")], deep) == 400
+    assert _raw_post(srv, [("Content-Length", str(len(deep)))], deep) == 413
+    deep = b"[" * 30_000 + b"]" * 30_000  # under 64 KiB: read, and too deep to be a label
+    assert _raw_post(srv, [("Content-Length", str(len(deep)))], deep) == 400
+    assert _raw_post(srv, [("Content-Length", "5")], b"\xff\xfe{}}") == 400  # not UTF-8 or JSON
+    assert len(rows_of(cands / "labels.jsonl")) == 2  # the two good requests only
+    assert _http(base + "/api/next?annotator=a", token=srv.token)[0] == 200  # the server still answers
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err
+
+
+def test_a_labels_file_broken_while_serving_is_a_500_naming_it(server, cands, capfd):
+    """Someone edits labels.jsonl while the server runs: a clear 500 naming FILE:LINE (on stderr too),
+    not a traceback and a dropped connection; the answer is not stored past the broken line."""
+    base, srv = server
+    p = label_pairs(load_candidates(cands))[0]
+    answer = {"annotator": "a", "pair_id": p["pair_id"], "left": p["a"], "right": p["b"], "answer": "tie"}
+    assert _http(base + "/api/label", answer, token=srv.token)[0] == 200
+    labels = cands / "labels.jsonl"
+    labels.write_text("not json\n" + labels.read_text())
+    status, _, body = _http(base + "/api/next?annotator=a", token=srv.token)
+    assert status == 500 and f"{labels}:1: not valid JSON" in json.loads(body)["error"], body
+    err = capfd.readouterr().err
+    assert f"{labels}:1: not valid JSON" in err and "Traceback" not in err, err
 
 
 def test_media_serves_the_candidates_videos_only(server, cands):
