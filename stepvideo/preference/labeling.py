@@ -394,7 +394,11 @@ def _handler(state: LabelState, request_timeout: float) -> type[BaseHTTPRequestH
         def log_message(self, format, *args):  # quiet: the page polls and the videos fetch ranges
             pass
 
-        def log_error(self, format, *args):  # a timed-out or malformed request: one line on stderr
+        def log_error(self, format, *args):  # a malformed request, a missing body, a failure: one line on stderr
+            if format.startswith("Request timed out"):
+                # http.server's own: an idle connection closed after the socket timeout (a browser keeps
+                # one open between answers) or a video range the browser stopped reading: nothing wrong
+                return
             sys.stderr.write(f"stepvideo label serve: {self.address_string()}: {format % args}\n")
 
         def _refused(self, url: urllib.parse.SplitResult) -> bool:

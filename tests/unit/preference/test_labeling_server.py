@@ -328,10 +328,11 @@ def test_fifty_parallel_answers_are_all_stored_whole(cands):
         srv.server_close()
 
 
-def test_a_client_that_sends_no_body_is_dropped_after_the_timeout(cands):
+def test_a_client_that_sends_no_body_is_dropped_after_the_timeout(cands, capfd):
     """Headers with Content-Length: 100 and then nothing: the old server's thread waited forever
     (no socket timeout). Now the connection gets a 408 and is closed after the timeout, and other
-    requests are served meanwhile."""
+    requests are served meanwhile. stderr: one line for the missing body; an idle connection (what a
+    browser keeps open between answers) is closed quietly."""
     srv = make_server(cands, port=0, timeout=2.0)
     base, _ = _serve(srv)
     try:
@@ -354,6 +355,8 @@ def test_a_client_that_sends_no_body_is_dropped_after_the_timeout(cands):
         assert time.monotonic() - t0 >= 1.5  # after the timeout, not at once
         assert _stored(cands) == 0
         assert _http(base + "/api/next?annotator=a", token=tok)[0] == 200
+        err = capfd.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].endswith("no request body within 2.0 s; connection closed"), err
     finally:
         srv.shutdown()
         srv.server_close()
