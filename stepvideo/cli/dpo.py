@@ -53,14 +53,23 @@ def serve(
     port: int = typer.Option(8765, min=0, max=65535, help="port to listen on (0: any free port)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: reachable from other machines)"),
 ):
-    """Serve the labeling page: two videos of one prompt side by side, the annotator picks the better one."""
+    """Serve the labeling page: two videos of one prompt side by side, the annotator picks the better one.
+    The page opens only at the printed URL: it carries a token made anew at each start."""
+    import socket
+
     from stepvideo.preference.labeling import make_server
+    from stepvideo.preference.labeling_http import is_loopback
 
     server = make_server(candidates, _labels_path(candidates, labels), host=host, port=port)
     state = server.state
     typer.echo(f"labeling {len(state.pairs)} pairs of {len(state.candidates)} candidates; answers go to "
                f"{state.labels_path}")
-    typer.echo(f"open http://{host}:{server.server_address[1]}/  (Ctrl-C stops)")
+    if not is_loopback(host):
+        typer.secho(f"warning: --host {host!r} makes the labeling page reachable from the network; the token in the "
+                    "printed URL is its only guard: give the URL to the annotators only", fg="yellow", err=True)
+    if server.guard.wildcard:
+        typer.echo(f"from other machines: {server.guard.url(socket.gethostname())} (or this machine's address)")
+    typer.echo(f"open {server.url}  (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -16,8 +16,10 @@ with a PartialLineWarning. An annotator's latest non-skip answer to a pair is th
 
 Server: the standard library's ThreadingHTTPServer, not FastAPI + uvicorn: four small endpoints,
 starts in milliseconds, no version pins shared with Prefect's FastAPI, and full control of what
-/media serves (only files under DIR, with byte ranges: the project's mp4s keep their index at the
-end of the file, so the browser needs Range requests to play and seek them).
+/media serves (only the candidates' videos, with byte ranges: the project's mp4s keep their index at
+the end of the file, so the browser needs Range requests to play and seek them). Every request passes
+the checks of `labeling_http` (Host, a per-server token, Origin, Content-Type), each connection has a
+socket timeout, and answers from many threads are appended one at a time under a lock.
 
 Order: each annotator gets their own random order of pairs and random side for each candidate,
 both from sha256(annotator, pair_id): stable across restarts (and when candidates are added).
@@ -36,16 +38,18 @@ import itertools
 import json
 import os
 import re
+import sys
 import threading
 import urllib.parse
 import warnings
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from stepvideo.errors import InputError, MissingError
 from stepvideo.fileio import read_jsonl
+from stepvideo.preference.labeling_http import REQUEST_TIMEOUT, TOKEN_PLACEHOLDER, Guard, LabelHTTPServer
 
 CANDIDATES_FILE = "candidates.jsonl"
 LABELS_FILE = "labels.jsonl"
@@ -135,14 +139,23 @@ def make_label(pair: dict, left: str, right: str, answer: str, annotator: str) -
 
 
 def _parse_label(raw: bytes, where: str) -> dict:
+    """One labels-file line as a row; InputError naming `where` (FILE:N) when it is not a label."""
     try:
-        row = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{where}: not valid JSON ({e})") from None
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to read") from None
     if not isinstance(row, dict) or any(k not in row for k in LABEL_KEYS):
         raise InputError(f"{where}: not a label (needs {', '.join(LABEL_KEYS)})")
+    bad = [k for k in LABEL_KEYS if not isinstance(row[k], str) or not row[k]]
+    if bad:  # votes, agreement and human pairs sort, hash and compare them as text
+        got = ", ".join(f"{k} {type(row[k]).__name__}" if not isinstance(row[k], str) else f"{k} ''" for k in bad)
+        raise InputError(f"{where}: {', '.join(bad)} must be non-empty text (got {got})")
     if row["answer"] not in ANSWERS:
-        raise InputError(f"{where}: answer {row['answer']!r} is not one of {', '.join(ANSWERS)}")
+        raise InputError(f"{where}: answer {row['answer'][:40]!r} is not one of {', '.join(ANSWERS)}")
     return row
 
 
@@ -336,7 +349,9 @@ class LabelState:
 
     def next(self, annotator: str) -> dict:
         """This annotator's progress and next unanswered pair (None when all are done)."""
-        done = {r["pair_id"] for r in read_labels(self.labels_path) if r["annotator"] == annotator}
+        with _append_lock:  # never half of an answer another thread is appending
+            labels = read_labels(self.labels_path)
+        done = {r["pair_id"] for r in labels if r["annotator"] == annotator}
         answered = sum(p["pair_id"] in done for p in self.pairs)
         pair = next((p for p in annotator_order(self.pairs, annotator) if p["pair_id"] not in done), None)
         if pair is not None:
@@ -370,13 +385,29 @@ def _annotator(name: object) -> str:
     return name.strip()
 
 
-def _handler(state: LabelState) -> type[BaseHTTPRequestHandler]:
+def _handler(state: LabelState, request_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "stepvideo-label"
+        timeout = request_timeout  # the socket timeout of each connection (StreamRequestHandler)
 
         def log_message(self, format, *args):  # quiet: the page polls and the videos fetch ranges
             pass
+
+        def log_error(self, format, *args):  # a malformed request, a missing body, a failure: one line on stderr
+            if format.startswith("Request timed out"):
+                # http.server's own: an idle connection closed after the socket timeout (a browser keeps
+                # one open between answers) or a video range the browser stopped reading: nothing wrong
+                return
+            sys.stderr.write(f"stepvideo label serve: {self.address_string()}: {format % args}\n")
+
+        def _refused(self, url: urllib.parse.SplitResult) -> bool:
+            """Answer 403/415 and close when the request fails the labeling_http checks."""
+            refusal = self.server.guard.refusal(self.command, self.headers, url)
+            if refusal is not None:
+                self.close_connection = True  # a POST's unread body must not be taken for the next request
+                self._json(refusal[0], {"error": refusal[1]})
+            return refusal is not None
 
         def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
             self.send_response(status)
@@ -391,37 +422,77 @@ def _handler(state: LabelState) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
+            if self._refused(url):
+                return
             if url.path in ("/", "/index.html"):
-                self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+                page = PAGE.read_bytes().replace(TOKEN_PLACEHOLDER, self.server.guard.token.encode())
+                self._send(200, page, "text/html; charset=utf-8", {"Referrer-Policy": "no-referrer"})
             elif url.path == "/api/next":
                 try:
                     name = _annotator(urllib.parse.parse_qs(url.query).get("annotator", [""])[0])
                 except ValueError as e:
                     return self._json(400, {"error": str(e)})
-                self._json(200, state.next(name))
+                if (nxt := self._next(name)) is not None:
+                    self._json(200, nxt)
             elif url.path.startswith("/media/"):
                 self._media(urllib.parse.unquote(url.path[len("/media/"):]))
             else:
                 self._json(404, {"error": f"not found: {url.path}"})
 
         def do_POST(self):
-            if urllib.parse.urlsplit(self.path).path != "/api/label":
-                return self._json(404, {"error": "not found"})
-            given = (self.headers.get("Content-Length") or "0").strip()
-            if not given.isdigit():  # "-1" would read to EOF, unbounded; "abc" has no length at all
+            url = urllib.parse.urlsplit(self.path)
+            if self._refused(url):
+                return
+            if url.path != "/api/label":
                 self.close_connection = True
-                return self._json(400, {"error": f"Content-Length must be a non-negative integer, got {given!r}"})
-            length = int(given)
+                return self._json(404, {"error": "not found"})
+            if self.headers.get("Transfer-Encoding") is not None:  # chunked: http.server reads no such body
+                self.close_connection = True
+                return self._json(411, {"error": "send the answer with a Content-Length, not a Transfer-Encoding"})
+            given = ",".join(sorted({v.strip() for v in self.headers.get_all("Content-Length", ["0"])}))  # two: "1,2"
+            if not re.fullmatch(r"[0-9]+", given):  # "-1" reads to EOF, unbounded; "abc", "\u00b2": no length
+                self.close_connection = True
+                return self._json(400, {"error": f"Content-Length must be a non-negative integer, got {given[:40]!r}"})
+            digits = given.lstrip("0") or "0"  # int() refuses over 4300 digits
+            length = int(digits) if len(digits) <= 9 else MAX_BODY + 1
             if length > MAX_BODY:
                 self.close_connection = True
                 return self._json(413, {"error": "request too large"})
             try:
-                row = state.label(json.loads(self.rfile.read(length) or b"null"))
+                raw = self.rfile.read(length)
+            except TimeoutError:  # the headers came, the body did not: answer and free the thread
+                self.close_connection = True
+                self.log_error("no request body within %s s; connection closed", self.timeout)
+                return self._json(408, {"error": f"the request body did not arrive within {self.timeout} s"})
+            try:
+                body = json.loads(raw or b"null")
             except RecursionError:  # JSON nested thousands deep
                 return self._json(400, {"error": "the answer is nested too deeply to be a label"})
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
+            except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                return self._json(400, {"error": f"not valid JSON ({e})"})
+            try:
+                row = state.label(body)  # InputError: the answer does not fit; OSError: it could not be stored
+            except InputError as e:
                 return self._json(400, {"error": str(e)})
-            self._json(200, {"ok": True, "label": row, "next": state.next(row["annotator"])})
+            except OSError as e:
+                return self._failed(e)
+            if (nxt := self._next(row["annotator"])) is not None:
+                self._json(200, {"ok": True, "label": row, "next": nxt})
+
+        def _next(self, annotator: str) -> dict | None:
+            """state.next(annotator); None after answering 500 when the labels file no longer reads (edited
+            or corrupted while serving: the server's failure, not the request's), naming its file and line."""
+            try:
+                return state.next(annotator)
+            except (InputError, OSError) as e:
+                self._failed(e)
+                return None
+
+        def _failed(self, e: Exception) -> None:
+            """500 with what failed, and the same line on stderr."""
+            self.log_error("%s", e)
+            self.close_connection = True
+            self._json(500, {"error": f"the labeling server failed: {e}"})
 
         def _media(self, rel: str) -> None:
             try:
@@ -460,12 +531,19 @@ def _handler(state: LabelState) -> type[BaseHTTPRequestHandler]:
 
 
 def make_server(candidates_dir: str | os.PathLike, labels_path: str | os.PathLike | None = None,
-                host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """The labeling server, bound (port 0: any free port) but not yet serving; `.state` is its LabelState."""
+                host: str = "127.0.0.1", port: int = 8765, *, timeout: float = REQUEST_TIMEOUT,
+                token: str | None = None) -> LabelHTTPServer:
+    """The labeling server, bound (port 0: any free port) but not yet serving. `.state`: its LabelState;
+    `.guard`: its checks, `.token` the token (random unless given), `.url` the page's address with it;
+    `timeout`: seconds each read or write on a connection may wait."""
+    if not timeout > 0:
+        raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
     state = LabelState(candidates_dir, labels_path)
     try:
-        server = ThreadingHTTPServer((host, port), _handler(state))
+        server = LabelHTTPServer((host, port), _handler(state, timeout))
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     server.state = state
+    server.guard = Guard(host, server.server_address[1], token)
+    server.token, server.url = server.guard.token, server.guard.url()
     return server
