@@ -1,7 +1,7 @@
 """`stepvideo-tiny`: the embedded release, and which model `stepvideo generate` uses by default.
 
 The release is a finished cascade's outputs in one `T2VPipeline` bundle folder committed to the
-repository (`release/stepvideo-tiny/`): tokenizer + both text encoders, the VAE and the SFT DiT as
+repository (`release/stepvideo-tiny/`): tokenizer + both text encoders, the VAE and the DiT (after SFT and DPO) as
 bf16 safetensors, with a model card (`README.md`), the run's parameters (`params.yaml`), the
 measured figures (`release.json`) and sample frames (`samples.png`).
 
