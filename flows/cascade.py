@@ -88,7 +88,6 @@ def _safe(fn, *args) -> str:
 
 def _latent_cache_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    out = Path(args["root"]) / OUTPUTS
     return _key("latent_cache", args["root"], args["data_version"], _safe(tracking.file_hash, _clean(args)),
                 _safe(_vae_hash, p, Path(args["root"])), args["encoder_versions"], p.section_hash("latent_cache"),
                 stages.code_version("latent_cache"))
@@ -381,8 +380,8 @@ def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: 
     tuned = _run(finetune_task, cached, "finetune", out / "finetune" / "dit" / "config.json", params=params,
                  root=str(root), parent_run_id=pid)
     m = tuned["metrics"]
-    adapter = (f", adapter {m['adapter_bytes'] / 2**20:.2f} MiB ({tuned['adapter_version'] or 'not registered'})"
-               if "adapter_bytes" in m else "")
+    registered = f"{registry.LORA}/{tuned['adapter_version']}" if tuned.get("adapter_version") else "not registered"
+    adapter = f", adapter {m['adapter_bytes'] / 2**20:.2f} MiB ({registered})" if "adapter_bytes" in m else ""
     report.append(_report("finetune", cached, f"{params.finetune.method}: loss {m['loss_first']:.4f} -> "
                                               f"{m['loss_last']:.4f} over {m['step']} steps, "
                                               f"{m['trainable_parameters']:.0f} trainable parameters{adapter}"))
@@ -396,6 +395,7 @@ def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: 
                                               f"{evaluation['report']}"))
     bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
                   root=str(root), encoder_versions=versions, parent_run_id=pid)
-    report.append(_report("bundle", cached, f"{bundle['bundle']} ({bundle['registered_version'] or 'not registered'}"
-                                            " @candidate)"))
+    version = bundle["registered_version"]
+    report.append(_report("bundle", cached, f"{bundle['bundle']} ("
+                                            f"{f'{registry.BUNDLE}/{version}@candidate' if version else 'not registered'})"))
     return {"latent_cache": latents, "finetune": tuned, "evaluate": evaluation, "bundle": bundle}
