@@ -127,6 +127,18 @@ def finetune_key(cache_key: str, base_weights: str, cfg: "DiTTrainConfig") -> st
     return hashlib.sha256(json.dumps([cache_key, base_weights, cfg.fingerprint()]).encode()).hexdigest()[:16]
 
 
+def _skipped(params: Params, root: Path) -> dict[str, Any]:
+    """outputs/finetune/ holding only lineage.json that says why (the dvc.yaml stage's output)."""
+    from stepvideo.fileio import atomic_folder
+
+    why = f"flow.pipeline is {params.flow.pipeline!r}: set flow.pipeline: finetune (or --preset finetune-lora)"
+    with atomic_folder(root / OUTPUTS / OUT) as tmp:
+        (tmp / "lineage.json").write_text(json.dumps({"stage": OUT, "skipped": why}, indent=2) + "\n")
+    logger.info(f"finetune: skipped ({why})")
+    return {"model_dir": None, "adapter_dir": None, "metrics": {}, "registered_version": None,
+            "adapter_version": None, "lineage": {"skipped": why}, "skipped": True}
+
+
 def stage_finetune(params: Params, root: Path, parent_run_id: str | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Fine-tune `finetune.base` on the latent cache; writes outputs/finetune/ (dit/: the base with the
@@ -135,7 +147,9 @@ def stage_finetune(params: Params, root: Path, parent_run_id: str | None = None,
     `stepvideo-dit-finetune` and adapter/ as `stepvideo-lora` (alias candidate each).
 
     Checkpoints live in `.cache/finetune/<key>/` (for lora: the adapter and its optimizer moments
-    only), key = (latent cache key, base weights, trainer fingerprint): a killed run resumes."""
+    only), key = (latent cache key, base weights, trainer fingerprint): a killed run resumes.
+    Outside the finetune pipeline (`flow.pipeline` other than finetune: `dvc repro` of the cascade)
+    it writes only outputs/finetune/lineage.json saying it was skipped."""
     import shutil
     import time
 
@@ -145,6 +159,8 @@ def stage_finetune(params: Params, root: Path, parent_run_id: str | None = None,
     from stepvideo.training.dit_trainer import train_dit
 
     fp = params.finetune
+    if params.flow.pipeline != "finetune":  # `dvc repro` of the cascade reaches this stage too
+        return _skipped(params, root)
     cache_dir = require_output(root / OUTPUTS / "latent_cache", "latent_cache", marker="cache.json")
     cache = LatentCache(cache_dir)
     base = finetune_base(params, root)

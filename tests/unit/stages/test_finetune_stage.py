@@ -255,3 +255,14 @@ def test_the_stage_killed_with_sigkill_resumes_to_the_same_adapter(ft_project):
         for k in tensors:
             assert torch.equal(again[k], tensors[k]), (name, k)
     write_params(root)  # the module's other tests read the 3-step project
+
+
+def test_outside_the_finetune_pipeline_the_stage_is_skipped(tmp_path):
+    """`dvc repro` of the cascade reaches the dvc.yaml stage too: it writes a marker, trains nothing."""
+    from stepvideo.config import preset
+    from stepvideo.stages import STAGES
+
+    result = STAGES["finetune"](preset("demo"), tmp_path)
+    assert result["skipped"] and "flow.pipeline" in result["lineage"]["skipped"]
+    assert json.loads((tmp_path / "outputs" / "finetune" / "lineage.json").read_text())["skipped"]
+    assert not (tmp_path / ".cache").exists()
