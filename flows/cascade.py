@@ -319,12 +319,7 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                 f"after the VAE" if "scorer_vae_overall" in vam else "")
         report.append(_report("train_vae", cached, f"held-out PSNR {vam.get('heldout_psnr', float('nan')):.2f}"
                                                    f" dB, SSIM {vam.get('heldout_ssim', float('nan')):.4f}{kept}"))
-        latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
-                       root=str(root_path), data_version=version["data_version"], encoder_versions=versions,
-                       parent_run_id=pid)
-        lm = latents["metrics"]
-        report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
-                                                      f"resolutions {latents['resolutions']}"))
+        latents = _latent_cache(params, root_path, version["data_version"], versions, pid, cached, report)
         dits: dict[str, Any] = {}
         for name in DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
             dits[name] = r = _run(dit_task, cached, name, out / "dit" / name / "config.json", stage=name,
@@ -363,8 +358,20 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         promoted = _run(promote_task, cached, "promote", params=params, root=str(root_path), parent_run_id=pid)
         report.append(_report("promote", cached, f"{promoted['summary']}; {promoted['report']}"
                               if promoted.get("summary") else f"skipped ({promoted.get('why')})"))
-    return {**common, "seconds": dict(_SECONDS), "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle,
-            "promote": promoted}
+    return {**common, "seconds": dict(_SECONDS), "vae": vae, "latent_cache": latents, **dits, "dpo": dpo,
+            "evaluate": evaluation, "bundle": bundle, "promote": promoted}
+
+
+def _latent_cache(params: Params, root: Path, data_version: str, versions: str, pid: str, cached: dict,
+                  report: list[str]) -> dict[str, Any]:
+    latents = _run(latent_cache_task, cached, "latent_cache", root / OUTPUTS / "latent_cache" / "cache.json",
+                   params=params, root=str(root), data_version=data_version, encoder_versions=versions,
+                   parent_run_id=pid)
+    lm = latents["metrics"]
+    vae = f" (VAE {params.latent_cache.vae})" if params.latent_cache.vae else ""
+    report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
+                                                  f"resolutions {latents['resolutions']}{vae}"))
+    return latents
 
 
 def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: str, pid: str, cached: dict,
@@ -372,11 +379,7 @@ def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: 
     """flow.pipeline: finetune, after the text cache: latent cache (the base's VAE) -> finetune ->
     evaluate (base vs fine-tuned) -> bundle (`stepvideo-t2v@candidate`)."""
     out = root / OUTPUTS
-    latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
-                   root=str(root), data_version=data_version, encoder_versions=versions, parent_run_id=pid)
-    lm = latents["metrics"]
-    report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, resolutions "
-                                                  f"{latents['resolutions']} (VAE {params.latent_cache.vae})"))
+    latents = _latent_cache(params, root, data_version, versions, pid, cached, report)
     tuned = _run(finetune_task, cached, "finetune", out / "finetune" / "dit" / "config.json", params=params,
                  root=str(root), parent_run_id=pid)
     m = tuned["metrics"]
@@ -390,7 +393,7 @@ def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: 
     em = evaluation["metrics"]
     report.append(_report("evaluate", cached, f"fine-tuned {em.get('eval_overall', float('nan')):.1%} vs base "
                                               f"{em.get('eval_base_overall', float('nan')):.1%} over "
-                                              f"{em['eval_videos']} videos; fine-tuned wins "
+                                              f"{em['eval_videos']} videos each; fine-tuned wins "
                                               f"{em.get('finetune_win_rate', float('nan')):.1%} by the reward; "
                                               f"{evaluation['report']}"))
     bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
