@@ -68,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_encoders": {"llm": f"{RELEASE}/text_encoders/llm", "clip": f"{RELEASE}/text_encoders/clip"},
         "latent_cache": {"vae": RELEASE},
         "finetune": {"base": RELEASE, "method": "lora", "lora_rank": 8, "lora_alpha": 8.0, "steps": 60,
-                     "batch_size": 8, "lr": 1.0e-3, "warmup_steps": 10, "checkpoint_every": 20,
+                     "batch_size": 8, "lr": 5.0e-4, "warmup_steps": 10, "checkpoint_every": 20,
                      "sample_prompts": 2},
         # base and fine-tuned model each on 11 of the 128 prompts (1 per category), EN + ZH: 44 videos
         "evaluate": {"max_prompts": 11},

@@ -196,6 +196,23 @@ def test_an_official_release_is_converted_on_load(ft_project, tmp_path):
         assert torch.equal(a.float(), b.float()), k
 
 
+def test_method_full_trains_every_weight_and_writes_no_adapter(ft_project):
+    from stepvideo.config import load_params
+    from stepvideo.stages import STAGES
+    from stepvideo.training import checkpoint as ckpt
+
+    root, _, _, _ = ft_project
+    params = load_params(write_params(root, method="full", steps=2))
+    r = STAGES["finetune"](params, root, progress=False)
+    base = load_file(str(RELEASE / "dit" / "model.safetensors"))
+    assert r["adapter_dir"] is None and r["adapter_version"] is None
+    assert not (root / "outputs" / "finetune" / "adapter").exists()
+    assert r["metrics"]["trainable_parameters"] == sum(v.numel() for v in base.values())
+    assert set(ckpt.load_model_state(ckpt.latest_checkpoint(Path(r["work_dir"])))) == set(base)
+    assert r["lineage"]["method"] == "full" and "lora_spec" not in r["lineage"]
+    write_params(root)
+
+
 DRIVER = """
 import sys
 sys.path.insert(0, {e2e!r})
