@@ -115,11 +115,30 @@ def finetune_train_config(params: Params, cache: Any, dit_dir: Path) -> "DiTTrai
     model.gradient_checkpointing = fp.gradient_checkpointing
     lora = None
     if fp.method == "lora":
+        _check_targets(fp.lora_target_modules, dit_dir)
         lora = {"rank": fp.lora_rank, "alpha": fp.lora_alpha, "dropout": fp.lora_dropout,
                 "target_modules": list(fp.lora_target_modules)}
     derived = {"model": model.to_dict(), "init_from": str(dit_dir), "kinds": kinds, "min_quality": min_quality,
                "split": "train", "deepspeed_config": fp.deepspeed_config or None, "lora": lora}
     return DiTTrainConfig(**shared_fields(DiTTrainConfig, fp, FINETUNE_SET_BY_STAGE), **derived)
+
+
+def _check_targets(targets: list[str], dit_dir: Path) -> None:
+    """Each `finetune.lora_target_modules` pattern must name a weight of the base (a peft match: the
+    module path or its tail), said before any training starts."""
+    from safetensors import safe_open
+
+    from stepvideo.models.io import weight_files
+
+    modules: set[str] = set()
+    for f in weight_files(dit_dir):
+        with safe_open(str(f), "pt") as handle:
+            modules |= {k.removesuffix(".weight") for k in handle.keys() if k.endswith(".weight")}
+    for t in targets:
+        if not any(m == t or m.endswith("." + t) for m in modules):
+            example = sorted(m for m in modules if m.startswith("transformer_blocks.0."))[:4]
+            raise InputError(f"finetune.lora_target_modules: {t!r} matches no module of the base {dit_dir} "
+                             f"(e.g. {', '.join(example)})")
 
 
 def finetune_key(cache_key: str, base_weights: str, cfg: "DiTTrainConfig") -> str:

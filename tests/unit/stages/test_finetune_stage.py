@@ -153,6 +153,20 @@ def test_caches_of_another_vae_or_encoder_are_refused_by_name(ft_project, tmp_pa
         check_inputs_fit_base(other, root, cache, base, cache_dir)
 
 
+def test_a_target_the_base_lacks_names_the_key(ft_project):
+    import copy
+
+    from stepvideo.data.latent_cache import LatentCache
+    from stepvideo.errors import InputError
+    from stepvideo.stages.finetune import finetune_train_config
+
+    root, params, results, _ = ft_project
+    other = copy.deepcopy(params)
+    other.finetune.lora_target_modules = ["attn1.wqkv", "attn9.nothing"]
+    with pytest.raises(InputError, match=r"finetune\.lora_target_modules: 'attn9\.nothing' matches no module"):
+        finetune_train_config(other, LatentCache(results["latent_cache"]["cache"]), RELEASE / "dit")
+
+
 def test_a_missing_or_unknown_base_names_the_key(ft_project, tmp_path):
     import copy
 
