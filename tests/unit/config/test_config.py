@@ -88,3 +88,10 @@ def test_the_finetune_lora_preset_is_the_finetune_pipeline_on_the_release():
     assert other.training_hash() == p.training_hash()
     other.finetune.lora_rank += 1
     assert other.training_hash() != p.training_hash()
+
+
+def test_the_default_lora_targets_are_the_trainers():
+    from stepvideo.config import LORA_TARGETS
+    from stepvideo.training.lora import DEFAULT_TARGETS
+
+    assert LORA_TARGETS == DEFAULT_TARGETS
