@@ -125,3 +125,13 @@ def test_a_lora_checkpoint_does_not_fit_another_spec(cache_dir, base_dir, tmp_pa
         train_dit(other, cache_dir, tmp_path, progress=False)
     with pytest.raises(InputError, match="lora needs init_from"):
         _config(cache_dir, lora=LORA)
+
+
+def test_a_nan_lora_step_is_skipped_and_the_adapter_stays_finite(cache_dir, base_dir, tmp_path, monkeypatch):  # noqa: F811
+    from test_dit_trainer import _corrupt_loss
+
+    _corrupt_loss(monkeypatch, lambda n, loss, pred: loss * float("nan") if n == 2 else loss)
+    result = train_dit(_lora_config(cache_dir, base_dir, steps=3), cache_dir, tmp_path, progress=False)
+    assert result["skipped_steps"] == 1 and result["step"] == 3
+    adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in adapter.values())
