@@ -9,6 +9,9 @@ section and the code of the trainer/engine/model/diffusion; `dpo` on the SFT wei
 encoders, the clean data, the human labels and its section; `evaluate` on the judged DiTs' weights,
 the VAE, the encoders, its section and the evaluation code; `bundle` on the shipped DiT's weights;
 `promote` is never cached (the registry's champion may have moved).
+With `flow.pipeline: finetune` (the `finetune-lora` preset) the flow runs data -> version ->
+validate -> text encoders -> text cache -> latent cache (the base's VAE) -> `finetune` (cached on
+the latent cache, the base's weights and its section) -> evaluate (base vs fine-tuned) -> bundle.
 A cached task whose outputs were deleted runs again (the flow refreshes the cache entry when a
 stage's outputs are missing).
 """
@@ -24,12 +27,13 @@ from prefect.cache_policies import NO_CACHE
 
 from stepvideo import registry, stages, tracking
 from stepvideo.config import Params, load_params
-from stepvideo.stages.bundle import BUNDLE_FROM, stage_bundle
-from stepvideo.stages.common import OUTPUTS, latent_cache_key, local_path, model_hash
+from stepvideo.stages.bundle import bundle_source, stage_bundle
+from stepvideo.stages.common import OUTPUTS, latent_cache_key, local_path, model_hash, vae_folder
 from stepvideo.stages.data import existing_data, stage_data, stage_ingest, stage_validate, stage_version
 from stepvideo.stages.dit import DIT_PREVIOUS, stage_dit, stage_latent_cache
 from stepvideo.stages.dpo import dpo_key, dpo_parent, stage_dpo
-from stepvideo.stages.evaluate import EVALUATE_FROM, stage_evaluate
+from stepvideo.stages.evaluate import judged_models, stage_evaluate
+from stepvideo.stages.finetune import finetune_base, stage_finetune
 from stepvideo.stages.promote import stage_promote
 from stepvideo.stages.text import stage_text_cache, stage_text_encoders
 from stepvideo.stages.vae import stage_vae
@@ -84,10 +88,14 @@ def _safe(fn, *args) -> str:
 
 def _latent_cache_key(ctx, args: dict) -> str:
     p: Params = args["params"]
-    out = Path(args["root"]) / OUTPUTS
     return _key("latent_cache", args["root"], args["data_version"], _safe(tracking.file_hash, _clean(args)),
-                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("latent_cache"),
+                _safe(_vae_hash, p, Path(args["root"])), args["encoder_versions"], p.section_hash("latent_cache"),
                 stages.code_version("latent_cache"))
+
+
+def _vae_hash(p: Params, root: Path) -> str:
+    """The VAE the latent cache encodes with (train_vae's output, or `latent_cache.vae`)."""
+    return tracking.file_hash(vae_folder(p, root))
 
 
 def _upstream(root: Path, name: str, init_from: str) -> str:
@@ -109,10 +117,13 @@ def _dit_key(ctx, args: dict) -> str:
 def _bundle_key(ctx, args: dict) -> str:
     p: Params = args["params"]
     root = Path(args["root"])
-    out = root / OUTPUTS
-    return _key("bundle", args["root"], _safe(model_hash, out / "dit" / BUNDLE_FROM),
-                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"],
-                p.section_hash("sft"), stages.code_version("bundle"))
+    try:
+        source = bundle_source(p, root)
+        dit, sampler = model_hash(source["dit"]), p.section_hash(source["sampler_section"])
+    except (OSError, ValueError):
+        dit = sampler = "missing"
+    return _key("bundle", args["root"], dit, _safe(_vae_hash, p, root), args["encoder_versions"], sampler,
+                p.flow.pipeline, p.tracking.register, stages.code_version("bundle"))
 
 
 @task(name="data", cache_key_fn=_data_key, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -181,13 +192,34 @@ def dpo_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, 
 
 
 def _evaluate_key(ctx, args: dict) -> str:
+    """evaluate on the judged DiTs' weights (SFT and DPO, or the finetune's base and result), the VAE,
+    the encoders, its section (and dpo's: the reward) and the evaluation code."""
     p: Params = args["params"]
     root = Path(args["root"])
-    out = root / OUTPUTS
-    return _key("evaluate", args["root"], _safe(model_hash, out / "dit" / EVALUATE_FROM),
-                _safe(model_hash, out / "dit" / "sft"), p.section_hash("dpo"),
-                _safe(tracking.file_hash, out / "vae"), args["encoder_versions"], p.section_hash("evaluate"),
-                p.tracking.register, stages.code_version("evaluate"))
+    try:
+        judged = ",".join(f"{name}={model_hash(folder)}" for name, folder, _ in judged_models(p, root))
+    except (OSError, ValueError):
+        judged = "missing"
+    return _key("evaluate", args["root"], judged, p.section_hash("dpo"), _safe(_vae_hash, p, root),
+                args["encoder_versions"], p.section_hash("evaluate"), p.tracking.register,
+                stages.code_version("evaluate"))
+
+
+def _finetune_key(ctx, args: dict) -> str:
+    """finetune on the latent cache, the base's weights (or its models:/ URI), its section."""
+    p: Params = args["params"]
+    root = Path(args["root"])
+    base = p.finetune.base if p.finetune.base.startswith(("models:/", "runs:/")) else \
+        _safe(lambda: finetune_base(p, root)["weights"])
+    return _key("finetune", args["root"], latent_cache_key(root), base, p.section_hash("finetune"),
+                p.section_hash("latent_cache"), p.text_encoders.llm, p.text_encoders.clip, p.tracking.register,
+                stages.code_version("finetune"))
+
+
+@task(name="finetune", cache_key_fn=_finetune_key, persist_result=True, retries=1, retry_delay_seconds=5)
+def finetune_task(params: Params, root: str, parent_run_id: str | None) -> dict[str, Any]:
+    """The finetune stage; a retry resumes from its last checkpoint (adapter + optimizer state for lora)."""
+    return stage_finetune(params, Path(root), parent_run_id=parent_run_id)
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True)
@@ -232,7 +264,8 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
             videos: str | None = None, captions: str | None = None, push: bool = True) -> dict[str, Any]:
     """synth (or ingest, or `source='data'`: the data folder as it is) -> DVC add/push -> validate -> text encoders -> text-embedding cache -> VAE
     -> latent cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
-    -> promote"""
+    -> promote; with `flow.pipeline: finetune`: ... text-embedding cache -> latent cache (the base's
+    VAE) -> finetune -> evaluate (base vs fine-tuned) -> bundle"""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file, preset)
     if source not in ("synth", "ingest", "data"):
@@ -274,6 +307,11 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                           params=params, root=str(root_path), encoder_versions=versions, parent_run_id=pid)
         report.append(_report("text_encoders", cached, versions))
         report.append(_report("text_cache", cached, f"{text_cache['captions']} captions"))
+        common = {"run_id": pid, "report": report, "cached": cached, "data": data, "version": version,
+                  "validate": validated, "text_encoders": encoders, "text_cache": text_cache}
+        if params.flow.pipeline == "finetune":
+            return {**common, **_finetune_pipeline(params, root_path, version["data_version"], versions, pid,
+                                                   cached, report), "seconds": dict(_SECONDS)}
         vae = _run(vae_task, cached, "train_vae", out / "vae" / "config.json", params=params, root=str(root_path),
                    parent_run_id=pid)
         vam = vae["metrics"]
@@ -281,12 +319,7 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
                 f"after the VAE" if "scorer_vae_overall" in vam else "")
         report.append(_report("train_vae", cached, f"held-out PSNR {vam.get('heldout_psnr', float('nan')):.2f}"
                                                    f" dB, SSIM {vam.get('heldout_ssim', float('nan')):.4f}{kept}"))
-        latents = _run(latent_cache_task, cached, "latent_cache", out / "latent_cache" / "cache.json", params=params,
-                       root=str(root_path), data_version=version["data_version"], encoder_versions=versions,
-                       parent_run_id=pid)
-        lm = latents["metrics"]
-        report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
-                                                      f"resolutions {latents['resolutions']}"))
+        latents = _latent_cache(params, root_path, version["data_version"], versions, pid, cached, report)
         dits: dict[str, Any] = {}
         for name in DIT_PREVIOUS:  # t2i_pretrain -> t2v_lowres -> t2v_highres -> sft
             dits[name] = r = _run(dit_task, cached, name, out / "dit" / name / "config.json", stage=name,
@@ -325,7 +358,47 @@ def cascade(root: str = ".", params_file: str = "params.yaml", preset: str | Non
         promoted = _run(promote_task, cached, "promote", params=params, root=str(root_path), parent_run_id=pid)
         report.append(_report("promote", cached, f"{promoted['summary']}; {promoted['report']}"
                               if promoted.get("summary") else f"skipped ({promoted.get('why')})"))
-    return {"run_id": pid, "report": report, "seconds": dict(_SECONDS), "cached": cached, "data": data,
-            "version": version, "validate": validated, "text_encoders": encoders, "text_cache": text_cache,
-            "vae": vae, "latent_cache": latents, **dits, "dpo": dpo, "evaluate": evaluation, "bundle": bundle,
-            "promote": promoted}
+    return {**common, "seconds": dict(_SECONDS), "vae": vae, "latent_cache": latents, **dits, "dpo": dpo,
+            "evaluate": evaluation, "bundle": bundle, "promote": promoted}
+
+
+def _latent_cache(params: Params, root: Path, data_version: str, versions: str, pid: str, cached: dict,
+                  report: list[str]) -> dict[str, Any]:
+    latents = _run(latent_cache_task, cached, "latent_cache", root / OUTPUTS / "latent_cache" / "cache.json",
+                   params=params, root=str(root), data_version=data_version, encoder_versions=versions,
+                   parent_run_id=pid)
+    lm = latents["metrics"]
+    vae = f" (VAE {params.latent_cache.vae})" if params.latent_cache.vae else ""
+    report.append(_report("latent_cache", cached, f"{lm['items']} items, {lm['media']} media, "
+                                                  f"resolutions {latents['resolutions']}{vae}"))
+    return latents
+
+
+def _finetune_pipeline(params: Params, root: Path, data_version: str, versions: str, pid: str, cached: dict,
+                       report: list[str]) -> dict[str, Any]:
+    """flow.pipeline: finetune, after the text cache: latent cache (the base's VAE) -> finetune ->
+    evaluate (base vs fine-tuned) -> bundle (`stepvideo-t2v@candidate`)."""
+    out = root / OUTPUTS
+    latents = _latent_cache(params, root, data_version, versions, pid, cached, report)
+    tuned = _run(finetune_task, cached, "finetune", out / "finetune" / "dit" / "config.json", params=params,
+                 root=str(root), parent_run_id=pid)
+    m = tuned["metrics"]
+    registered = f"{registry.LORA}/{tuned['adapter_version']}" if tuned.get("adapter_version") else "not registered"
+    adapter = f", adapter {m['adapter_bytes'] / 2**20:.2f} MiB ({registered})" if "adapter_bytes" in m else ""
+    report.append(_report("finetune", cached, f"{params.finetune.method}: loss {m['loss_first']:.4f} -> "
+                                              f"{m['loss_last']:.4f} over {m['step']} steps, "
+                                              f"{m['trainable_parameters']:.0f} trainable parameters{adapter}"))
+    evaluation = _run(evaluate_task, cached, "evaluate", out / "eval" / "results.json", params=params,
+                      root=str(root), encoder_versions=versions, parent_run_id=pid)
+    em = evaluation["metrics"]
+    report.append(_report("evaluate", cached, f"fine-tuned {em.get('eval_overall', float('nan')):.1%} vs base "
+                                              f"{em.get('eval_base_overall', float('nan')):.1%} over "
+                                              f"{em['eval_videos']} videos each; fine-tuned wins "
+                                              f"{em.get('finetune_win_rate', float('nan')):.1%} by the reward; "
+                                              f"{evaluation['report']}"))
+    bundle = _run(bundle_task, cached, "bundle", out / "bundle" / "model_index.json", params=params,
+                  root=str(root), encoder_versions=versions, parent_run_id=pid)
+    version = bundle["registered_version"]
+    report.append(_report("bundle", cached, f"{bundle['bundle']} ("
+                                            f"{f'{registry.BUNDLE}/{version}@candidate' if version else 'not registered'})"))
+    return {"latent_cache": latents, "finetune": tuned, "evaluate": evaluation, "bundle": bundle}

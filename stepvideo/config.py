@@ -129,21 +129,17 @@ class LatentCacheParams:
     at full and low resolution, with its text embeddings; rebuilt when the data, VAE or encoders change."""
 
     low_res_factor: float = 0.5  # the low-resolution copy (t2v_lowres) is H x W scaled by this
+    # '' = the train_vae stage's output; else a VAE folder or a T2VPipeline bundle (its vae/): the
+    # `finetune` pipeline encodes with its base's VAE
+    vae: str = ""
     batch_size: int = 8  # VAE encode batch
 
 
 @dataclass
-class DiTStageParams:
-    """One DiT stage of the cascade (`t2i_pretrain`, `t2v_lowres`, `t2v_highres`, `sft`): what it
-    trains on and how, and the sample videos it renders at the end. The DiT's in/out channels and
-    caption channels are filled in from the VAE and the text encoders at run time."""
+class DiTRecipeParams:
+    """How a DiT trains on the latent cache and the sample videos it renders at the end: the fields
+    every DiT training section shares (the cascade's four stages, `finetune`)."""
 
-    model: str = "demo"  # a DiTConfig.PRESETS name: demo | small | step-video-t2v
-    # latent pixels per token side (0: the starting model's when fine-tuning, else the preset's);
-    # 2 on an 8x-spatial VAE gives the DiT as many tokens as patch 1 on a 16x one
-    patch_size: int = 0
-    # '' = the previous stage's output (t2i_pretrain: from scratch); else a folder or models:/NAME@ALIAS
-    init_from: str = ""
     resolution: str = "full"  # full | low (the latent cache's copy at latent_cache.low_res_factor)
     kinds: list[str] = field(default_factory=lambda: ["video", "image"])
     still_share: float | None = None  # share of steps on stills; null: in proportion to the items
@@ -183,6 +179,62 @@ class DiTStageParams:
     sample_cfg: float = 5.0
     sample_shift: float = 3.0
     sample_frames: int = 17  # 1: a still
+
+
+@dataclass
+class _DiTModelFields:
+    model: str = "demo"  # a DiTConfig.PRESETS name: demo | small | step-video-t2v
+    # latent pixels per token side (0: the starting model's when fine-tuning, else the preset's);
+    # 2 on an 8x-spatial VAE gives the DiT as many tokens as patch 1 on a 16x one
+    patch_size: int = 0
+    # '' = the previous stage's output (t2i_pretrain: from scratch); else a folder or models:/NAME@ALIAS
+    init_from: str = ""
+
+
+@dataclass
+class DiTStageParams(DiTRecipeParams, _DiTModelFields):
+    """One DiT stage of the cascade (`t2i_pretrain`, `t2v_lowres`, `t2v_highres`, `sft`): the model
+    it trains (`model`, `patch_size`, `init_from`, first in the section), then the recipe
+    (:class:`DiTRecipeParams`). The DiT's in/out channels and caption channels are filled in from
+    the VAE and the text encoders at run time."""
+
+
+# the LoRA targets of stepvideo.training.lora.DEFAULT_TARGETS (this module imports no torch)
+LORA_TARGETS = ("attn1.wqkv", "attn1.wo", "attn2.wq", "attn2.wkv", "attn2.wo", "ff.net.0.proj", "ff.net.2")
+
+
+@dataclass
+class _FinetuneFields:
+    # a DiT folder or a T2VPipeline bundle (model_index.json; its vae/ and text_encoders/ are what the
+    # latent cache must be built with), relative to the project or the checkout, or models:/NAME@ALIAS
+    base: str = "release/stepvideo-tiny"
+    method: str = "lora"  # lora (an adapter on the frozen base) | full (every weight; ZeRO via zero_stage)
+    lora_rank: int = 16
+    lora_alpha: float = 16.0  # the update is scaled by alpha / rank
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+@dataclass
+class FinetuneParams(DiTRecipeParams, _FinetuneFields):
+    """`finetune`: fine-tune a released DiT (`base`) on the project's latent cache, with a LoRA adapter
+    or in full, through the DiT trainer (checkpoints, resume, NaN guard). Writes outputs/finetune/
+    (the adapter and the merged DiT) and registers them (`stepvideo-lora`, `stepvideo-dit-finetune`)."""
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1.0e-4
+    warmup_steps: int = 10
+    checkpoint_every: int = 20
+
+
+@dataclass
+class FlowParams:
+    """Which stages `stepvideo flow run` runs: `cascade` (data -> VAE -> the DiT cascade -> DPO ->
+    evaluate -> bundle -> promote) or `finetune` (data -> caches from the base's VAE and text
+    encoders -> `finetune` -> evaluate of the base and the fine-tuned model)."""
+
+    pipeline: str = "cascade"  # cascade | finetune
 
 
 def _t2i_pretrain() -> DiTStageParams:
@@ -333,6 +385,8 @@ class Params:
     t2v_highres: DiTStageParams = field(default_factory=_t2v_highres)
     sft: DiTStageParams = field(default_factory=_sft)
     dpo: DPOParams = field(default_factory=DPOParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    flow: FlowParams = field(default_factory=FlowParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     promote: PromoteParams = field(default_factory=PromoteParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
@@ -348,13 +402,16 @@ class Params:
     def training_hash(self) -> str:
         """A short stable hash of every section that shapes the shipped model (`TRAINING_SECTIONS`):
         the bundle's `cascade_params` lineage tag, which a scheduled retrain compares with."""
-        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in TRAINING_SECTIONS}, sort_keys=True)
+        sections = FINETUNE_SECTIONS if self.flow.pipeline == "finetune" else TRAINING_SECTIONS
+        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # What the shipped model depends on; evaluate, promote and tracking only judge or record it.
 TRAINING_SECTIONS = ("data", "validate", "text_encoders", "vae", "latent_cache", "t2i_pretrain", "t2v_lowres",
                      "t2v_highres", "sft", "dpo")
+# ... and what the `finetune` pipeline's model depends on (flow.pipeline: finetune)
+FINETUNE_SECTIONS = ("data", "validate", "text_encoders", "latent_cache", "finetune")
 
 
 class ParamsError(InputError):
@@ -440,14 +497,18 @@ def _dict_of(value: Any, where: str) -> dict:
 
 
 _AT_LEAST_ONE = {"batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints", "max_bad_steps",
-                 "generate_batch_size", "candidates_per_prompt", "rounds", "sample_steps", "seeds"}
+                 "generate_batch_size", "candidates_per_prompt", "rounds", "sample_steps", "seeds", "lora_rank"}
 _UNIT_INTERVAL = {"caption_dropout", "still_share", "min_lr_ratio", "ema_decay", "low_res_factor",
-                  "reward_model_heldout", "image_prob", "min_quality"}
+                  "reward_model_heldout", "image_prob", "min_quality", "lora_dropout"}
 
 
 def _choices(section: str, key: str) -> tuple[str, ...] | None:
     if (section, key) == ("validate", "policy"):
         return ("fail", "quarantine")
+    if (section, key) == ("finetune", "method"):
+        return ("lora", "full")
+    if (section, key) == ("flow", "pipeline"):
+        return ("cascade", "finetune")
     if key == "lr_schedule":
         from stepvideo.training.schedule import LR_SCHEDULES
 
@@ -480,7 +541,7 @@ def check_params(p: Params, where: str) -> None:
                     raise ParamsError(f"{name}: must be at least 1, got {v}")
                 if (key == "steps" or key.endswith(("_steps", "_step", "_every", "_items"))) and v < 0:
                     raise ParamsError(f"{name}: must be >= 0, got {v}")
-                if (key == "lr" or key.endswith("_lr")) and v <= 0:
+                if (key in ("lr", "lora_alpha") or key.endswith("_lr")) and v <= 0:
                     raise ParamsError(f"{name}: must be > 0, got {v}")
                 if (key.endswith(("_weight", "_fraction")) or key in ("weight_decay", "grad_clip")) and v < 0:
                     raise ParamsError(f"{name}: must be >= 0, got {v}")
@@ -489,6 +550,19 @@ def check_params(p: Params, where: str) -> None:
             choices = _choices(section.name, key) if isinstance(v, str) else None
             if choices and v not in choices:
                 raise ParamsError(f"{name}: must be one of {', '.join(choices)}, got {v!r}")
+    _check_finetune(p.finetune, where)
+
+
+def _check_finetune(fp: FinetuneParams, where: str) -> None:
+    """What the generic checks above cannot say of the `finetune` section."""
+    if fp.lora_dropout >= 1:
+        raise ParamsError(f"{where}: finetune.lora_dropout: must be below 1, got {fp.lora_dropout}")
+    if fp.method == "lora" and (not fp.lora_target_modules or not all(t.strip() for t in fp.lora_target_modules)):
+        raise ParamsError(f"{where}: finetune.lora_target_modules: must name at least one module pattern "
+                          f"(e.g. {LORA_TARGETS[0]}), got {fp.lora_target_modules!r}")
+    if not fp.base.strip():
+        raise ParamsError(f"{where}: finetune.base: must name the model to fine-tune (a bundle or DiT folder, "
+                          "or models:/NAME@ALIAS)")
 
 
 def preset(name: str) -> Params:

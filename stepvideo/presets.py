@@ -58,6 +58,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "checkpoint_every": 100, "average_last": 3, "keep_checkpoints": 3},
         "evaluate": {"vae_items": 100},
     },
+    # `finetune-lora`: the finetune pipeline (flow.pipeline: finetune) on the embedded default: fresh
+    # data -> validate -> caches from the release's VAE and text encoders -> a LoRA adapter on the
+    # release's DiT -> the benchmark of the release and of the fine-tuned model side by side -> the
+    # adapter registered as `stepvideo-lora`, the merged bundle as `stepvideo-t2v@candidate`. Sized to
+    # finish in a few minutes on 2 CPU cores (README: "Fine-tuning a release").
+    "finetune-lora": {
+        "flow": {"pipeline": "finetune"},
+        "data": {"clips": 96, "images": 96, "seed": 2},
+        "text_encoders": {"llm": f"{RELEASE}/text_encoders/llm", "clip": f"{RELEASE}/text_encoders/clip"},
+        "latent_cache": {"vae": RELEASE},
+        "finetune": {"base": RELEASE, "method": "lora", "lora_rank": 8, "lora_alpha": 8.0, "steps": 60,
+                     "batch_size": 8, "lr": 5.0e-4, "warmup_steps": 10, "checkpoint_every": 20,
+                     "sample_prompts": 2},
+        # base and fine-tuned model each on 11 of the 128 prompts (1 per category), EN + ZH: 44 videos
+        "evaluate": {"max_prompts": 11},
+    },
     "step-video-t2v": {
         # The paper's geometry: 544x992, 204 frames (12 VAE chunks of 17), 30B DiT.
         "data": {"clips": 10000, "images": 10000, "height": 544, "width": 992, "frames": 204, "fps": 25},

@@ -78,7 +78,8 @@ def flow_run(
     for line in result["report"]:
         typer.echo(line)
     typer.echo(f"flow done in {sum(result['seconds'].values()):.0f} s of stages; MLflow run {result['run_id']} "
-               f"(make mlflow-ui); samples under outputs/dit/*/samples/")
+               f"(make mlflow-ui); samples under "
+               f"{'outputs/finetune/samples/' if 'finetune' in result else 'outputs/dit/*/samples/'}")
 
 
 @flow_app.command("retrain")

@@ -4,12 +4,15 @@
       -> latent_cache -> t2i_pretrain -> t2v_lowres -> t2v_highres -> sft -> dpo -> evaluate -> bundle
       -> promote
 
+    the `finetune` pipeline (flow.pipeline: finetune): data -> version -> validate -> text_encoders
+      -> text_cache -> latent_cache (the base's VAE) -> finetune -> evaluate (base vs fine-tuned) -> bundle
+
 Each stage is a plain function `(params, root, parent_run_id=None, ...) -> dict` that reads its
 inputs from paths under the project, writes its outputs, records itself in MLflow and returns paths
 and metrics. Both drivers call them: the Prefect flow (`flows/cascade.py`) and `dvc repro` through
 `stepvideo stage NAME` (:data:`STAGES`). Modules: `data` (data, ingest, version, validate), `text`
-(text encoders, text cache), `vae`, `dit` (latent cache and the four DiT stages), `dpo`, `evaluate`,
-`bundle`, `promote`; `common` holds the helpers they share.
+(text encoders, text cache), `vae`, `dit` (latent cache and the four DiT stages), `dpo`, `finetune`
+(a released DiT with a LoRA adapter or in full), `evaluate`, `bundle`, `promote`; `common` holds the helpers they share.
 
 :data:`STAGE_CODE` is what a stage's cached result depends on. The Prefect flow's cache keys hash
 these modules (:func:`code_version`) and `dvc.yaml`'s code `deps` are these paths (:func:`code_paths`;
@@ -34,8 +37,8 @@ _SCORER = ("stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepv
            "stepvideo.data.vocabulary")  # the scorer and the words and shapes it judges by
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
         "stepvideo.training.checkpoint", "stepvideo.training.schedule", "stepvideo.training.ema",
-        "stepvideo.models.dit", "stepvideo.models.attention", "stepvideo.models.rope", "stepvideo.models.io",
-        "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.pipelines")
+        "stepvideo.training.loop", "stepvideo.models.dit", "stepvideo.models.attention", "stepvideo.models.rope",
+        "stepvideo.models.io", "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.pipelines")
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
@@ -54,8 +57,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "sft": _DIT,
     "dpo": _DIT + _SCORER + ("stepvideo.stages.dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
                              "stepvideo.evaluation.prompts"),
+    "finetune": _DIT + ("stepvideo.stages.finetune", "stepvideo.training.lora", "stepvideo.models.lora",
+                        "stepvideo.compat.dit"),
     "evaluate": ("stepvideo.stages.evaluate", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
-                 "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs", "stepvideo.data.synth",
+                 "stepvideo.stages.finetune", "stepvideo.evaluation", "stepvideo.pipelines", "stepvideo.preference.pairs", "stepvideo.data.synth",
                  "stepvideo.data.vocabulary"),
     "bundle": ("stepvideo.stages.bundle", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",
                "stepvideo.pipelines"),
@@ -71,6 +76,7 @@ _STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
     "train_vae": ("vae", "stage_vae"), "latent_cache": ("dit", "stage_latent_cache"),
     "t2i_pretrain": ("dit", "stage_t2i_pretrain"), "t2v_lowres": ("dit", "stage_t2v_lowres"),
     "t2v_highres": ("dit", "stage_t2v_highres"), "sft": ("dit", "stage_sft"), "dpo": ("dpo", "stage_dpo"),
+    "finetune": ("finetune", "stage_finetune"),
     "evaluate": ("evaluate", "stage_evaluate"), "bundle": ("bundle", "stage_bundle"),
     "promote": ("promote", "stage_promote"),
 }

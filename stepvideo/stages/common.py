@@ -41,6 +41,42 @@ def local_path(value: str, root: Path) -> str:
     return str(Path(root) / value)
 
 
+def resolve_folder(value: str, root: Path, key: str) -> Path:
+    """The model params `key` names, as a local folder: a path as :func:`local_path` finds it, or a
+    `models:/NAME@ALIAS` / `runs:/` URI downloaded into `.cache/models/`; a MissingError names `key`."""
+    import re
+
+    value = local_path(value, root)
+    uri = value.startswith(("models:/", "runs:/"))
+    dst = Path(root) / ".cache" / "models" / re.sub(r"[^A-Za-z0-9._-]+", "_", value) if uri else None
+    try:
+        return tracking.resolve_model(value, dst)
+    except MissingError as e:
+        raise MissingError(f"{key}: {e}") from e
+
+
+def vae_folder(params: Params, root: Path) -> Path:
+    """The VAE the latent cache encodes with (and the DiTs trained on it decode with): `latent_cache.vae`
+    (a VAE folder, a T2VPipeline bundle whose vae/ it takes, or a `models:/` URI of either) when set,
+    else the train_vae stage's output."""
+    if not params.latent_cache.vae:
+        return root / OUTPUTS / "vae"
+    folder = resolve_folder(params.latent_cache.vae, root, "latent_cache.vae")
+    if (folder / "model_index.json").is_file():
+        return bundle_component(folder, "vae")
+    if not (folder / "config.json").is_file():
+        raise MissingError(f"latent_cache.vae: {folder} is neither a VAE folder (config.json) nor a pipeline "
+                           "bundle (model_index.json)")
+    return folder
+
+
+def bundle_component(bundle: Path, name: str) -> Path:
+    """The folder of component `name` (dit, vae, llm, clip) of a T2VPipeline bundle, from its model_index.json."""
+    from stepvideo.pipelines.components import read_model_index
+
+    return Path(read_model_index(bundle, "T2VPipeline")["paths"][name])
+
+
 def load_encoders(params: Params, root: Path) -> dict[str, Any]:
     from stepvideo.models.text_encoders import TextEncoder
 

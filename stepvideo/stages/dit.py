@@ -8,12 +8,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
 from stepvideo.stages.common import (OUTPUTS, clean_rows, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, publish_model_folder, require_output)
+                                     project_data_version, publish_model_folder, require_output, vae_folder)
 from stepvideo.registry import registered_version
 from stepvideo.errors import InputError, MissingError
 
@@ -45,9 +45,10 @@ DIT_PREVIOUS: dict[str, str | None] = {"t2i_pretrain": None, "t2v_lowres": "t2i_
 
 def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = None,
                        progress: bool = True) -> dict[str, Any]:
-    """Encode every clean clip/still with the trained VAE (full and low resolution) and every caption
-    with the text encoders into outputs/latent_cache/, once per (clean manifest, VAE, encoders, low
-    resolution): the DiT stages never run the VAE encoder or the text encoders."""
+    """Encode every clean clip/still with the VAE (the train_vae stage's, or `latent_cache.vae`: the
+    `finetune` pipeline's base bundle) at full and low resolution and every caption with the text
+    encoders into outputs/latent_cache/, once per (clean manifest, VAE, encoders, low resolution):
+    the DiT stages never run the VAE encoder or the text encoders."""
     import time
 
     from stepvideo.data.latent_cache import (LatentCache, build_latent_cache, cache_summary, low_resolution,
@@ -56,7 +57,7 @@ def stage_latent_cache(params: Params, root: Path, parent_run_id: str | None = N
 
     lp = params.latent_cache
     clean, rows = clean_rows(root)
-    vae_dir = require_output(root / OUTPUTS / "vae", "train_vae")
+    vae_dir = require_output(vae_folder(params, root), "train_vae")
     out = root / OUTPUTS / "latent_cache"
     clean_version, vae_version = tracking.file_hash(clean), tracking.file_hash(vae_dir)
     full = most_common_size([(r["height"], r["width"]) for r in rows])
@@ -122,7 +123,7 @@ def stage_patch_size(patch_size: int, init: Path | None) -> int:
 
 
 # the DiTTrainConfig fields the stage computes; every other one comes from the params section by name
-DIT_SET_BY_STAGE = ("model", "init_from", "kinds", "min_quality", "split", "deepspeed_config")
+DIT_SET_BY_STAGE = ("model", "init_from", "kinds", "min_quality", "split", "deepspeed_config", "lora")
 
 
 def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -> "DiTTrainConfig":
@@ -155,21 +156,23 @@ def dit_train_config(params: Params, name: str, cache: Any, init: Path | None) -
     model = DiTConfig.preset(sp.model, in_channels=z, out_channels=z, caption_channels=dims,
                              gradient_checkpointing=sp.gradient_checkpointing, **patch)
     derived = {"model": model.to_dict(), "init_from": str(init) if init else None, "kinds": kinds,
-               "min_quality": min_quality, "split": "train", "deepspeed_config": sp.deepspeed_config or None}
+               "min_quality": min_quality, "split": "train", "deepspeed_config": sp.deepspeed_config or None,
+               "lora": None}
     return DiTTrainConfig(**shared_fields(DiTTrainConfig, sp, DIT_SET_BY_STAGE), **derived)
 
 
 def render_samples(dit: Any, params: Params, root: Path, sp: Any, size: tuple[int, int], out: Path,
-                   fps: int = 8, encoders: dict[str, Any] | None = None) -> list[Path]:
+                   fps: int = 8, encoders: dict[str, Any] | None = None, vae: Path | None = None) -> list[Path]:
     """The stage's sample videos: `sp.sample_prompts` of the fixed prompts at `size`, as mp4 + GIF
-    (a 1-frame sample: PNG + GIF) under `out`, with prompts.json naming each file's prompt."""
+    (a 1-frame sample: PNG + GIF) under `out`, with prompts.json naming each file's prompt. `vae`:
+    the VAE folder to decode with (default: the latent cache's, :func:`common.vae_folder`)."""
     from stepvideo.pipelines.t2v import T2VPipeline, save_video
 
     prompts = (SAMPLE_PROMPTS_STILL if sp.sample_frames == 1 else SAMPLE_PROMPTS)[:max(sp.sample_prompts, 0)]
     if not prompts:
         return []
     device = default_device()
-    pipe = T2VPipeline.from_components(dit, root / OUTPUTS / "vae", encoders or load_encoders(params, root),
+    pipe = T2VPipeline.from_components(dit, vae or vae_folder(params, root), encoders or load_encoders(params, root),
                                        device=device, dtype="bfloat16" if device == "cuda" else None)
     out.mkdir(parents=True, exist_ok=True)
     files, index = [], {}
@@ -185,6 +188,32 @@ def render_samples(dit: Any, params: Params, root: Path, sp: Any, size: tuple[in
     (out / "prompts.json").write_text(json.dumps(index, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
                                       encoding="utf-8")
     return [*files, out / "prompts.json"]
+
+
+def sample_fps(root: Path) -> int:
+    """The frame rate of the sample videos: the first clean clip's (8 without clips)."""
+    return next((int(r.get("fps") or 0) for r in clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
+
+
+def finish_model_folder(model_dir: Path, result: dict[str, Any], lineage: dict[str, Any], seconds: float,
+                        render: Callable[[], list[Path]], extra: dict[str, float] | None = None,
+                        also: tuple[Path, ...] = ()) -> tuple[dict[str, float], list[Path]]:
+    """The end of a DiT training stage, inside its atomic output folder: `render()` the sample videos
+    (timed: `sample_seconds`), the trainer's numeric results + `seconds` (+ `extra`) as the metrics,
+    `lineage["weights_hash"]` set to `model_dir`'s weights, lineage.json and metrics.json (with the
+    loss curve) written to `model_dir` and to each of `also`. Returns (metrics, sample files)."""
+    import time
+
+    t0 = time.perf_counter()
+    samples = render()
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics.update(seconds=seconds, sample_seconds=time.perf_counter() - t0, **(extra or {}))
+    lineage["weights_hash"] = model_hash(model_dir)
+    summary = {**metrics, "weights": result["weights"], "loss_curve": result["loss_curve"]}
+    for folder in (model_dir, *also):
+        (folder / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+        (folder / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return metrics, samples
 
 
 def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None = None,
@@ -243,22 +272,14 @@ def stage_dit(name: str, params: Params, root: Path, parent_run_id: str | None =
         result = train_dit(cfg, cache_dir, work, log_fn=log, progress=progress, name=name)
         seconds = time.perf_counter() - t0
         size = cache.resolutions[sp.resolution]
-        fps = next((int(r.get("fps") or 0) for r in clean_rows(root)[1] if r.get("kind") == "video"), 0) or 8
+        fps = sample_fps(root)
+        extra = {f"{name}_excluded_low_quality": excluded} if excluded is not None else {}
         with atomic_folder(out) as tmp:
             shutil.copytree(result["model_dir"], tmp, dirs_exist_ok=True)
-            t1 = time.perf_counter()
-            samples = render_samples(tmp, params, root, sp, size, tmp / "samples", fps=fps)
-            sample_seconds = time.perf_counter() - t1
-            metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            metrics.update(seconds=seconds, sample_seconds=sample_seconds)
-            if excluded is not None:
-                metrics[f"{name}_excluded_low_quality"] = excluded
-            weights = model_hash(tmp)
-            lineage["weights_hash"] = weights
-            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-            (tmp / "metrics.json").write_text(json.dumps({**metrics, "weights": result["weights"],
-                                                          "loss_curve": result["loss_curve"]},
-                                                         indent=2, sort_keys=True) + "\n")
+            metrics, samples = finish_model_folder(
+                tmp, result, lineage, seconds, lambda: render_samples(tmp, params, root, sp, size, tmp / "samples",
+                                                                      fps=fps), extra)
+        weights = lineage["weights_hash"]
         tracking.set_tags({"weights_hash": weights, "weights_kept": result["weights"]})
         for f in samples:
             tracking.log_artifact(out / "samples" / f.name, "samples")

@@ -23,6 +23,12 @@ weights, full optimizer moments, EMA, RNG states and the step; a re-run resumes 
 and ends bitwise-identical to an uninterrupted run on the CPU. The result is ``out_dir/final``, a
 ``StepVideoDiT.from_pretrained`` folder: the EMA weights when ``ema_decay > 0``, the mean of the
 last ``average_last`` checkpoints when that is set (the report's SFT recipe), else the last weights.
+
+``lora`` (a :class:`stepvideo.training.lora.LoraSpec` as a dict) fine-tunes ``init_from`` with a
+LoRA adapter: peft layers injected, every base weight frozen, the optimizer over the adapter only.
+Its checkpoints hold the adapter's tensors (and their moments) only; the frozen base is
+``init_from`` again on resume. The result adds ``out_dir/adapter`` (a peft adapter folder) and
+``out_dir/final`` is the base with the adapter merged (``W + alpha / rank * B @ A``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from stepvideo.errors import InputError
 
 LogFn = Callable[[int, dict[str, float]], None]
 FINAL = "final"
+ADAPTER = "adapter"
 
 
 @dataclass
@@ -97,6 +104,8 @@ class DiTTrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 3
     threads: int | None = None
+    # a LoRA adapter on the frozen init_from ({rank, alpha, dropout, target_modules}); None: every weight trains
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, DiTConfig):
@@ -127,6 +136,13 @@ class DiTTrainConfig:
             errors.append("checkpoint_every, log_every, keep_checkpoints and max_bad_steps must be >= 1")
         if self.zero_stage not in (0, 1, 2, 3):
             errors.append(f"zero_stage must be 0..3, got {self.zero_stage}")
+        if self.lora is not None:
+            self.lora = dict(self.lora)
+            if not self.init_from:
+                errors.append("lora needs init_from (the base model the adapter trains on)")
+            unknown = sorted(set(self.lora) - {"rank", "alpha", "dropout", "target_modules"})
+            if unknown:
+                errors.append(f"unknown lora fields {unknown}")
         if errors:
             raise InputError("invalid DiTTrainConfig: " + "; ".join(errors))
 
@@ -211,6 +227,38 @@ def _check_cache(model: StepVideoDiT, cache: Any) -> None:
         raise InputError(f"DiT caption_channels {list(mc.caption_channels)} do not match the cache's text encoders {dims}")
 
 
+def lora_spec(cfg: DiTTrainConfig) -> Any:
+    """The config's LoraSpec (None without `lora`); a bad rank/alpha/dropout is an InputError."""
+    from stepvideo.training.lora import LoraSpec
+
+    if cfg.lora is None:
+        return None
+    d = dict(cfg.lora)
+    if "target_modules" in d:
+        d["target_modules"] = tuple(d["target_modules"])
+    return LoraSpec(**d)
+
+
+def split_lora_state(weights: Mapping[str, torch.Tensor], spec: Any, adapter_name: str = "default"
+                     ) -> tuple[dict[str, torch.Tensor], Any]:
+    """A LoRA-injected model's full state (peft names) -> (the base state dict under its plain names,
+    the adapter as a LoraAdapter in our naming, one alpha for every module)."""
+    from stepvideo.models.lora import LoraAdapter
+
+    base, tensors = {}, {}
+    for k, v in weights.items():
+        for part in ("lora_A", "lora_B"):
+            tag = f".{part}.{adapter_name}."
+            if tag in k:
+                tensors[k.replace(tag, f".{part}.")] = v
+                break
+        else:
+            base[k.replace(".base_layer.", ".")] = v
+    modules = sorted(k[: -len(".lora_A.weight")] for k in tensors if k.endswith(".lora_A.weight"))
+    adapter = LoraAdapter(tensors, {m: float(spec.alpha) for m in modules}, "", {"lora_spec": spec.to_dict()})
+    return base, adapter.check()
+
+
 # ------------------------------------------------------------------------------------------------
 # the loop
 
@@ -251,14 +299,23 @@ def train_dit(
 
     model = initial_model(cfg)
     _check_cache(model, cache)
+    spec = lora_spec(cfg)
+    adapter_names = None
+    if spec is not None:  # peft layers in place; only their A/B parameters train
+        from stepvideo.training.lora import apply_lora
+
+        apply_lora(model, spec)
+        adapter_names = {n for n, p in model.named_parameters() if p.requires_grad}
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model.train()
     engine = build_engine(model, cfg, world)
-    ema = EMA(engine.full_state_dict(), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # what the checkpoints, the EMA and the average hold: every weight, or the adapter's alone
+    trained = (lambda w: w) if adapter_names is None else (lambda w: {k: w[k] for k in adapter_names})  # noqa: E731
+    ema = EMA(trained(engine.full_state_dict()), cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     # -- resume ---------------------------------------------------------------------------------
     checkpoints = RunCheckpoints(out, engine, model.config.to_dict(), cfg.fingerprint(), rank, world,
-                                 keep=max(cfg.keep_checkpoints, cfg.average_last))
+                                 keep=max(cfg.keep_checkpoints, cfg.average_last), only=adapter_names)
     last, state, counter = checkpoints.resume(resume, cfg.to_dict(), "written by a different training config")
     history: list[float] = list(state.get("loss_history", []))
     if last is not None and ema is not None:
@@ -297,7 +354,7 @@ def train_dit(
         if finite:
             history.append(engine.all_reduce_mean(loss_sum / cfg.grad_accum))
             if ema is not None:
-                ema.update(engine.full_state_dict())
+                ema.update(trained(engine.full_state_dict()))
         else:
             history.append(float("nan"))
         counter.count(finite, cfg.max_bad_steps, name, "lower the learning rate or check the data", out,
@@ -322,10 +379,10 @@ def train_dit(
     kept = "last"
     if cfg.average_last > 0:
         folders = ckpt.list_checkpoints(out)[-cfg.average_last:]
-        weights = average_weights([ckpt.load_model_state(f) for f in folders])
+        weights = {**weights, **average_weights([ckpt.load_model_state(f) for f in folders])}
         kept = f"mean of {len(folders)} checkpoints ({', '.join(f.name for f in folders)})"
     elif ema is not None:
-        weights, kept = ema.state_dict(), f"EMA (decay {cfg.ema_decay})"
+        weights, kept = {**weights, **ema.state_dict()}, f"EMA (decay {cfg.ema_decay})"
     finite_losses = [x for x in history if x == x]
     result: dict[str, Any] = {
         "step": counter.step, "skipped_steps": counter.skipped, "weights": kept, "items": len(indices),
@@ -333,14 +390,26 @@ def train_dit(
         "loss_first": sum(finite_losses[:10]) / len(finite_losses[:10]) if finite_losses else float("nan"),
         "loss_last": sum(finite_losses[-10:]) / len(finite_losses[-10:]) if finite_losses else float("nan"),
         "loss_curve": history, "model_dir": str(out / FINAL), "world_size": world,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+    if spec is not None:
+        result["adapter_dir"] = str(out / ADAPTER)
     if rank == 0:
         from stepvideo.models.io import save_folder
 
-        save_folder(out / FINAL, weights, model.config.to_dict())
+        if spec is None:
+            save_folder(out / FINAL, weights, model.config.to_dict())
+        else:  # the adapter (from the gathered fp32 state: a live module may hold bf16 or ZeRO-3 shards) + merged
+            from stepvideo.models.lora import merge_lora
+            from stepvideo.training.lora import write_peft_folder
+
+            base, adapter = split_lora_state(weights, spec)
+            write_peft_folder(out / ADAPTER, adapter)
+            save_folder(out / FINAL, merge_lora(base, adapter), model.config.to_dict())
         ckpt.atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     engine.barrier()
     return result
 
 
-__all__ = ["DiTTrainConfig", "NonFiniteLossError", "train_dit", "initial_model", "make_micro_batch"]
+__all__ = ["ADAPTER", "DiTTrainConfig", "NonFiniteLossError", "train_dit", "initial_model", "lora_spec",
+           "make_micro_batch", "split_lora_state"]

@@ -87,12 +87,17 @@ class StepCounter:
 
 class RunCheckpoints:
     """Checkpoints of one run in `out` (rank 0 writes; every rank reads): the engine's full weights
-    and optimizer moments, the RNG states, the config's `fingerprint`, the loop's own state."""
+    and optimizer moments, the RNG states, the config's `fingerprint`, the loop's own state.
+
+    `only` (names of the module's state dict): the checkpoints hold just those weights (a LoRA
+    adapter's tensors on a frozen base); on resume the rest keep the values the module starts with,
+    which the caller guarantees are the same (the base folder is part of the run's key)."""
 
     def __init__(self, out: Path, engine: Any, model_config: dict, fingerprint: str, rank: int, world: int,
-                 keep: int) -> None:
+                 keep: int, only: set[str] | None = None) -> None:
         self.out, self.engine, self.model_config = out, engine, model_config
         self.fingerprint, self.rank, self.world, self.keep = fingerprint, rank, world, keep
+        self.only = only
 
     def resume(self, resume: bool, config: dict, mismatch: str) -> tuple[Path | None, dict, StepCounter]:
         """Load the newest checkpoint into the engine and the RNGs: (its folder, its state, the
@@ -110,9 +115,13 @@ class RunCheckpoints:
             raise InputError(f"{last}: {mismatch}; use a fresh out_dir or delete it")
         weights = ckpt.load_model_state(last)
         module = self.engine.module.state_dict(keep_vars=True)  # a ZeRO-3 partition (ds_id) has no full shape
+        if self.only is not None:
+            module = {k: v for k, v in module.items() if k in self.only}
         problems = state_problems({k: None if hasattr(v, "ds_id") else v for k, v in module.items()}, weights)
         if problems:
             raise InputError(f"{ckpt.model_weights_file(last)}: does not fit the model: " + "; ".join(problems))
+        if self.only is not None:  # the frozen rest as the module holds it
+            weights = {**self.engine.full_state_dict(), **weights}
         self.engine.load_full_state(weights, ckpt.load_tensors(last, "optimizer"))
         ckpt.restore_rng(ckpt.load_tensors(last, "rng"), state["rng"])
         counter = StepCounter(int(state["step"]), int(state["skipped_steps"]), int(state.get("bad_in_row", 0)))
@@ -123,6 +132,8 @@ class RunCheckpoints:
         """Checkpoint `step`: every rank gathers the full weights and moments, rank 0 writes them with
         the RNG states, `groups` (e.g. the EMA) and `state` (the loop's curves)."""
         weights, moments = self.engine.full_state_dict(), self.engine.full_optimizer_state()
+        if self.only is not None:
+            weights = {k: v for k, v in weights.items() if k in self.only}
         if self.rank != 0:
             return None
         rng_tensors, rng_data = ckpt.capture_rng()

@@ -17,6 +17,7 @@ from stepvideo import config
 from stepvideo.config import shared_fields
 from stepvideo.stages.dit import DIT_SET_BY_STAGE, dit_train_config
 from stepvideo.stages.dpo import DPO_SET_BY_STAGE, dpo_train_config
+from stepvideo.stages.finetune import FINETUNE_SET_BY_STAGE, finetune_train_config
 from stepvideo.stages.vae import VAE_SET_BY_STAGE, vae_train_config
 from stepvideo.training.dit_trainer import DiTTrainConfig
 from stepvideo.training.dpo_trainer import DPOTrainConfig
@@ -83,7 +84,20 @@ def build_dpo(p: config.Params):
     return dpo_train_config(p.dpo, Path("sft"), Path("sft"), 0)
 
 
+def build_finetune(p: config.Params):
+    import json
+    import tempfile
+
+    from stepvideo.models.dit import DiTConfig
+
+    folder = Path(tempfile.mkdtemp())
+    cfg = DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return finetune_train_config(p, FakeCache(), folder)
+
+
 CASES = {"vae": (VAETrainConfig, VAE_SET_BY_STAGE, build_vae),
+         "finetune": (DiTTrainConfig, FINETUNE_SET_BY_STAGE, build_finetune),
          "t2v_lowres": (DiTTrainConfig, DIT_SET_BY_STAGE, build_dit),
          "dpo": (DPOTrainConfig, DPO_SET_BY_STAGE, build_dpo)}
 
