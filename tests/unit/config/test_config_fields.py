@@ -90,9 +90,15 @@ def build_finetune(p: config.Params):
 
     from stepvideo.models.dit import DiTConfig
 
+    from safetensors.torch import save_file
+
+    from stepvideo.models.dit import StepVideoDiT
+
     folder = Path(tempfile.mkdtemp())
     cfg = DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])
     (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    # the LoRA targets are checked against the base's weight names
+    save_file({k: v.contiguous() for k, v in StepVideoDiT(cfg).state_dict().items()}, str(folder / "model.safetensors"))
     return finetune_train_config(p, FakeCache(), folder)
 
 
