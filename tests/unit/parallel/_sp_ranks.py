@@ -1,6 +1,6 @@
 """Two ranks under torchrun (gloo): the demo-sized DiT at sequence parallel 2 against the same model at
 SP 1 (each rank also runs the single-device forward), forward and gradients; writes OUT/rank{r}.json,
-and rank 0 writes OUT/model/ (the weights after one SGD step taken at SP 2) with OUT/sp2_out.safetensors
+and a 2-step generation at SP 2 vs SP 1; rank 0 writes OUT/model/ (the weights after one SGD step taken at SP 2) with OUT/sp2_out.safetensors
 (its SP-2 forward on a fixed input) for the checkpoint-portability check at one rank.
 
     torchrun --nproc_per_node 2 tests/unit/parallel/_sp_ranks.py OUT
@@ -91,6 +91,19 @@ def main() -> None:
             p -= 0.1 * grads[n] / sp.degree
         model.eval()
         out = model(*inputs(*CASES["padded"][:3], seed=5)[0])
+    report["ulysses"] = sp._attn is not None  # DeepSpeed's DistributedAttention ran
+    # generation: every rank of the group samples the same video (same seed, the gathered output)
+    from stepvideo.pipelines.t2v import T2VPipeline
+
+    if rank == 0:  # (transformers writes a model folder from the main process only: one writer, every rank loads)
+        T2VPipeline.random("demo", seed=0).save_pretrained(out_dir / "pipe")
+    dist.barrier()
+    pipe = T2VPipeline.from_pretrained(out_dir / "pipe")
+    kw = dict(num_frames=17, height=48, width=48, steps=2, seed=0, output_type="latent")  # 3x3x3 tokens
+    ref = pipe.generate("a red circle", **kw)
+    pipe.dit.set_sequence_parallel(sp)
+    video = pipe.generate("a red circle", **kw)
+    report["generate_rel"] = float((video - ref).abs().max() / ref.abs().max())
     if rank == 0:
         model.save_pretrained(out_dir / "model")
         save_file({"out": out.contiguous()}, str(out_dir / "sp2_out.safetensors"))

