@@ -13,6 +13,9 @@ The text tokens are concat([clip_projection(clip), caption_projection(LN(llm))])
 Timestep t in [0, 1] (t = 1 is clean data with our flow-matching convention) is multiplied by
 ``timestep_scale`` (1000) before the 256-channel [cos, sin] sinusoidal embedding.
 
+Sequence parallel (``set_sequence_parallel``): the blocks run on a token shard per rank; see
+``stepvideo.parallel.sequence``.
+
 Masks: ``llm_mask``/``clip_mask`` are (B, L) bool, True = real token. Padding may be anywhere;
 its content never influences the output. ``official_mask_to_ours`` turns the official
 single mask (row sums over the [CLIP, LLM] concatenation) into the two masks.
@@ -240,9 +243,8 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, eps)
 
     def forward(self, x, cos, sin, backend="auto", sp=None, key_mask=None):
-        """x (B, N, D). With a sequence-parallel context ``sp``, x and cos/sin are this rank's token
-        shard and ``sp.attention`` (all-to-all around the kernel) attends over the whole sequence;
-        ``key_mask`` then masks its pad."""
+        """x (B, N, D); with a sequence-parallel ``sp``, x and cos/sin are this rank's token shard and
+        ``sp.attention`` attends over the whole sequence (``key_mask``: its pad)."""
         b, n, d = x.shape
         qkv = self.wqkv(x).view(b, n, self.num_heads, 3 * self.head_dim)  # per head [q | k | v]
         q, k, v = qkv.split(self.head_dim, dim=-1)
@@ -353,12 +355,10 @@ class StepVideoDiT(nn.Module):
         self.gradient_checkpointing = enabled
 
     def set_sequence_parallel(self, sp: Any | None) -> None:
-        """Split the video tokens over a sequence-parallel group (``stepvideo.parallel.SequenceParallel``,
-        or anything with its ``degree``/``shard``/``pad_mask``/``attention``/``gather``); None (or a
-        degree of 1) restores the single-device forward. Every rank of the group then calls forward
-        with the same inputs and gets the same full output."""
-        if sp is not None and int(sp.degree) == 1:
-            sp = None
+        """Split the video tokens over a sequence-parallel group (a ``stepvideo.parallel.SequenceParallel``);
+        None or degree 1: the single-device forward. Every rank of the group passes the same inputs and
+        gets the same full output."""
+        sp = None if sp is None or int(sp.degree) == 1 else sp
         if sp is not None and self.config.num_heads % int(sp.degree):
             raise InputError(f"sequence parallel degree {sp.degree} must divide the DiT's {self.config.num_heads} heads")
         self.sequence_parallel = sp
@@ -476,9 +476,8 @@ class StepVideoDiT(nn.Module):
         return out.view(b, f, h, w, p, p, co).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, co, hh, ww)
 
     def _forward_sp(self, sp, tokens, ctx, ctx_mask, mod, embedded_t, cos, sin, use_ckpt, shape):
-        """The blocks on this rank's token shard (Ulysses all-to-all around self-attention), then the
-        full sequence gathered for the unpatchify. The modulation and the text are per sample: every
-        rank holds all of them; each rank rotates its own tokens by their own 3D positions."""
+        """The blocks on this rank's token shard (its own 3D RoPE positions; Ulysses all-to-all around
+        self-attention; the per-sample modulation and text whole), then the sequence gathered."""
         b, f, hh, ww = shape
         n = tokens.shape[1]
         backend = self.attention_backend

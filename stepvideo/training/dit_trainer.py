@@ -9,7 +9,9 @@ Each optimizer step ``s``:
 
 1. the global batch is ``BucketSampler.batch_indices(s)``: items of one (latent frames, h, w)
    bucket of the latent cache, a pure function of (seed, s);
-2. rank ``r`` of ``W`` takes items ``r::W`` of it and splits them into ``grad_accum`` micro-batches;
+2. rank ``r`` of ``W`` takes items ``r::W`` of it and splits them into ``grad_accum`` micro-batches
+   (with ``sp_degree`` S, ``r`` and ``W`` are the data-parallel ones, ``rank // S`` and ``world / S``:
+   the S ranks of a sequence-parallel group take the same items and split their tokens);
 3. each sample's randomness (caption dropout, posterior sample, timestep, noise) comes from a
    generator seeded by (seed, s, position in the global batch), so the same global batch gives the
    same samples at any rank count, and a resumed run needs nothing but the step;
