@@ -165,6 +165,7 @@ class DiTRecipeParams:
     average_last: int = 0  # >0: the output is the mean of the last N checkpoints
     gradient_checkpointing: bool = False
     zero_stage: int = 0  # DeepSpeed ZeRO stage (0-3)
+    sp_degree: int = 1  # sequence parallel (Ulysses): ranks sharing each sample's tokens; data parallel = ranks / this
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
     deepspeed_config: str = ""  # a DeepSpeed JSON file overriding the engine's own
     seed: int = 0

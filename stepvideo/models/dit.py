@@ -13,6 +13,9 @@ The text tokens are concat([clip_projection(clip), caption_projection(LN(llm))])
 Timestep t in [0, 1] (t = 1 is clean data with our flow-matching convention) is multiplied by
 ``timestep_scale`` (1000) before the 256-channel [cos, sin] sinusoidal embedding.
 
+Sequence parallel (``set_sequence_parallel``): the blocks run on a token shard per rank; see
+``stepvideo.parallel.sequence``.
+
 Masks: ``llm_mask``/``clip_mask`` are (B, L) bool, True = real token. Padding may be anywhere;
 its content never influences the output. ``official_mask_to_ours`` turns the official
 single mask (row sums over the [CLIP, LLM] concatenation) into the two masks.
@@ -239,13 +242,18 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
 
-    def forward(self, x, cos, sin, backend="auto"):
+    def forward(self, x, cos, sin, backend="auto", sp=None, key_mask=None):
+        """x (B, N, D); with a sequence-parallel ``sp``, x and cos/sin are this rank's token shard and
+        ``sp.attention`` attends over the whole sequence (``key_mask``: its pad)."""
         b, n, d = x.shape
         qkv = self.wqkv(x).view(b, n, self.num_heads, 3 * self.head_dim)  # per head [q | k | v]
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q = apply_rope(self.q_norm(q), cos, sin, self.rope_split)
         k = apply_rope(self.k_norm(k), cos, sin, self.rope_split)
-        out = attention(q, k, v, None, backend=backend)
+        if sp is None:
+            out = attention(q, k, v, None, backend=backend)
+        else:
+            out = sp.attention(q.contiguous(), k.contiguous(), v.contiguous(), key_mask, backend)
         return self.wo(out.reshape(b, n, d))
 
 
@@ -281,11 +289,12 @@ class StepVideoBlock(nn.Module):
         self.ff = FeedForward(dim, cfg.ff_mult * dim)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, ctx, ctx_mask, mod, cos, sin, backend="auto", record=None, prefix=""):
+    def forward(self, x, ctx, ctx_mask, mod, cos, sin, backend="auto", record=None, prefix="", sp=None,
+                self_mask=None):
         m = self.scale_shift_table[None] + mod.view(-1, 6, self.dim)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = m.unbind(1)
         h = self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None]
-        a = self.attn1(h, cos, sin, backend)
+        a = self.attn1(h, cos, sin, backend) if sp is None else self.attn1(h, cos, sin, backend, sp, self_mask)
         x = x + gate_a[:, None] * a
         c = self.attn2(x, ctx, ctx_mask, backend)
         x = x + c
@@ -324,6 +333,7 @@ class StepVideoDiT(nn.Module):
             self.clip_projection = nn.Linear(config.clip_dim, dim)
         self.caption_norm = nn.LayerNorm(config.llm_dim, eps=config.norm_eps, elementwise_affine=False)
         self.caption_projection = TextProjection(config.llm_dim, dim)
+        self.sequence_parallel = None  # set_sequence_parallel(); not a module, not in the state_dict
 
     # -- conveniences -------------------------------------------------------------------------
 
@@ -343,6 +353,15 @@ class StepVideoDiT(nn.Module):
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled
+
+    def set_sequence_parallel(self, sp: Any | None) -> None:
+        """Split the video tokens over a sequence-parallel group (a ``stepvideo.parallel.SequenceParallel``);
+        None or degree 1: the single-device forward. Every rank of the group passes the same inputs and
+        gets the same full output."""
+        sp = None if sp is None or int(sp.degree) == 1 else sp
+        if sp is not None and self.config.num_heads % int(sp.degree):
+            raise InputError(f"sequence parallel degree {sp.degree} must divide the DiT's {self.config.num_heads} heads")
+        self.sequence_parallel = sp
 
     @property
     def dtype(self) -> torch.dtype:
@@ -402,6 +421,8 @@ class StepVideoDiT(nn.Module):
         h, w = hh // p, ww // p
         dtype = self.dtype
         rec: dict[str, torch.Tensor] | None = {} if return_intermediates else None
+        if return_intermediates and self.sequence_parallel is not None:
+            raise ValueError("return_intermediates is for the single-device forward (sequence parallel is set)")
 
         tokens = self.pos_embed(x.reshape(b * f, c, hh, ww).to(dtype))  # (B*F, h*w, D)
         if rec is not None:
@@ -431,18 +452,46 @@ class StepVideoDiT(nn.Module):
         cos, sin = self.rope.tables(f, h, w, device=x.device, dtype=torch.float32)
         backend = self.attention_backend
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        sp = self.sequence_parallel
+        if sp is not None:
+            return self._forward_sp(sp, tokens, ctx, ctx_mask, mod, embedded_t, cos, sin, use_ckpt, (b, f, hh, ww))
         for i, block in enumerate(self.transformer_blocks):
             if use_ckpt:
                 tokens = checkpoint(block, tokens, ctx, ctx_mask, mod, cos, sin, backend, use_reentrant=False)
             else:
                 tokens = block(tokens, ctx, ctx_mask, mod, cos, sin, backend, rec, f"transformer_blocks.{i}")
+        out = self._final(tokens, embedded_t)
+        out = self._unpatchify(out, b, f, hh, ww)
+        return (out, rec) if return_intermediates else out
 
+    def _final(self, tokens, embedded_t):
+        """AdaLN-modulated output norm and projection: (B, N, D) -> (B, N, p*p*C), channel order (pi, pj, c)."""
         shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).unbind(1)
         tokens = self.norm_out(tokens) * (1 + scale[:, None]) + shift[:, None]
-        out = self.proj_out(tokens)  # (B, F*h*w, p*p*C) channel order (pi, pj, c)
-        co = cfg.out_channels
-        out = out.view(b, f, h, w, p, p, co).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, co, hh, ww)
-        return (out, rec) if return_intermediates else out
+        return self.proj_out(tokens)
+
+    def _unpatchify(self, out, b, f, hh, ww):
+        p, co = self.config.patch_size, self.config.out_channels
+        h, w = hh // p, ww // p
+        return out.view(b, f, h, w, p, p, co).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, co, hh, ww)
+
+    def _forward_sp(self, sp, tokens, ctx, ctx_mask, mod, embedded_t, cos, sin, use_ckpt, shape):
+        """The blocks on this rank's token shard (its own 3D RoPE positions; Ulysses all-to-all around
+        self-attention; the per-sample modulation and text whole), then the sequence gathered."""
+        b, f, hh, ww = shape
+        n = tokens.shape[1]
+        backend = self.attention_backend
+        tokens = sp.shard(tokens, dim=1)  # (B, L, D), zero-padded at the end of the sequence
+        cos, sin = sp.shard(cos, dim=0), sp.shard(sin, dim=0)
+        self_mask = sp.pad_mask(n, b, tokens.device)
+        for block in self.transformer_blocks:
+            if use_ckpt:
+                tokens = checkpoint(block, tokens, ctx, ctx_mask, mod, cos, sin, backend, None, "", sp, self_mask,
+                                    use_reentrant=False)
+            else:
+                tokens = block(tokens, ctx, ctx_mask, mod, cos, sin, backend, None, "", sp, self_mask)
+        out = sp.gather(self._final(tokens, embedded_t), n, dim=1)
+        return self._unpatchify(out, b, f, hh, ww)
 
     def forward_official(
         self,

@@ -38,7 +38,8 @@ _SCORER = ("stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepv
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
         "stepvideo.training.checkpoint", "stepvideo.training.schedule", "stepvideo.training.ema",
         "stepvideo.training.loop", "stepvideo.models.dit", "stepvideo.models.attention", "stepvideo.models.rope",
-        "stepvideo.models.io", "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.pipelines")
+        "stepvideo.models.io", "stepvideo.diffusion", "stepvideo.data.latent_cache", "stepvideo.pipelines",
+        "stepvideo.parallel")
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),

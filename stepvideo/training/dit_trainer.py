@@ -9,7 +9,9 @@ Each optimizer step ``s``:
 
 1. the global batch is ``BucketSampler.batch_indices(s)``: items of one (latent frames, h, w)
    bucket of the latent cache, a pure function of (seed, s);
-2. rank ``r`` of ``W`` takes items ``r::W`` of it and splits them into ``grad_accum`` micro-batches;
+2. rank ``r`` of ``W`` takes items ``r::W`` of it and splits them into ``grad_accum`` micro-batches
+   (with ``sp_degree`` S, ``r`` and ``W`` are the data-parallel ones, ``rank // S`` and ``world / S``:
+   the S ranks of a sequence-parallel group take the same items and split their tokens);
 3. each sample's randomness (caption dropout, posterior sample, timestep, noise) comes from a
    generator seeded by (seed, s, position in the global batch), so the same global batch gives the
    same samples at any rank count, and a resumed run needs nothing but the step;
@@ -95,6 +97,7 @@ class DiTTrainConfig:
     # engine
     gradient_checkpointing: bool = False
     zero_stage: int = 0
+    sp_degree: int = 1  # sequence parallel: ranks per group sharing each sample's tokens (data-parallel = world / sp)
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     deepspeed_config: str | None = None
     # bookkeeping
@@ -143,6 +146,8 @@ class DiTTrainConfig:
             unknown = sorted(set(self.lora) - {"rank", "alpha", "dropout", "target_modules"})
             if unknown:
                 errors.append(f"unknown lora fields {unknown}")
+        if self.sp_degree < 1:
+            errors.append(f"sp_degree must be >= 1, got {self.sp_degree}")
         if errors:
             raise InputError("invalid DiTTrainConfig: " + "; ".join(errors))
 
@@ -158,10 +163,11 @@ class DiTTrainConfig:
 
     def fingerprint(self) -> str:
         """A hash of the fields that change the trained weights; not logging or checkpoint cadence, nor
-        how the work is spread (ZeRO stage, gradient checkpointing): a checkpoint resumes under any of those."""
+        how the work is spread (ZeRO stage, sequence parallel, gradient checkpointing): a checkpoint resumes
+        under any of those."""
         d = self.to_dict()
         for k in ("log_every", "checkpoint_every", "keep_checkpoints", "threads", "zero_stage", "deepspeed_config",
-                  "gradient_checkpointing", "max_bad_steps"):
+                  "gradient_checkpointing", "max_bad_steps", "sp_degree"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -280,11 +286,18 @@ def train_dit(
     from tqdm.auto import tqdm
 
     from stepvideo.data.latent_cache import BucketSampler, LatentCache
+    from stepvideo.parallel import init_sequence_parallel, sp_layout
     from stepvideo.training.engine import init_distributed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world = init_distributed()
+    if world % cfg.sp_degree:
+        raise InputError(f"{name}: sp_degree {cfg.sp_degree} does not divide the {world} ranks")
+    # sequence parallel: the ranks of an SP group share each sample (its tokens split over them); the data is
+    # split over the world / sp_degree data-parallel positions
+    layout = sp_layout(rank, world, cfg.sp_degree)
+    dp_rank, dp_world = layout["dp_rank"], layout["dp_world"]
     out = Path(out_dir)
     cache = LatentCache(cache_dir)
     indices = cache.select(split=cfg.split, kinds=cfg.kinds, min_quality=cfg.min_quality)
@@ -293,7 +306,7 @@ def train_dit(
                          f"min_quality={cfg.min_quality}")
     batches = BucketSampler(cache, indices, cfg.resolution, cfg.batch_size, cfg.bucket_batch_sizes,
                             cfg.still_share, cfg.seed)
-    check_batch_split(name, {cfg.batch_size, *cfg.bucket_batch_sizes.values()}, world, cfg.grad_accum)
+    check_batch_split(name, {cfg.batch_size, *cfg.bucket_batch_sizes.values()}, dp_world, cfg.grad_accum)
     timesteps = TimestepSampler(cfg.timestep_sampling, mean=cfg.logit_mean, std=cfg.logit_std,
                                 shift=cfg.timestep_shift)
 
@@ -307,8 +320,10 @@ def train_dit(
         apply_lora(model, spec)
         adapter_names = {n for n, p in model.named_parameters() if p.requires_grad}
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
+    # SP ranks compute the same loss and the engine averages gradients over all ranks: see stepvideo.parallel
+    model.set_sequence_parallel(init_sequence_parallel(cfg.sp_degree))
     model.train()
-    engine = build_engine(model, cfg, world)
+    engine = build_engine(model, cfg, dp_world)
     # what the checkpoints, the EMA and the average hold: every weight, or the adapter's alone
     trained = (lambda w: w) if adapter_names is None else (lambda w: {k: w[k] for k in adapter_names})  # noqa: E731
     ema = EMA(trained(engine.full_state_dict()), cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -335,7 +350,7 @@ def train_dit(
         lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
         global_idx = batches.batch_indices(step)
         loss_sum, finite = 0.0, True
-        for pos in rank_micro_batches(len(global_idx), rank, world, cfg.grad_accum):
+        for pos in rank_micro_batches(len(global_idx), dp_rank, dp_world, cfg.grad_accum):
             mb = make_micro_batch(cache, cfg, timesteps, [global_idx[p] for p in pos], pos, step)
             dev = engine.device
             pred = engine(mb["x_t"].to(dev), mb["t"].to(dev), **{k: v.to(dev) for k, v in mb["text"].items()})
@@ -368,7 +383,7 @@ def train_dit(
             dt = max(time.perf_counter() - window["time"], 1e-9)
             log_fn(step, {"loss": history[-1], "lr": lr, "grad_norm": grad_norm,
                           "skipped_steps": float(counter.skipped), "samples_per_s": window["samples"] / dt,
-                          "tokens_per_s": window["tokens"] * world / dt})
+                          "tokens_per_s": window["tokens"] * dp_world / dt})
             window = {"samples": 0, "tokens": 0, "time": time.perf_counter()}
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
@@ -389,7 +404,7 @@ def train_dit(
         # means of the first and last 10 finite step losses (one step's loss is one noisy batch)
         "loss_first": sum(finite_losses[:10]) / len(finite_losses[:10]) if finite_losses else float("nan"),
         "loss_last": sum(finite_losses[-10:]) / len(finite_losses[-10:]) if finite_losses else float("nan"),
-        "loss_curve": history, "model_dir": str(out / FINAL), "world_size": world,
+        "loss_curve": history, "model_dir": str(out / FINAL), "world_size": world, "sp_degree": cfg.sp_degree,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     if spec is not None:

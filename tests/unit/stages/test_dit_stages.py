@@ -237,9 +237,11 @@ def test_bundle_loads_and_generates(dit_project):
 
 
 @pytest.mark.slow
-def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
-    """`torchrun --nproc_per_node 2 stepvideo stage NAME`: both ranks train (gloo, ZeRO-2), rank 0
-    alone writes the folder, renders the samples and registers the model once."""
+@pytest.mark.parametrize("sp_degree", [1, 2])
+def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path, sp_degree):
+    """`torchrun --nproc_per_node 2 stepvideo stage NAME`: both ranks train (gloo, ZeRO-2; as data-parallel
+    ranks, or at `sp_degree: 2` as one sequence-parallel group), rank 0 alone writes the folder, renders
+    the samples and registers the model once."""
     import os
     import socket
     import subprocess
@@ -255,7 +257,7 @@ def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
     work = tmp_path / "project"
     shutil.copytree(root, work, symlinks=True, ignore=shutil.ignore_patterns(".cache"))
     p = yaml.safe_load((work / "params.yaml").read_text())
-    p["t2v_lowres"].update({"steps": 3, "batch_size": 4, "zero_stage": 2, "sample_prompts": 1})
+    p["t2v_lowres"].update({"steps": 3, "batch_size": 4, "zero_stage": 2, "sample_prompts": 1, "sp_degree": sp_degree})
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False, allow_unicode=True))
     before = len(MlflowClient(tracking.tracking_uri()).search_model_versions("name = 'stepvideo-dit-t2v-lowres'"))
     with socket.socket() as s:
@@ -267,7 +269,7 @@ def test_a_stage_runs_on_two_ranks_under_torchrun(dit_project, tmp_path):
                           "t2v_lowres"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((work / "outputs" / "dit" / "t2v_lowres" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["step"] == 3
+    assert metrics["world_size"] == 2 and metrics["step"] == 3 and metrics["sp_degree"] == sp_degree
     assert len(list((work / "outputs" / "dit" / "t2v_lowres" / "samples").glob("*.mp4"))) == 1
     after = MlflowClient(tracking.tracking_uri()).search_model_versions("name = 'stepvideo-dit-t2v-lowres'")
     assert len(after) == before + 1  # one registration, by rank 0
