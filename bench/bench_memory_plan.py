@@ -1,0 +1,207 @@
+"""Planned vs measured training memory (stepvideo/training/memory_plan.py) on the CPU.
+
+Each configuration runs in a fresh subprocess: imports and a tiny warm-up step, then the RSS
+high-water mark (``resource.getrusage``) is the baseline (glibc's mmap threshold is fixed at 64 KiB
+so that freed tensors leave the RSS); the model is built and two
+forward+backward+AdamW steps run (the second has the optimizer states alive during its backward,
+the steady state the planner describes); measured = peak RSS - baseline. The plan is taken with
+``weights="fp32"`` (what the CPU run uses: no master copy), ``backend="sdpa"`` and no fixed
+overhead (the baseline absorbs it).
+
+LoRA-like runs freeze the whole DiT and wrap the official target Linears in a rank-R adapter
+(base(x) + up(down(x)), what peft's LoRA computes with dropout 0), defined here until the
+project's LoRA module lands.
+
+    OMP_NUM_THREADS=1 python bench/bench_memory_plan.py          # the table
+    python bench/bench_memory_plan.py --only small-full-ckpt     # one row
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+import torch.nn as nn
+
+from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.training.memory_plan import LORA_TARGETS, plan_memory
+
+MIB = 1024**2
+TINY_OFFICIAL = dict(num_layers=2, num_heads=2, head_dim=128, in_channels=64, out_channels=64,
+                     caption_channels=[6144, 1024])
+
+# name -> (preset or DiTConfig kwargs, latent (f, h, w), batch, method, rank, checkpointing)
+CONFIGS = {
+    "demo-full": ("demo", (4, 32, 32), 1, "full", 0, False),
+    "demo-full-ckpt": ("demo", (4, 32, 32), 1, "full", 0, True),
+    "small-full": ("small", (6, 16, 16), 1, "full", 0, False),
+    "small-full-ckpt": ("small", (6, 16, 16), 1, "full", 0, True),
+    "small-full-b2": ("small", (3, 16, 16), 2, "full", 0, False),
+    "small-lora": ("small", (6, 16, 16), 1, "lora", 8, False),
+    "small-lora-ckpt": ("small", (6, 16, 16), 1, "lora", 8, True),
+    "official-tiny-full": (TINY_OFFICIAL, (3, 16, 32), 1, "full", 0, False),
+    "official-tiny-lora": (TINY_OFFICIAL, (3, 16, 32), 1, "lora", 16, False),
+}
+LLM_LEN, CLIP_LEN = 64, 16
+
+
+class Adapter(nn.Module):
+    """A frozen Linear plus a trainable rank-r bypass: base(x) + up(down(x))."""
+
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        self.base = base
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
+def add_adapters(model: nn.Module, rank: int, targets=LORA_TARGETS) -> int:
+    """Freeze ``model`` and wrap every block Linear named in ``targets``; returns adapter params."""
+    model.requires_grad_(False)
+    n = 0
+    for block in model.transformer_blocks:
+        for t in targets:
+            parent_name, _, leaf = t.rpartition(".")
+            parent = block.get_submodule(parent_name)
+            ad = Adapter(getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)], rank)
+            if leaf.isdigit():
+                parent[int(leaf)] = ad
+            else:
+                setattr(parent, leaf, ad)
+            n += sum(p.numel() for p in ad.parameters() if p.requires_grad)
+    return n
+
+
+def dit_config(spec) -> DiTConfig:
+    return DiTConfig.preset(spec) if isinstance(spec, str) else DiTConfig(**spec)
+
+
+def plan_for(name: str):
+    spec, latent, batch, method, rank, ckpt = CONFIGS[name]
+    cfg = dit_config(spec)
+    return plan_memory(cfg, latent=latent, batch=batch, method=method, rank=max(rank, 1), checkpointing=ckpt,
+                       weights="fp32", overhead_gib=0.0, text_tokens=LLM_LEN + (CLIP_LEN if cfg.clip_dim else 0),
+                       backend="sdpa")
+
+
+def _inputs(cfg: DiTConfig, latent, batch):
+    f, h, w = latent
+    p = cfg.patch_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, f, cfg.in_channels, h * p, w * p, generator=g)
+    llm = torch.randn(batch, LLM_LEN, cfg.llm_dim, generator=g)
+    clip = torch.randn(batch, CLIP_LEN, cfg.clip_dim, generator=g) if cfg.clip_dim else None
+    return x, torch.rand(batch, generator=g), llm, clip
+
+
+def _step(model, opt, x, t, llm, clip):
+    out = model(x, t, llm, clip_emb=clip)
+    loss = (out - x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def child(name: str) -> dict:
+    """Run in a fresh process: measured peak bytes of two training steps above the baseline."""
+    torch.manual_seed(0)
+    spec, latent, batch, method, rank, ckpt = CONFIGS[name]
+    cfg = dit_config(spec)
+    warm = StepVideoDiT(DiTConfig.preset("demo", num_layers=1))  # load kernels, thread pools
+    _step(warm, torch.optim.AdamW(warm.parameters()), *_inputs(warm.config, (1, 4, 4), 1))
+    del warm
+    x, t, llm, clip = _inputs(cfg, latent, batch)
+    base = _maxrss()
+    model = StepVideoDiT(cfg)
+    if method == "lora":
+        add_adapters(model, rank)
+    model.enable_gradient_checkpointing(ckpt)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for _ in range(2):
+        _step(model, opt, x, t, llm, clip)
+    return {"name": name, "measured": _maxrss() - base}
+
+
+def measure(name: str) -> int:
+    """Peak bytes of configuration ``name``, measured in a fresh subprocess."""
+    # A fixed mmap threshold: glibc's sliding one keeps freed blocks of up to 32 MiB in the heap,
+    # so the RSS peak then counts freed activations as live (ratios up to 3x without it).
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MALLOC_MMAP_THRESHOLD_="65536")
+    proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True, env=env,
+                          check=True)
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["measured"])
+
+
+def saved_block_bytes(model: StepVideoDiT, x, t, llm, clip) -> int:
+    """Bytes of the distinct non-parameter storages autograd keeps for the first block's backward
+    when it is run alone on the tokens the model would feed it (what block_keep_bytes models)."""
+    blk = model.transformer_blocks[0]
+    b, f, c, hh, ww = x.shape
+    p = model.config.patch_size
+    with torch.no_grad():
+        tokens = model.pos_embed(x.reshape(b * f, c, hh, ww)).reshape(b, f * (hh // p) * (ww // p), -1)
+        mod, _ = model.adaln_single(t, model.dtype)
+        ctx = model.caption_projection(model.caption_norm(llm.to(model.dtype)))
+        if clip is not None:
+            ctx = torch.cat([model.clip_projection(clip.to(model.dtype)), ctx], dim=1)
+    full = next(blk.parameters()).requires_grad
+    tokens.requires_grad_(True)
+    ctx.requires_grad_(full)
+    mod.requires_grad_(full)
+    cos, sin = model.rope.tables(f, hh // p, ww // p)
+    mask = torch.ones(ctx.shape[:2], dtype=torch.bool)
+    y = blk(tokens, ctx, mask, mod, cos, sin, "sdpa")
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+    inputs = {v.untyped_storage().data_ptr() for v in (tokens, ctx, mod, cos, sin)}  # kept outside the block
+    seen, stack, stor = set(), [y.grad_fn], {}
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        for attr in dir(fn):
+            if attr.startswith("_saved_"):
+                v = getattr(fn, attr)
+                if isinstance(v, torch.Tensor):
+                    s = v.untyped_storage()
+                    stor[s.data_ptr()] = s.nbytes()
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return sum(nb for ptr, nb in stor.items() if ptr not in params and ptr not in inputs) + \
+        sum(v.untyped_storage().nbytes() for v in (tokens,))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child")
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return
+    names = args.only or list(CONFIGS)
+    print(f"{'config':<20}{'tokens':>7}{'planned MiB':>13}{'(acts)':>9}{'measured MiB':>14}{'ratio':>7}")
+    for name in names:
+        plan = plan_for(name)
+        got = measure(name)
+        c = plan.components
+        print(f"{name:<20}{plan.details['tokens'] * CONFIGS[name][2]:>7}{plan.total / MIB:>13.1f}"
+              f"{c['activations'] / MIB:>9.1f}{got / MIB:>14.1f}{got / plan.total:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
