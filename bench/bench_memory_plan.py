@@ -8,9 +8,11 @@ the steady state the planner describes); measured = peak RSS - baseline. The pla
 ``weights="fp32"`` (what the CPU run uses: no master copy), ``backend="sdpa"`` and no fixed
 overhead (the baseline absorbs it).
 
-LoRA-like runs freeze the whole DiT and wrap the official target Linears in a rank-R adapter
-(base(x) + up(down(x)), what peft's LoRA computes with dropout 0), defined here until the
-project's LoRA module lands.
+LoRA runs go through the project's own ``stepvideo.training.lora.apply_lora`` (peft layers on
+the official target Linears, dropout 0, the base frozen).
+
+Tolerance: measured / planned within [0.75, 1.25] (TOLERANCE); tests/unit/training/
+test_memory_plan.py checks two of these rows the same way.
 
     OMP_NUM_THREADS=1 python bench/bench_memory_plan.py          # the table
     python bench/bench_memory_plan.py --only small-full-ckpt     # one row
@@ -26,12 +28,13 @@ import subprocess
 import sys
 
 import torch
-import torch.nn as nn
 
 from stepvideo.models.dit import DiTConfig, StepVideoDiT
-from stepvideo.training.memory_plan import LORA_TARGETS, plan_memory
+from stepvideo.training.lora import LoraSpec, apply_lora
+from stepvideo.training.memory_plan import plan_memory
 
 MIB = 1024**2
+TOLERANCE = (0.75, 1.25)  # measured / planned
 TINY_OFFICIAL = dict(num_layers=2, num_heads=2, head_dim=128, in_channels=64, out_channels=64,
                      caption_channels=[6144, 1024])
 
@@ -48,37 +51,6 @@ CONFIGS = {
     "official-tiny-lora": (TINY_OFFICIAL, (3, 16, 32), 1, "lora", 16, False),
 }
 LLM_LEN, CLIP_LEN = 64, 16
-
-
-class Adapter(nn.Module):
-    """A frozen Linear plus a trainable rank-r bypass: base(x) + up(down(x))."""
-
-    def __init__(self, base: nn.Linear, rank: int):
-        super().__init__()
-        self.base = base
-        self.down = nn.Linear(base.in_features, rank, bias=False)
-        self.up = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x):
-        return self.base(x) + self.up(self.down(x))
-
-
-def add_adapters(model: nn.Module, rank: int, targets=LORA_TARGETS) -> int:
-    """Freeze ``model`` and wrap every block Linear named in ``targets``; returns adapter params."""
-    model.requires_grad_(False)
-    n = 0
-    for block in model.transformer_blocks:
-        for t in targets:
-            parent_name, _, leaf = t.rpartition(".")
-            parent = block.get_submodule(parent_name)
-            ad = Adapter(getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)], rank)
-            if leaf.isdigit():
-                parent[int(leaf)] = ad
-            else:
-                setattr(parent, leaf, ad)
-            n += sum(p.numel() for p in ad.parameters() if p.requires_grad)
-    return n
 
 
 def dit_config(spec) -> DiTConfig:
@@ -122,13 +94,16 @@ def child(name: str) -> dict:
     spec, latent, batch, method, rank, ckpt = CONFIGS[name]
     cfg = dit_config(spec)
     warm = StepVideoDiT(DiTConfig.preset("demo", num_layers=1))  # load kernels, thread pools
-    _step(warm, torch.optim.AdamW(warm.parameters()), *_inputs(warm.config, (1, 4, 4), 1))
+    if method == "lora":  # peft imported and its layers built before the baseline
+        apply_lora(warm, LoraSpec(rank=2, alpha=2.0))
+    _step(warm, torch.optim.AdamW([p for p in warm.parameters() if p.requires_grad]),
+          *_inputs(warm.config, (1, 4, 4), 1))
     del warm
     x, t, llm, clip = _inputs(cfg, latent, batch)
     base = _maxrss()
     model = StepVideoDiT(cfg)
     if method == "lora":
-        add_adapters(model, rank)
+        apply_lora(model, LoraSpec(rank=rank, alpha=float(rank)))
     model.enable_gradient_checkpointing(ckpt)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -194,13 +169,21 @@ def main() -> None:
         print(json.dumps(child(args.child)))
         return
     names = args.only or list(CONFIGS)
+    lo, hi = TOLERANCE
+    print(f"tolerance: measured / planned in [{lo}, {hi}]")
     print(f"{'config':<20}{'tokens':>7}{'planned MiB':>13}{'(acts)':>9}{'measured MiB':>14}{'ratio':>7}")
+    bad = []
     for name in names:
         plan = plan_for(name)
         got = measure(name)
         c = plan.components
         print(f"{name:<20}{plan.details['tokens'] * CONFIGS[name][2]:>7}{plan.total / MIB:>13.1f}"
-              f"{c['activations'] / MIB:>9.1f}{got / MIB:>14.1f}{got / plan.total:>7.2f}", flush=True)
+              f"{c['activations'] / MIB:>9.1f}{got / MIB:>14.1f}{got / plan.total:>7.2f}"
+              f"{'' if lo <= got / plan.total <= hi else '  OUTSIDE'}", flush=True)
+        if not lo <= got / plan.total <= hi:
+            bad.append(name)
+    if bad:
+        sys.exit(f"outside the tolerance: {', '.join(bad)}")
 
 
 if __name__ == "__main__":

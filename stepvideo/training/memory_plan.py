@@ -53,10 +53,11 @@ from dataclasses import dataclass, field
 
 from stepvideo.errors import InputError
 from stepvideo.models.dit import DiTConfig, build_on_meta
+from stepvideo.training.lora import DEFAULT_TARGETS
 
 GIB = 1024**3
-LORA_TARGETS = ("attn1.wqkv", "attn1.wo", "attn2.wq", "attn2.wkv", "attn2.wo", "ff.net.0.proj", "ff.net.2")
-BLOCK_LINEARS = LORA_TARGETS  # every Linear inside a StepVideoBlock
+LORA_TARGETS = DEFAULT_TARGETS  # apply_lora's default: every Linear inside a StepVideoBlock
+BLOCK_LINEARS = ("attn1.wqkv", "attn1.wo", "attn2.wq", "attn2.wkv", "attn2.wo", "ff.net.0.proj", "ff.net.2")
 METHODS = ("full", "lora")
 WEIGHT_DTYPES = {"fp32": 4, "bf16": 2, "fp8": 1}
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -156,10 +157,14 @@ def _param_counts(cfg: DiTConfig) -> tuple[int, int, int, int]:
 
 
 def _adapter_params(cfg: DiTConfig, rank: int, targets) -> int:
-    d, f = cfg.hidden_size, cfg.ff_mult * cfg.hidden_size
-    shapes = {"attn1.wqkv": (d, 3 * d), "attn1.wo": (d, d), "attn2.wq": (d, d), "attn2.wkv": (d, 2 * d),
-              "attn2.wo": (d, d), "ff.net.0.proj": (d, f), "ff.net.2": (f, d)}
-    return cfg.num_layers * sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+    """Parameters peft's LoRA adds: lora_A (rank x in) + lora_B (out x rank) per targeted Linear,
+    read off the block's Linear shapes (tests compare it with ``apply_lora``)."""
+    block = build_on_meta(cfg).transformer_blocks[0]
+    per_block = 0
+    for t in targets:
+        lin = block.get_submodule(t)
+        per_block += rank * (lin.in_features + lin.out_features)
+    return cfg.num_layers * per_block
 
 
 def plan_memory(
@@ -237,6 +242,8 @@ def plan_memory(
         w_bytes = n_all * wb
     w_bytes += adapters * e
     g_bytes = trainable * e
+    # AdamW: fp32 m and v; 8-bit (bitsandbytes AdamW8bit, CUDA only): 1 B each + an fp32 absmax per
+    # block of 2048 (the paper's block; newer bitsandbytes uses 256: +0.03 B/param)
     state = 8 if optimizer == "adamw" else 2 + 4 / 2048 * 2
     o_bytes = trainable * (state + (4 if e != 4 else 0))
     if zero >= 1:
