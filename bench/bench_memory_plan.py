@@ -2,10 +2,13 @@
 
 Each configuration runs in a fresh subprocess: imports and a tiny warm-up step, then the RSS
 high-water mark (``resource.getrusage``) is the baseline (glibc's mmap threshold is fixed at 64 KiB
-so that freed tensors leave the RSS); the model is built and two
-forward+backward+AdamW steps run (the second has the optimizer states alive during its backward,
-the steady state the planner describes); measured = peak RSS - baseline. The plan is taken with
-``weights="fp32"`` (what the CPU run uses: no master copy), ``backend="sdpa"`` and no fixed
+so that freed tensors leave the RSS); the model is built (fp8 rows: quantized), the high-water mark
+is reset to the current RSS (``/proc/self/clear_refs``, so the fp32 construction of an fp8 model
+does not count), and two forward+backward+AdamW steps run (the second has the optimizer states
+alive during its backward, the steady state the planner describes); measured = peak RSS -
+baseline. The plan is taken with
+fp32 compute (what the CPU run uses: no master copy; ``weights="fp8"`` rows store the frozen
+block Linears through stepvideo.models.fp8), ``backend="sdpa"`` and no fixed
 overhead (the baseline absorbs it).
 
 LoRA runs go through the project's own ``stepvideo.training.lora.apply_lora`` (peft layers on
@@ -30,6 +33,7 @@ import sys
 import torch
 
 from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.models.fp8 import quantize_frozen_linears
 from stepvideo.training.lora import LoraSpec, apply_lora
 from stepvideo.training.memory_plan import plan_memory
 
@@ -38,17 +42,21 @@ TOLERANCE = (0.75, 1.25)  # measured / planned
 TINY_OFFICIAL = dict(num_layers=2, num_heads=2, head_dim=128, in_channels=64, out_channels=64,
                      caption_channels=[6144, 1024])
 
-# name -> (preset or DiTConfig kwargs, latent (f, h, w), batch, method, rank, checkpointing)
+WIDE = dict(num_layers=4, num_heads=8, head_dim=64, caption_channels=[256, 128])  # weights dominate
+
+# name -> (preset or DiTConfig kwargs, latent (f, h, w), batch, method, rank, checkpointing, block weights)
 CONFIGS = {
-    "demo-full": ("demo", (4, 32, 32), 1, "full", 0, False),
-    "demo-full-ckpt": ("demo", (4, 32, 32), 1, "full", 0, True),
-    "small-full": ("small", (6, 16, 16), 1, "full", 0, False),
-    "small-full-ckpt": ("small", (6, 16, 16), 1, "full", 0, True),
-    "small-full-b2": ("small", (3, 16, 16), 2, "full", 0, False),
-    "small-lora": ("small", (6, 16, 16), 1, "lora", 8, False),
-    "small-lora-ckpt": ("small", (6, 16, 16), 1, "lora", 8, True),
-    "official-tiny-full": (TINY_OFFICIAL, (3, 16, 32), 1, "full", 0, False),
-    "official-tiny-lora": (TINY_OFFICIAL, (3, 16, 32), 1, "lora", 16, False),
+    "demo-full": ("demo", (4, 32, 32), 1, "full", 0, False, "fp32"),
+    "demo-full-ckpt": ("demo", (4, 32, 32), 1, "full", 0, True, "fp32"),
+    "small-full": ("small", (6, 16, 16), 1, "full", 0, False, "fp32"),
+    "small-full-ckpt": ("small", (6, 16, 16), 1, "full", 0, True, "fp32"),
+    "small-full-b2": ("small", (3, 16, 16), 2, "full", 0, False, "fp32"),
+    "small-lora": ("small", (6, 16, 16), 1, "lora", 8, False, "fp32"),
+    "small-lora-ckpt": ("small", (6, 16, 16), 1, "lora", 8, True, "fp32"),
+    "official-tiny-full": (TINY_OFFICIAL, (3, 16, 32), 1, "full", 0, False, "fp32"),
+    "official-tiny-lora": (TINY_OFFICIAL, (3, 16, 32), 1, "lora", 16, False, "fp32"),
+    "wide-lora": (WIDE, (2, 8, 8), 1, "lora", 8, False, "fp32"),
+    "wide-lora-fp8": (WIDE, (2, 8, 8), 1, "lora", 8, False, "fp8"),
 }
 LLM_LEN, CLIP_LEN = 64, 16
 
@@ -58,10 +66,10 @@ def dit_config(spec) -> DiTConfig:
 
 
 def plan_for(name: str):
-    spec, latent, batch, method, rank, ckpt = CONFIGS[name]
+    spec, latent, batch, method, rank, ckpt, weights = CONFIGS[name]
     cfg = dit_config(spec)
     return plan_memory(cfg, latent=latent, batch=batch, method=method, rank=max(rank, 1), checkpointing=ckpt,
-                       weights="fp32", overhead_gib=0.0, text_tokens=LLM_LEN + (CLIP_LEN if cfg.clip_dim else 0),
+                       weights=weights, compute="fp32", overhead_gib=0.0, text_tokens=LLM_LEN + (CLIP_LEN if cfg.clip_dim else 0),
                        backend="sdpa")
 
 
@@ -88,10 +96,22 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _reset_peak() -> None:
+    """Reset the RSS high-water mark to the current RSS (Linux: clear_refs 5), so that building the
+    model (fp32, then quantized for fp8 rows) does not count as the training peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def child(name: str) -> dict:
     """Run in a fresh process: measured peak bytes of two training steps above the baseline."""
     torch.manual_seed(0)
-    spec, latent, batch, method, rank, ckpt = CONFIGS[name]
+    spec, latent, batch, method, rank, ckpt, weights = CONFIGS[name]
     cfg = dit_config(spec)
     warm = StepVideoDiT(DiTConfig.preset("demo", num_layers=1))  # load kernels, thread pools
     if method == "lora":  # peft imported and its layers built before the baseline
@@ -104,12 +124,15 @@ def child(name: str) -> dict:
     model = StepVideoDiT(cfg)
     if method == "lora":
         apply_lora(model, LoraSpec(rank=rank, alpha=float(rank)))
+    if weights == "fp8":  # built in fp32, so the fp32 copies are freed again before the steps
+        quantize_frozen_linears(model.transformer_blocks)
     model.enable_gradient_checkpointing(ckpt)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    _reset_peak()
     for _ in range(2):
         _step(model, opt, x, t, llm, clip)
-    return {"name": name, "measured": _maxrss() - base}
+    return {"name": name, "measured": _peak() - base}
 
 
 def measure(name: str) -> int:

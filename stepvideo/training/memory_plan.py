@@ -188,10 +188,13 @@ def plan_memory(
     overhead_gib: float = 2.0,
     text_tokens: int = TEXT_TOKENS,
     backend: str = "flash",
+    compute: str | None = None,
 ) -> MemoryPlan:
     """Plan one training step's per-GPU memory. Give the video as ``frames``/``height``/``width``
     pixels (official VAE: 8x16x16) or directly as ``latent`` = (latent frames, token rows, token
-    columns) after patching. Bad values raise InputError."""
+    columns) after patching. ``compute`` is the activation dtype (default: fp32 for fp32 weights,
+    else bf16); only fp8 storage may differ from it (fp8 on the CPU computes in fp32). Bad values
+    raise InputError."""
     preset = cfg if isinstance(cfg, str) else "custom"
     if isinstance(cfg, str):
         cfg = DiTConfig.preset(cfg)
@@ -222,6 +225,10 @@ def plan_memory(
         bad = sorted(set(targets) - set(LORA_TARGETS))
         if bad or not targets:
             raise InputError(f"LoRA targets must be a non-empty subset of {LORA_TARGETS}, got {list(targets)}")
+    compute = compute or ("fp32" if weights == "fp32" else "bf16")
+    if compute not in ("fp32", "bf16") or (weights != "fp8" and compute != weights):
+        raise InputError(f"compute dtype {compute!r} does not go with --weights {weights} (fp32 or bf16; "
+                         "only fp8 storage computes in another dtype)")
     if weights == "fp8" and method == "full":
         raise InputError("--weights fp8 stores frozen base weights; full fine-tuning trains them (use bf16)")
     if latent is None:
@@ -234,10 +241,10 @@ def plan_memory(
     adapters = _adapter_params(cfg, rank, targets) if not full else 0
     trainable = n_all if full else adapters
     wb = WEIGHT_DTYPES[weights]
-    e = 4 if weights == "fp32" else 2
+    e = WEIGHT_DTYPES[compute]
     # weights
-    if weights == "fp8":
-        w_bytes = (n_all - lin_el) * 2 + lin_el * 1 + lin_rows * 4
+    if weights == "fp8":  # the block Linears in fp8 + a per-row fp32 scale, the rest in the compute dtype
+        w_bytes = (n_all - lin_el) * e + lin_el * 1 + lin_rows * 4
     else:
         w_bytes = n_all * wb
     w_bytes += adapters * e
@@ -270,7 +277,8 @@ def plan_memory(
     components = {"weights": int(w_bytes), "gradients": int(g_bytes), "optimizer": int(o_bytes),
                   "activations": int(acts), "zero3 gather": int(gather), "overhead": int(overhead_gib * GIB)}
     settings = dict(preset=preset, method=method, rank=rank, gpus=gpus, zero=zero, sp=sp, batch=batch,
-                    checkpointing=checkpointing, weights=weights, optimizer=optimizer, backend=backend)
+                    checkpointing=checkpointing, weights=weights, optimizer=optimizer, backend=backend,
+                    compute=compute)
     details = dict(params=n_all + adapters, trainable=trainable, tokens=tokens, tokens_per_rank=n // batch,
                    latent=tuple(latent), block_bytes_per_token=per_tok, block_bytes=block, text_tokens=text_tokens)
     return MemoryPlan(components, int(gpu_mem_gib * GIB), settings, details)
