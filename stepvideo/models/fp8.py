@@ -42,7 +42,8 @@ def quantize_weight(w: torch.Tensor, granularity: str = "row") -> tuple[torch.Te
 
 
 def dequantize_weight(w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return w8.to(dtype) * scale.to(dtype)
+    """``w8 * scale`` in ``dtype``: one transient weight-sized tensor (scaled in place)."""
+    return w8.to(dtype).mul_(scale.to(dtype))
 
 
 class _FP8LinearFn(torch.autograd.Function):

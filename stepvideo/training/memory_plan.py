@@ -5,7 +5,8 @@ Weights / gradients / optimizer states (P = all parameters, P_t = trainable ones
 
 - weights: sum over parameters of numel * bytes (bf16 2, fp32 4; ``weights="fp8"`` stores the
   frozen transformer-block Linear weights as float8_e4m3fn, 1 B/element + one fp32 scale per
-  output row, see stepvideo/models/fp8.py); LoRA adds R * (in + out) adapter parameters per
+  output row, see stepvideo/models/fp8.py, plus the transient upcast of the largest such Linear in
+  the compute dtype, component "fp8 upcast"); LoRA adds R * (in + out) adapter parameters per
   targeted Linear. ZeRO-3 divides the weights by N and adds a gather buffer of two blocks' weights
   (the live block and the prefetched one).
 - gradients: P_t * (2 for bf16 weights, 4 for fp32); ZeRO >= 2 divides by N.
@@ -143,17 +144,19 @@ def block_keep_bytes(cfg: DiTConfig, e: int, *, full: bool, adapted: frozenset[s
 
 
 def _param_counts(cfg: DiTConfig) -> tuple[int, int, int, int]:
-    """(all parameters, block-Linear weight elements, block-Linear output rows, largest block)."""
+    """(all parameters, block-Linear weight elements, block-Linear output rows, one block's
+    parameters, the largest block Linear's weight elements)."""
     model = build_on_meta(cfg)
     total = sum(p.numel() for p in model.parameters())
-    lin_el = lin_rows = 0
+    lin_el = lin_rows = lin_max = 0
     for name, p in model.named_parameters():
         if name.startswith("transformer_blocks.") and name.endswith(".weight") and any(
                 f".{t}." in name for t in BLOCK_LINEARS):
             lin_el += p.numel()
             lin_rows += p.shape[0]
+            lin_max = max(lin_max, p.numel())
     block = sum(p.numel() for p in model.transformer_blocks[0].parameters())
-    return total, lin_el, lin_rows, block
+    return total, lin_el, lin_rows, block, lin_max
 
 
 def _adapter_params(cfg: DiTConfig, rank: int, targets) -> int:
@@ -237,7 +240,7 @@ def plan_memory(
         latent = latent_tokens(cfg, frames, height, width)
 
     full = method == "full"
-    n_all, lin_el, lin_rows, block_params = _param_counts(cfg)
+    n_all, lin_el, lin_rows, block_params, lin_max = _param_counts(cfg)
     adapters = _adapter_params(cfg, rank, targets) if not full else 0
     trainable = n_all if full else adapters
     wb = WEIGHT_DTYPES[weights]
@@ -274,8 +277,11 @@ def plan_memory(
     head = n * 3 * d * e + n * 4 * cfg.in_channels * cfg.patch_size**2 * 4
     acts = keep + transient + head
 
+    # fp8 storage: the forward (and the backward) upcasts one Linear's weight at a time
+    upcast = lin_max * e if weights == "fp8" else 0
     components = {"weights": int(w_bytes), "gradients": int(g_bytes), "optimizer": int(o_bytes),
-                  "activations": int(acts), "zero3 gather": int(gather), "overhead": int(overhead_gib * GIB)}
+                  "activations": int(acts), "zero3 gather": int(gather),
+                  "fp8 upcast": int(upcast), "overhead": int(overhead_gib * GIB)}
     settings = dict(preset=preset, method=method, rank=rank, gpus=gpus, zero=zero, sp=sp, batch=batch,
                     checkpointing=checkpointing, weights=weights, optimizer=optimizer, backend=backend,
                     compute=compute)
