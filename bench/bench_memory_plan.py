@@ -1,7 +1,8 @@
 """Planned vs measured training memory (stepvideo/training/memory_plan.py) on the CPU.
 
 Each configuration runs in a fresh subprocess: imports and a tiny warm-up step, then the RSS
-high-water mark (``resource.getrusage``) is the baseline (glibc's mmap threshold is fixed at 64 KiB
+high-water mark (VmHWM in /proc/self/status; not ``getrusage``'s ru_maxrss, which a child spawned
+from a big process inherits across exec) is the baseline (glibc's mmap threshold is fixed at 64 KiB
 so that freed tensors leave the RSS); the model is built (fp8 rows: quantized), the high-water mark
 is reset to the current RSS (``/proc/self/clear_refs``, so the fp32 construction of an fp8 model
 does not count), and two forward+backward+AdamW steps run (the second has the optimizer states
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -92,10 +92,6 @@ def _step(model, opt, x, t, llm, clip):
     return float(loss)
 
 
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
 def _reset_peak() -> None:
     """Reset the RSS high-water mark to the current RSS (Linux: clear_refs 5), so that building the
     model (fp32, then quantized for fp8 rows) does not count as the training peak."""
@@ -104,6 +100,7 @@ def _reset_peak() -> None:
 
 
 def _peak() -> int:
+    """This process's RSS high-water mark in bytes (Linux)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
@@ -120,7 +117,7 @@ def child(name: str) -> dict:
           *_inputs(warm.config, (1, 4, 4), 1))
     del warm
     x, t, llm, clip = _inputs(cfg, latent, batch)
-    base = _maxrss()
+    base = _peak()
     model = StepVideoDiT(cfg)
     if method == "lora":
         apply_lora(model, LoraSpec(rank=rank, alpha=float(rank)))
