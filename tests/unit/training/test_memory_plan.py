@@ -132,3 +132,25 @@ def test_bad_input_is_one_line(args, msg):
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.output
+
+
+def test_plan_help_names_every_flag():
+    r = runner.invoke(app, ["plan", "--help"], terminal_width=200)
+    assert r.exit_code == 0 and "Usage" in r.output
+    for flag in ("--preset", "--gpus", "--gpu-mem", "--frames", "--height", "--width", "--batch", "--method", "--rank",
+                 "--zero", "--checkpointing", "--sp", "--weights", "--optimizer", "--overhead"):
+        assert flag in r.output, flag
+
+
+@pytest.mark.parametrize("extra", [
+    ["--preset", "small", "--frames", "17", "--height", "64", "--width", "64"], ["--gpus", "8", "--zero", "1"],
+    ["--gpu-mem", "40"], ["--frames", "102"], ["--height", "272"], ["--width", "496"], ["--batch", "2"],
+    ["--method", "lora"], ["--method", "lora", "--rank", "8"], ["--zero", "1"], ["--checkpointing"],
+    ["--gpus", "8", "--sp", "8"], ["--weights", "fp32"], ["--optimizer", "adamw8bit"], ["--overhead", "0"],
+], ids=lambda e: " ".join(e))
+def test_every_flag_changes_the_plan(extra):
+    base = runner.invoke(app, ["plan"] + (["--gpus", "8"] if "--gpus" in extra else [])
+                         + (["--method", "lora"] if "--rank" in extra else []))
+    r = runner.invoke(app, ["plan", *extra])
+    assert base.exit_code == 0 and r.exit_code == 0, r.output
+    assert r.output != base.output
