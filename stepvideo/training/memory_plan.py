@@ -143,7 +143,7 @@ def block_keep_bytes(cfg: DiTConfig, e: int, *, full: bool, adapted: frozenset[s
     return float(per_tok), float(per_text), float(per_pos)
 
 
-def _param_counts(cfg: DiTConfig) -> tuple[int, int, int, int]:
+def _param_counts(cfg: DiTConfig) -> tuple[int, int, int, int, int]:
     """(all parameters, block-Linear weight elements, block-Linear output rows, one block's
     parameters, the largest block Linear's weight elements)."""
     model = build_on_meta(cfg)
