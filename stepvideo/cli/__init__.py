@@ -1,7 +1,7 @@
 """`stepvideo`: the command line. Every subcommand has --help; user mistakes print one clear line.
 
 One module per command group (`data`, `run`: params/stage/flow, `models`: generate/model/compat/
-release, `eval`, `dpo`: dpo + label, `registry`, `lora`); `_common` holds the user-error wrapper and the
+release, `eval`, `dpo`: dpo + label, `registry`, `lora`, `plan`: the memory planner); `_common` holds the user-error wrapper and the
 seam to the Prefect flows. This module only assembles the root app (the `stepvideo` entry point).
 """
 
@@ -14,6 +14,7 @@ from stepvideo.cli.dpo import dpo_app, label_app
 from stepvideo.cli.eval import eval_app
 from stepvideo.cli.lora import lora_app
 from stepvideo.cli.models import compat_app, generate_cmd, model_app, release_app
+from stepvideo.cli.plan import plan_cmd
 from stepvideo.cli.registry import registry_app
 from stepvideo.cli.run import flow_app, params_app, stage
 
@@ -25,6 +26,7 @@ for name, group in (("data", data_app), ("params", params_app), ("flow", flow_ap
     app.add_typer(group, name=name)
 app.command("stage")(stage)
 app.command("generate")(generate_cmd)
+app.command("plan")(plan_cmd)
 
 
 def main() -> None:  # pragma: no cover
