@@ -85,14 +85,12 @@ def build_dpo(p: config.Params):
 
 
 def build_finetune(p: config.Params):
-    import json
     import tempfile
 
-    from stepvideo.models.dit import DiTConfig
+    from stepvideo.models.dit import DiTConfig, StepVideoDiT
 
-    folder = Path(tempfile.mkdtemp())
-    cfg = DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    folder = Path(tempfile.mkdtemp())  # a real (tiny) DiT folder: the LoRA targets are checked against its weights
+    StepVideoDiT(DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])).save_pretrained(folder)
     return finetune_train_config(p, FakeCache(), folder)
 
 
