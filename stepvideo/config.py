@@ -415,14 +415,14 @@ class Params:
 
     def section_hash(self, name: str) -> str:
         """A short stable hash of one section (cache keys, lineage tags)."""
-        blob = json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True)
+        blob = json.dumps(_hashed(getattr(self, name)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def training_hash(self) -> str:
         """A short stable hash of every section that shapes the shipped model (`TRAINING_SECTIONS`):
         the bundle's `cascade_params` lineage tag, which a scheduled retrain compares with."""
         sections = FINETUNE_SECTIONS if self.flow.pipeline == "finetune" else TRAINING_SECTIONS
-        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
+        blob = json.dumps({s: _hashed(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -431,6 +431,16 @@ TRAINING_SECTIONS = ("data", "validate", "text_encoders", "vae", "latent_cache",
                      "t2v_highres", "sft", "dpo")
 # ... and what the `finetune` pipeline's model depends on (flow.pipeline: finetune)
 FINETUNE_SECTIONS = ("data", "validate", "text_encoders", "latent_cache", "finetune")
+
+
+def _hashed(section: Any) -> dict[str, Any]:
+    """What a section's hashes cover: its fields, less `dpo`'s LoRA fields under `method: full` (they
+    do nothing there), so a full DPO keeps the cache keys and lineage hashes it had before they existed."""
+    d = dataclasses.asdict(section)
+    if isinstance(section, DPOParams) and section.method == "full":
+        for k in ("method", *(f.name for f in dataclasses.fields(LoraFields))):
+            d.pop(k)
+    return d
 
 
 class ParamsError(InputError):

@@ -110,3 +110,25 @@ def test_lora_dpo_writes_the_merged_dit_and_registers_the_adapter(tmp_path, monk
     assert tags["stage"] == "dpo" and tags["pairs_version"] == lineage["pairs_version"]
     assert tags["parent_model_version"] == lineage["parent_model_version"]
     assert tags["weights_hash"] == lineage["adapter_hash"]
+
+
+def test_a_full_dpo_section_hashes_as_before_the_lora_fields():
+    """Under method full the LoRA fields do nothing, so the dpo section's hash (the stage's cache key,
+    lineage params_hash, the retrain check's training_hash) is what it was before they existed
+    (the demo preset's value at e155880); under lora any of them changes it."""
+    import dataclasses
+    import hashlib
+
+    from stepvideo.config import LoraFields, preset
+
+    p = preset("demo")
+    assert p.section_hash("dpo") == "5af70b2c40aaaadd" and p.training_hash() == "b26fd3b1322b9562"
+    old = {k: v for k, v in dataclasses.asdict(p.dpo).items()
+           if k not in {"method", *(f.name for f in dataclasses.fields(LoraFields))}}
+    assert p.section_hash("dpo") == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    p.dpo.lora_rank = 4  # inert under full
+    assert p.section_hash("dpo") == "5af70b2c40aaaadd"
+    p.dpo.method = "lora"
+    lora4 = p.section_hash("dpo")
+    p.dpo.lora_rank = 8
+    assert len({lora4, p.section_hash("dpo"), "5af70b2c40aaaadd"}) == 3
