@@ -205,19 +205,30 @@ LORA_TARGETS = ("attn1.wqkv", "attn1.wo", "attn2.wq", "attn2.wkv", "attn2.wo", "
 
 
 @dataclass
-class _FinetuneFields:
-    # a DiT folder or a T2VPipeline bundle (model_index.json; its vae/ and text_encoders/ are what the
-    # latent cache must be built with), relative to the project or the checkout, or models:/NAME@ALIAS
-    base: str = "release/stepvideo-tiny"
-    method: str = "lora"  # lora (an adapter on the frozen base) | full (every weight; ZeRO via zero_stage)
+class LoraFields:
+    """A LoRA adapter's params (`finetune` and `dpo` with `method: lora`): stepvideo.training.lora.LoraSpec."""
+
     lora_rank: int = 16
     lora_alpha: float = 16.0  # the update is scaled by alpha / rank
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
 
+    def lora_dict(self) -> dict[str, Any]:
+        """The adapter as the trainers' `lora` mapping (LoraSpec's fields)."""
+        return {"rank": self.lora_rank, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": list(self.lora_target_modules)}
+
 
 @dataclass
-class FinetuneParams(DiTRecipeParams, _FinetuneFields):
+class _FinetuneFields:
+    # a DiT folder or a T2VPipeline bundle (model_index.json; its vae/ and text_encoders/ are what the
+    # latent cache must be built with), relative to the project or the checkout, or models:/NAME@ALIAS
+    base: str = "release/stepvideo-tiny"
+    method: str = "lora"  # lora (an adapter on the frozen base) | full (every weight; ZeRO via zero_stage)
+
+
+@dataclass
+class FinetuneParams(DiTRecipeParams, LoraFields, _FinetuneFields):
     """`finetune`: fine-tune a released DiT (`base`) on the project's latent cache, with a LoRA adapter
     or in full, through the DiT trainer (checkpoints, resume, NaN guard). Writes outputs/finetune/
     (the adapter and the merged DiT) and registers them (`stepvideo-lora`, `stepvideo-dit-finetune`)."""
@@ -259,7 +270,7 @@ def _sft() -> DiTStageParams:
 
 
 @dataclass
-class DPOParams:
+class _DPOFields:
     """Video-DPO after SFT (`stepvideo.stages.dpo`): candidates from the SFT model, preference pairs
     from the scorer's reward or from people's labels, the flow-matching DPO loss against the frozen
     SFT model, on-policy rounds. `enabled: false` skips it (evaluate and the bundle then take SFT)."""
@@ -320,6 +331,14 @@ class DPOParams:
     checkpoint_every: int = 20
     keep_checkpoints: int = 2
     max_bad_steps: int = 3
+    # full: the policy is a copy of every DiT weight, the reference a second frozen copy; lora: a peft adapter
+    # (lora_* below) on the one frozen DiT, the reference being that DiT with the adapter off
+    method: str = "full"
+
+
+@dataclass
+class DPOParams(LoraFields, _DPOFields):
+    """The `dpo` section: :class:`_DPOFields`, then the adapter of `method: lora` (:class:`LoraFields`)."""
 
 
 @dataclass
@@ -397,14 +416,14 @@ class Params:
 
     def section_hash(self, name: str) -> str:
         """A short stable hash of one section (cache keys, lineage tags)."""
-        blob = json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True)
+        blob = json.dumps(_hashed(getattr(self, name)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def training_hash(self) -> str:
         """A short stable hash of every section that shapes the shipped model (`TRAINING_SECTIONS`):
         the bundle's `cascade_params` lineage tag, which a scheduled retrain compares with."""
         sections = FINETUNE_SECTIONS if self.flow.pipeline == "finetune" else TRAINING_SECTIONS
-        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
+        blob = json.dumps({s: _hashed(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -413,6 +432,16 @@ TRAINING_SECTIONS = ("data", "validate", "text_encoders", "vae", "latent_cache",
                      "t2v_highres", "sft", "dpo")
 # ... and what the `finetune` pipeline's model depends on (flow.pipeline: finetune)
 FINETUNE_SECTIONS = ("data", "validate", "text_encoders", "latent_cache", "finetune")
+
+
+def _hashed(section: Any) -> dict[str, Any]:
+    """What a section's hashes cover: its fields, less `dpo`'s LoRA fields under `method: full` (they
+    do nothing there), so a full DPO keeps the cache keys and lineage hashes it had before they existed."""
+    d = dataclasses.asdict(section)
+    if isinstance(section, DPOParams) and section.method == "full":
+        for k in ("method", *(f.name for f in dataclasses.fields(LoraFields))):
+            d.pop(k)
+    return d
 
 
 class ParamsError(InputError):
@@ -508,6 +537,8 @@ def _choices(section: str, key: str) -> tuple[str, ...] | None:
         return ("fail", "quarantine")
     if (section, key) == ("finetune", "method"):
         return ("lora", "full")
+    if (section, key) == ("dpo", "method"):
+        return ("full", "lora")
     if (section, key) == ("flow", "pipeline"):
         return ("cascade", "finetune")
     if key == "lr_schedule":
@@ -551,16 +582,22 @@ def check_params(p: Params, where: str) -> None:
             choices = _choices(section.name, key) if isinstance(v, str) else None
             if choices and v not in choices:
                 raise ParamsError(f"{name}: must be one of {', '.join(choices)}, got {v!r}")
+    _check_lora(p.finetune, "finetune", where)
+    _check_lora(p.dpo, "dpo", where)
     _check_finetune(p.finetune, where)
+
+
+def _check_lora(lp: Any, section: str, where: str) -> None:
+    """What the generic checks cannot say of a section's LoRA fields (`finetune`, `dpo`)."""
+    if lp.lora_dropout >= 1:
+        raise ParamsError(f"{where}: {section}.lora_dropout: must be below 1, got {lp.lora_dropout}")
+    if lp.method == "lora" and (not lp.lora_target_modules or not all(t.strip() for t in lp.lora_target_modules)):
+        raise ParamsError(f"{where}: {section}.lora_target_modules: must name at least one module pattern "
+                          f"(e.g. {LORA_TARGETS[0]}), got {lp.lora_target_modules!r}")
 
 
 def _check_finetune(fp: FinetuneParams, where: str) -> None:
     """What the generic checks above cannot say of the `finetune` section."""
-    if fp.lora_dropout >= 1:
-        raise ParamsError(f"{where}: finetune.lora_dropout: must be below 1, got {fp.lora_dropout}")
-    if fp.method == "lora" and (not fp.lora_target_modules or not all(t.strip() for t in fp.lora_target_modules)):
-        raise ParamsError(f"{where}: finetune.lora_target_modules: must name at least one module pattern "
-                          f"(e.g. {LORA_TARGETS[0]}), got {fp.lora_target_modules!r}")
     if not fp.base.strip():
         raise ParamsError(f"{where}: finetune.base: must name the model to fine-tune (a bundle or DiT folder, "
                           "or models:/NAME@ALIAS)")

@@ -1,7 +1,8 @@
 """The MLflow model registry's policy: every registered-model name and alias in one place.
 
     VAE, TEXT_ENCODERS, DIT_STAGES[stage], DPO, BUNDLE   the registered models each stage writes
-    LORA, FINETUNE                                      the `finetune` stage's adapter and fine-tuned DiT
+    LORA, FINETUNE                                      LoRA adapters (`finetune`; `dpo` with method lora,
+                                                        tagged stage: dpo) and the fine-tuned DiT
     CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER           the aliases (JUDGED: those promotion decided)
 
 `promotion` moves the aliases (the gates, a person's promote/rollback, the lock); `retrain`
@@ -19,7 +20,7 @@ DIT_STAGES: dict[str, str] = {"t2i_pretrain": "stepvideo-dit-t2i", "t2v_lowres":
                               "t2v_highres": "stepvideo-dit-t2v-highres", "sft": "stepvideo-dit-sft"}
 DPO = "stepvideo-dit-dpo"
 BUNDLE = "stepvideo-t2v"  # the shippable generation bundle: the model whose aliases promotion moves
-LORA = "stepvideo-lora"  # a LoRA adapter folder (peft format) of the `finetune` stage
+LORA = "stepvideo-lora"  # a LoRA adapter folder (peft format): `finetune`, or `dpo` with method lora (tag stage)
 FINETUNE = "stepvideo-dit-finetune"  # the `finetune` stage's DiT (the base with the adapter merged, or fully tuned)
 
 CANDIDATE, CHAMPION, PREVIOUS, CHALLENGER = "candidate", "champion", "previous", "challenger"

@@ -57,7 +57,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "t2v_highres": _DIT,
     "sft": _DIT,
     "dpo": _DIT + _SCORER + ("stepvideo.stages.dpo", "stepvideo.preference", "stepvideo.training.dpo_trainer",
-                             "stepvideo.evaluation.prompts"),
+                             "stepvideo.evaluation.prompts", "stepvideo.training.lora", "stepvideo.models.lora"),
     "finetune": _DIT + ("stepvideo.stages.finetune", "stepvideo.training.lora", "stepvideo.models.lora",
                         "stepvideo.compat.dit"),
     "evaluate": ("stepvideo.stages.evaluate", "stepvideo.stages.common", "stepvideo.stages.dit", "stepvideo.stages.dpo",

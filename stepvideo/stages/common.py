@@ -29,6 +29,47 @@ def publish_model_folder(params: Params, folder: Path, model_name: str, lineage:
     return tracking.register_folder(folder, model_name, tags=lineage, aliases=(registry.CANDIDATE,))
 
 
+def check_lora_targets(targets: list[str], dit_dir: Path, key: str) -> None:
+    """Each LoRA target pattern (the params' `key`) must name a weight of the DiT folder `dit_dir` (a
+    peft match: the module path or its tail), said before any training starts."""
+    from safetensors import safe_open
+
+    from stepvideo.errors import InputError
+    from stepvideo.models.io import weight_files
+
+    modules: set[str] = set()
+    for f in weight_files(dit_dir):
+        with safe_open(str(f), "pt") as handle:
+            modules |= {k.removesuffix(".weight") for k in handle.keys() if k.endswith(".weight")}
+    for t in targets:
+        if not any(m == t or m.endswith("." + t) for m in modules):
+            example = sorted(m for m in modules if m.startswith("transformer_blocks.0."))[:4]
+            raise InputError(f"{key}: {t!r} matches no module of the base {dit_dir} (e.g. {', '.join(example)})")
+
+
+def write_adapter_lineage(adapter_dir: Path, lineage: dict[str, Any]) -> dict[str, str]:
+    """The adapter folder's own lineage.json: the run's `lineage` (with the merged DiT's
+    `weights_hash`), the adapter's hash and the merged DiT's. Returns the registry tags for it."""
+    adapter_hash = tracking.file_hash(adapter_dir / "adapter_model.safetensors")
+    tags = {**lineage, "adapter_hash": adapter_hash, "merged_weights_hash": lineage["weights_hash"]}
+    (adapter_dir / "lineage.json").write_text(json.dumps(tags, indent=2, sort_keys=True) + "\n")
+    return {**tags, "weights_hash": adapter_hash}
+
+
+def register_adapter(params: Params, adapter_dir: Path, tags: dict[str, str], stage: str,
+                     parent_run_id: str) -> str | None:
+    """Register a LoRA adapter folder as `stepvideo-lora` (alias candidate) in its own MLflow run
+    (`<stage>.adapter`, nested under the stage's: one registered folder per run). None when
+    registration is off."""
+    from stepvideo import registry
+
+    if not params.tracking.register:
+        return None
+    with tracking.run(f"{stage}.adapter", experiment=params.tracking.experiment, tags=tags,
+                      parent_run_id=parent_run_id):
+        return tracking.register_folder(adapter_dir, registry.LORA, tags=tags, aliases=(registry.CANDIDATE,))
+
+
 def local_path(value: str, root: Path) -> str:
     """A folder named in params (`init_from`, `text_encoders.llm`, ...): a URI or absolute path as
     given; a relative one in the project `root`, else beside the package (the committed release,

@@ -12,6 +12,12 @@ outputs/dpo/pairs (the pair dataset of every round: pairs.jsonl + summary.json) 
 outputs/dpo/reward_model. Registers `stepvideo-dit-dpo` (alias candidate) with its lineage: the
 parent SFT version, the pair dataset's version, the reward weights or the annotators. Candidates and
 checkpoints live under .cache/dpo/<key>/ and an interrupted run resumes there.
+
+`dpo.method: lora` trains a peft adapter on the SFT DiT instead of every weight, against the same
+DiT with the adapter off (no reference copy). Each round continues the previous round's adapter on
+the SFT base; later rounds generate from the policy with the adapter on (the merged DiT). It also
+writes outputs/dpo/adapter (the peft folder) and registers it as `stepvideo-lora` (tag `stage: dpo`);
+outputs/dit/dpo is the SFT DiT with the adapter merged, so evaluate and the bundle are unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
-from stepvideo.stages.common import (OUTPUTS, default_device, load_encoders, local_path, model_hash,
-                                     project_data_version, publish_model_folder, require_output)
+from stepvideo.stages.common import (OUTPUTS, check_lora_targets, default_device, load_encoders, local_path,
+                                     model_hash, project_data_version, publish_model_folder, register_adapter,
+                                     require_output, write_adapter_lineage)
 from stepvideo.registry import registered_version
 from stepvideo.errors import InputError
 
@@ -38,18 +45,23 @@ if TYPE_CHECKING:
 SOURCES = ("reward", "human", "reward_model")
 
 # the DPOTrainConfig fields each round sets; every other one comes from the `dpo` section by name
-DPO_SET_BY_STAGE = ("init_from", "reference", "seed", "deepspeed_config")
+DPO_SET_BY_STAGE = ("init_from", "reference", "seed", "deepspeed_config", "lora", "init_adapter")
 
 logger = logging.getLogger(__name__)
 
 
-def dpo_train_config(dp: Any, policy: Path, reference: Path, round_index: int) -> "DPOTrainConfig":
-    """The trainer config of DPO round `round_index` (`dp`: the params' `dpo` section)."""
+def dpo_train_config(dp: Any, policy: Path, reference: Path, round_index: int,
+                     adapter: Path | None = None) -> "DPOTrainConfig":
+    """The trainer config of DPO round `round_index` (`dp`: the params' `dpo` section). With
+    `dp.method: lora`, `policy` is the base DiT (the SFT model, also the reference) and `adapter` the
+    previous round's adapter the policy continues from (None in round 0)."""
     from stepvideo.training.dpo_trainer import DPOTrainConfig
 
+    lora = dp.lora_dict() if dp.method == "lora" else None
     return DPOTrainConfig(**shared_fields(DPOTrainConfig, dp, DPO_SET_BY_STAGE), init_from=str(policy),
                           reference=str(reference), seed=dp.seed + round_index,
-                          deepspeed_config=dp.deepspeed_config or None)
+                          deepspeed_config=dp.deepspeed_config or None, lora=lora,
+                          init_adapter=str(adapter) if lora and adapter else "")
 
 
 def dpo_parent(params: Params, root: Path) -> tuple[Path, str]:
@@ -74,6 +86,9 @@ def _check(params: Params) -> None:
     if dp.source in ("human", "reward_model") and not (dp.labels and dp.human_candidates):
         errors.append(f"dpo.source {dp.source} needs dpo.labels (a labels JSONL) and dpo.human_candidates (the "
                       "candidates folder it labels)")
+    if dp.method == "lora" and dp.update_reference:
+        errors.append("dpo.update_reference needs dpo.method: full (with lora the reference is the SFT DiT, "
+                      "the adapter off)")
     if dp.rounds < 1 or dp.candidates_per_prompt < 2:
         errors.append("dpo.rounds >= 1 and dpo.candidates_per_prompt >= 2 are required")
     if errors:
@@ -215,9 +230,13 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
     sft, parent_version = dpo_parent(params, root)
     if not dp.enabled:
         return _skip(sft, parent_version, root)
+    lora = dp.method == "lora"
+    if lora:
+        check_lora_targets(dp.lora_target_modules, sft, "dpo.lora_target_modules")
     key = dpo_key(params, root, sft)
     work = root / ".cache" / "dpo" / key
     out, pairs_dir, rm_dir = root / OUTPUTS / "dit" / "dpo", root / OUTPUTS / "dpo" / "pairs", root / OUTPUTS / "dpo" / "reward_model"
+    adapter_out = root / OUTPUTS / "dpo" / "adapter"
     weights = RewardWeights(dp.reward_checks, dp.reward_flicker, dp.reward_color_noise)
     prompts = dpo_prompts(params, root)
     size = dict(frames=dp.frames or params.data.frames, height=dp.height or params.data.height,
@@ -225,16 +244,20 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
     lineage = {"stage": "dpo", "parent_model_version": parent_version, "sft_weights": model_hash(sft),
                "data_version": project_data_version(params, root), "params_hash": params.section_hash("dpo"),
                "source": dp.source, "rounds": str(dp.rounds), "beta": str(dp.beta), "dpo_key": key,
-               "reward_weights": json.dumps(weights.to_dict(), sort_keys=True), "git_commit": tracking.git_commit(root)}
+               "reward_weights": json.dumps(weights.to_dict(), sort_keys=True), "git_commit": tracking.git_commit(root),
+               "method": dp.method}
+    if lora:
+        lineage["lora_spec"] = json.dumps(dp.lora_dict(), sort_keys=True)
     with tracking.run("dpo", experiment=params.tracking.experiment, params={"dpo": dataclasses.asdict(dp)},
-                      tags=lineage, parent_run_id=parent_run_id):
+                      tags=lineage, parent_run_id=parent_run_id) as active:
         encoders = load_encoders(params, root)
         t0 = time.perf_counter()
         all_pairs: list[dict] = []
         index: dict[str, tuple[Path, dict]] = {}
         rounds: list[dict] = []
         rm_metrics: dict = {}
-        policy, reference = sft, sft
+        policy, reference = sft, sft  # policy: what generates (lora: the merged DiT, i.e. the adapter on)
+        adapter: Path | None = None  # lora: the adapter the next round continues
         step_offset = 0
         for r in range(dp.rounds):
             pipe = _pipe(policy, params, root, encoders)
@@ -272,7 +295,7 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
                                        "round": r})
             all_pairs += pairs
             del pipe
-            cfg = dpo_train_config(dp, policy, reference, r)
+            cfg = dpo_train_config(dp, sft if lora else policy, reference, r, adapter)
             log = lambda step, m, off=step_offset: tracking.log_metrics(m, step=off + step)  # noqa: E731
             result = train_dpo(cfg, pairs_file, work / f"train-{r}", log_fn=log, progress=progress, name=f"dpo round {r}")
             step_offset += result["step"]
@@ -283,6 +306,7 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
             if dp.update_reference:
                 reference = policy
             policy = Path(result["model_dir"])
+            adapter = Path(result["adapter_dir"]) if lora else None
             logger.info(f"dpo round {r}: {len(rows)} candidates, {len(pairs)} pairs, implicit reward accuracy "
                         f"{result['implicit_acc_first']:.2f} -> {result['implicit_acc_last']:.2f}, margin "
                         f"{result['reward_margin_first']:.3f} -> {result['reward_margin_last']:.3f}")
@@ -302,13 +326,29 @@ def stage_dpo(params: Params, root: Path, parent_run_id: str | None = None, prog
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
             (tmp / "metrics.json").write_text(json.dumps({**metrics, "rounds": rounds, "pair_summary": summary},
                                                          indent=1, sort_keys=True) + "\n")
+        adapter_tags = _write_adapter(adapter, adapter_out, lineage) if lora else None
+        if not lora:  # a full run leaves no adapter of an earlier lora run behind
+            shutil.rmtree(adapter_out, ignore_errors=True)
         tracking.set_tags({"pairs_version": pairs_version, "annotators": lineage["annotators"],
                            "weights_hash": lineage["weights_hash"]})
         tracking.log_artifact(pairs_dir / "summary.json", "pairs")
         registered = publish_model_folder(params, out, registry.DPO, lineage,
                                           {k: float(v) for k, v in metrics.items() if v is not None and v == v})
+        adapter_version = register_adapter(params, adapter_out, adapter_tags, "dpo", active.info.run_id) if lora else None
     return {"model_dir": str(out), "metrics": metrics, "registered_version": registered, "lineage": lineage,
-            "pairs": str(pairs_dir), "pair_summary": summary, "rounds": rounds, "work_dir": str(work)}
+            "pairs": str(pairs_dir), "pair_summary": summary, "rounds": rounds, "work_dir": str(work),
+            "adapter_dir": str(adapter_out) if lora else None, "adapter_version": adapter_version if lora else None}
+
+
+def _write_adapter(adapter: Path, folder: Path, lineage: dict[str, Any]) -> dict[str, str]:
+    """outputs/dpo/adapter: the last round's adapter (peft folder) with its lineage (the run's, tagged
+    `stage: dpo`, the merged DiT's hash); returns its registry tags."""
+    from stepvideo.fileio import atomic_folder
+
+    with atomic_folder(folder) as tmp:
+        shutil.copytree(adapter, tmp, dirs_exist_ok=True)
+        tags = write_adapter_lineage(tmp, lineage)
+    return tags
 
 
 __all__ = ["stage_dpo", "dpo_parent", "dpo_key", "dpo_prompts", "make_candidates"]

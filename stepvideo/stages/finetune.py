@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from stepvideo import registry, tracking
 from stepvideo.config import Params, shared_fields
 from stepvideo.errors import InputError, MissingError
-from stepvideo.stages.common import (OUTPUTS, bundle_component, local_path, model_hash, project_data_version,
-                                     publish_model_folder, require_output, resolve_folder, vae_folder)
+from stepvideo.stages.common import (OUTPUTS, bundle_component, check_lora_targets, local_path, model_hash,
+                                     project_data_version, publish_model_folder, register_adapter, require_output,
+                                     resolve_folder, vae_folder, write_adapter_lineage)
 
 if TYPE_CHECKING:
     from stepvideo.training.dit_trainer import DiTTrainConfig
@@ -115,30 +116,11 @@ def finetune_train_config(params: Params, cache: Any, dit_dir: Path) -> "DiTTrai
     model.gradient_checkpointing = fp.gradient_checkpointing
     lora = None
     if fp.method == "lora":
-        _check_targets(fp.lora_target_modules, dit_dir)
-        lora = {"rank": fp.lora_rank, "alpha": fp.lora_alpha, "dropout": fp.lora_dropout,
-                "target_modules": list(fp.lora_target_modules)}
+        check_lora_targets(fp.lora_target_modules, dit_dir, "finetune.lora_target_modules")
+        lora = fp.lora_dict()
     derived = {"model": model.to_dict(), "init_from": str(dit_dir), "kinds": kinds, "min_quality": min_quality,
                "split": "train", "deepspeed_config": fp.deepspeed_config or None, "lora": lora}
     return DiTTrainConfig(**shared_fields(DiTTrainConfig, fp, FINETUNE_SET_BY_STAGE), **derived)
-
-
-def _check_targets(targets: list[str], dit_dir: Path) -> None:
-    """Each `finetune.lora_target_modules` pattern must name a weight of the base (a peft match: the
-    module path or its tail), said before any training starts."""
-    from safetensors import safe_open
-
-    from stepvideo.models.io import weight_files
-
-    modules: set[str] = set()
-    for f in weight_files(dit_dir):
-        with safe_open(str(f), "pt") as handle:
-            modules |= {k.removesuffix(".weight") for k in handle.keys() if k.endswith(".weight")}
-    for t in targets:
-        if not any(m == t or m.endswith("." + t) for m in modules):
-            example = sorted(m for m in modules if m.startswith("transformer_blocks.0."))[:4]
-            raise InputError(f"finetune.lora_target_modules: {t!r} matches no module of the base {dit_dir} "
-                             f"(e.g. {', '.join(example)})")
 
 
 def finetune_key(cache_key: str, base_weights: str, cfg: "DiTTrainConfig") -> str:
@@ -217,24 +199,14 @@ def stage_finetune(params: Params, root: Path, parent_run_id: str | None = None,
                                             fps=fps, vae=vae_folder(params, root))
             metrics, samples = finish_model_folder(tmp / "dit", result, lineage, seconds, render,
                                                    {"adapter_bytes": adapter_bytes} if lora else None, also=(tmp,))
-            if lora:  # the adapter's own lineage: the run's, its spec, its hash and the merged DiT's
-                adapter_hash = tracking.file_hash(tmp / "adapter" / "adapter_model.safetensors")
-                adapter_lineage = {**lineage, "adapter_hash": adapter_hash,
-                                   "merged_weights_hash": lineage["weights_hash"]}
-                (tmp / "adapter" / "lineage.json").write_text(json.dumps(adapter_lineage, indent=2,
-                                                                         sort_keys=True) + "\n")
+            if lora:
+                adapter_tags = write_adapter_lineage(tmp / "adapter", lineage)
         tracking.set_tags({"weights_hash": lineage["weights_hash"], "weights_kept": result["weights"]})
         for f in samples:
             tracking.log_artifact(out / "samples" / f.name, "samples")
         registered = publish_model_folder(params, out / "dit", registry.FINETUNE, lineage, metrics,
                                           step=result["step"])
-        adapter = None
-        if lora and params.tracking.register:  # its own run: one registered folder per run
-            tags = {**adapter_lineage, "weights_hash": adapter_hash}
-            with tracking.run(f"{OUT}.adapter", experiment=params.tracking.experiment, tags=tags,
-                              parent_run_id=active.info.run_id):
-                adapter = tracking.register_folder(out / "adapter", registry.LORA, tags=tags,
-                                                   aliases=(registry.CANDIDATE,))
+        adapter = register_adapter(params, out / "adapter", adapter_tags, OUT, active.info.run_id) if lora else None
     logger.info(f"finetune ({fp.method}): loss {metrics['loss_first']:.4f} -> {metrics['loss_last']:.4f} over "
                 f"{metrics['step']} steps, {metrics['trainable_parameters']} trainable parameters")
     return {"model_dir": str(out / "dit"), "adapter_dir": str(out / "adapter") if lora else None,

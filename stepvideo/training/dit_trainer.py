@@ -265,6 +265,18 @@ def split_lora_state(weights: Mapping[str, torch.Tensor], spec: Any, adapter_nam
     return base, adapter.check()
 
 
+def write_lora_result(out: Path, weights: Mapping[str, torch.Tensor], spec: Any, model_config: dict) -> None:
+    """A LoRA run's outputs from its gathered fp32 state (a live module may hold bf16 or ZeRO-3
+    shards): ``out/adapter`` (a peft adapter folder) and ``out/final`` (the base with it merged)."""
+    from stepvideo.models.io import save_folder
+    from stepvideo.models.lora import merge_lora
+    from stepvideo.training.lora import write_peft_folder
+
+    base, adapter = split_lora_state(weights, spec)
+    write_peft_folder(out / ADAPTER, adapter)
+    save_folder(out / FINAL, merge_lora(base, adapter), model_config)
+
+
 # ------------------------------------------------------------------------------------------------
 # the loop
 
@@ -414,17 +426,12 @@ def train_dit(
 
         if spec is None:
             save_folder(out / FINAL, weights, model.config.to_dict())
-        else:  # the adapter (from the gathered fp32 state: a live module may hold bf16 or ZeRO-3 shards) + merged
-            from stepvideo.models.lora import merge_lora
-            from stepvideo.training.lora import write_peft_folder
-
-            base, adapter = split_lora_state(weights, spec)
-            write_peft_folder(out / ADAPTER, adapter)
-            save_folder(out / FINAL, merge_lora(base, adapter), model.config.to_dict())
+        else:
+            write_lora_result(out, weights, spec, model.config.to_dict())
         ckpt.atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     engine.barrier()
     return result
 
 
 __all__ = ["ADAPTER", "DiTTrainConfig", "NonFiniteLossError", "train_dit", "initial_model", "lora_spec",
-           "make_micro_batch", "split_lora_state"]
+           "make_micro_batch", "split_lora_state", "write_lora_result"]

@@ -20,6 +20,13 @@ Checkpoints (``out_dir/checkpoints/step-N``) hold the policy, the optimizer mome
 step: a re-run resumes and ends where an uninterrupted run would. The result is ``out_dir/final``
 (a ``StepVideoDiT`` folder) and ``metrics.json`` with the per-step curves (loss, implicit reward
 accuracy, reward margin, KL proxy). The caller logs through ``log_fn(step, metrics)``.
+
+``lora`` (a :class:`stepvideo.training.lora.LoraSpec` as a dict; ``dpo.method: lora``): the policy is
+a peft adapter on ``init_from`` (every base weight frozen, the optimizer over the adapter only,
+``init_adapter`` its optional start), and the reference is **the same module with the adapter off**
+(``adapter_off``): no second copy of the DiT's weights. B starts at 0, so policy == reference at
+step 0 as with ``full``. Checkpoints hold the adapter and its moments only; the result adds
+``out_dir/adapter`` (a peft folder) and ``out_dir/final`` is the base with the adapter merged.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from stepvideo.diffusion.dpo import flow_dpo_loss
 from stepvideo.diffusion.flow_matching import SAMPLERS, TimestepSampler, training_pair
 from stepvideo.models.dit import StepVideoDiT
 from stepvideo.training import checkpoint as ckpt
-from stepvideo.training.dit_trainer import _sample_generator
+from stepvideo.training.dit_trainer import ADAPTER, _sample_generator, lora_spec, write_lora_result
 from stepvideo.training.loop import RunCheckpoints, build_engine, check_batch_split, rank_micro_batches
 from stepvideo.training.schedule import LR_SCHEDULES, lr_factor
 from stepvideo.errors import InputError, MissingError
@@ -78,6 +85,10 @@ class DPOTrainConfig:
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
     max_bad_steps: int = 3
+    # a LoRA adapter on init_from ({rank, alpha, dropout, target_modules}), the reference being init_from
+    # (the adapter off); None: every weight trains against a frozen copy of `reference`
+    lora: dict[str, Any] | None = None
+    init_adapter: str = ""  # lora: the adapter folder the policy starts from ('' : B = 0, the policy is init_from)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -94,6 +105,16 @@ class DPOTrainConfig:
             errors.append(f"timestep_sampling must be one of {SAMPLERS}, got {self.timestep_sampling!r}")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
             errors.append("checkpoint_every, log_every, keep_checkpoints and max_bad_steps must be >= 1")
+        if self.lora is not None:
+            self.lora = dict(self.lora)
+            unknown = sorted(set(self.lora) - {"rank", "alpha", "dropout", "target_modules"})
+            if unknown:
+                errors.append(f"unknown lora fields {unknown}")
+            if self.reference and self.reference != self.init_from:
+                errors.append("with lora the reference is init_from with the adapter off (reference must be "
+                              f"'' or init_from, got {self.reference!r})")
+        elif self.init_adapter:
+            errors.append("init_adapter needs lora")
         if errors:
             raise InputError("invalid DPOTrainConfig: " + "; ".join(errors))
 
@@ -106,6 +127,9 @@ class DPOTrainConfig:
         for k in ("log_every", "checkpoint_every", "keep_checkpoints", "zero_stage", "deepspeed_config",
                   "gradient_checkpointing", "max_bad_steps"):
             d.pop(k)
+        for k in ("lora", "init_adapter"):  # absent in a full run: its fingerprint is what it always was
+            if not d[k]:
+                d.pop(k)
         return hashlib.sha256(json.dumps([d, pairs_version], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,13 +229,27 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
     if model.config.in_channels != data["chosen"].shape[2]:
         raise InputError(f"{pairs_file}: latents have {data['chosen'].shape[2]} channels, the model "
                          f"{cfg.init_from} takes {model.config.in_channels}")
+    spec = lora_spec(cfg)
+    adapter_names = None
+    if spec is not None:  # peft layers in place, only their A/B train; the reference is this module, adapter off
+        from stepvideo.training.lora import adapter_off, apply_lora, load_adapter_weights
+
+        apply_lora(model, spec)
+        if cfg.init_adapter:
+            load_adapter_weights(model, cfg.init_adapter)
+        adapter_names = {n for n, p in model.named_parameters() if p.requires_grad}
     model.enable_gradient_checkpointing(cfg.gradient_checkpointing)
     model.train()
     engine = build_engine(model, cfg, world)
-    reference = frozen_reference(cfg.reference or cfg.init_from, engine.device, engine.compute_dtype)
+    if spec is None:
+        reference = frozen_reference(cfg.reference or cfg.init_from, engine.device, engine.compute_dtype)
+    else:
+        def reference(*args, **kwargs):
+            with adapter_off(model):
+                return engine(*args, **kwargs)
 
     checkpoints = RunCheckpoints(out, engine, model.config.to_dict(), cfg.fingerprint(str(meta.get("version", ""))),
-                                 rank, world, keep=cfg.keep_checkpoints)
+                                 rank, world, keep=cfg.keep_checkpoints, only=adapter_names)
     _, state, counter = checkpoints.resume(resume, cfg.to_dict(), "written by a different DPO config or pair set")
     curves: dict[str, list[float]] = {k: list(state.get("curves", {}).get(k, [])) for k in CURVES}
 
@@ -276,10 +314,16 @@ def train_dpo(cfg: DPOTrainConfig, pairs_file: str | os.PathLike, out_dir: str |
     result_out: dict[str, Any] = {
         "step": counter.step, "skipped_steps": counter.skipped, "pairs": n, "seconds": time.perf_counter() - t_start,
         **{f"{k}_first": window(k, False) for k in CURVES}, **{f"{k}_last": window(k, True) for k in CURVES},
-        "curves": curves, "model_dir": str(out / "final"), "world_size": world}
+        "curves": curves, "model_dir": str(out / "final"), "world_size": world,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    if spec is not None:
+        result_out["adapter_dir"] = str(out / ADAPTER)
     weights = engine.full_state_dict()
     if rank == 0:
-        save_folder(out / "final", weights, model.config.to_dict())
+        if spec is None:
+            save_folder(out / "final", weights, model.config.to_dict())
+        else:
+            write_lora_result(out, weights, spec, model.config.to_dict())
         ckpt.atomic_write_text(out / "metrics.json", json.dumps(result_out, indent=2, sort_keys=True) + "\n")
     engine.barrier()
     return result_out

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -146,6 +147,40 @@ def set_scale(model: torch.nn.Module, scale: float, adapter_name: str = "default
         m.enable_adapters(scale != 0)  # peft's switch also flips requires_grad: put it back below
     for p in model.parameters():
         p.requires_grad_(trainable[id(p)])
+    return model
+
+
+@contextmanager
+def adapter_off(model: torch.nn.Module, adapter_name: str = "default") -> Iterator[torch.nn.Module]:
+    """``model`` with its adapter switched off inside the block (``set_scale`` 0: outputs bitwise the
+    base model's; no second copy of any weight), back at scale 1 (as trained) after it. Video-DPO's
+    reference under ``dpo.method: lora`` is the policy inside this block."""
+    set_scale(model, 0.0, adapter_name)
+    try:
+        yield model
+    finally:
+        set_scale(model, 1.0, adapter_name)
+
+
+def load_adapter_weights(model: torch.nn.Module, adapter: LoraAdapter | str | os.PathLike,
+                         adapter_name: str = "default") -> torch.nn.Module:
+    """Copy an adapter's A / B tensors (a folder or file :func:`load_adapter` reads) into the LoRA
+    layers of ``model`` (``apply_lora`` with the same spec first): training continues from it. A
+    tensor the model lacks, a model tensor the adapter lacks, or a shape that differs is an InputError."""
+    if not isinstance(adapter, LoraAdapter):
+        adapter = load_adapter(adapter)
+    params = dict(model.named_parameters())
+    tag = {part: f".{part}.{adapter_name}." for part in ("lora_A", "lora_B")}
+    ours = {n: p for n, p in params.items() if tag["lora_A"] in n or tag["lora_B"] in n}
+    named = {n.replace(tag["lora_A"], ".lora_A.").replace(tag["lora_B"], ".lora_B."): p for n, p in ours.items()}
+    missing, extra = sorted(set(named) - set(adapter.weights)), sorted(set(adapter.weights) - set(named))
+    wrong = sorted(k for k in set(named) & set(adapter.weights) if named[k].shape != adapter.weights[k].shape)
+    if missing or extra or wrong:
+        raise InputError(f"{adapter.source or 'LoRA adapter'}: does not fit the model's LoRA layers (missing "
+                         f"{missing[:3]}, unexpected {extra[:3]}, other shape {wrong[:3]})")
+    with torch.no_grad():
+        for k, p in named.items():
+            p.copy_(adapter.weights[k].to(p.dtype))
     return model
 
 
@@ -270,7 +305,7 @@ def merge_into_folder(base: str | os.PathLike, adapters: list[tuple[str | os.Pat
     return Path(out)
 
 
-__all__ = ["DEFAULT_TARGETS", "FORMATS", "LoraAdapter", "LoraSpec", "adapter_of", "adapter_state_dict", "apply_lora",
-           "base_state_dict", "config_for", "export_lora", "fuse_lora", "load_adapter", "lora_parameters",
+__all__ = ["DEFAULT_TARGETS", "FORMATS", "LoraAdapter", "LoraSpec", "adapter_of", "adapter_off", "adapter_state_dict", "apply_lora",
+           "base_state_dict", "config_for", "export_lora", "fuse_lora", "load_adapter", "load_adapter_weights", "lora_parameters",
            "merge_into_folder", "merge_lora", "save_adapter", "set_scale", "target_module_names",
            "write_peft_folder"]

@@ -85,20 +85,12 @@ def build_dpo(p: config.Params):
 
 
 def build_finetune(p: config.Params):
-    import json
     import tempfile
 
-    from stepvideo.models.dit import DiTConfig
+    from stepvideo.models.dit import DiTConfig, StepVideoDiT
 
-    from safetensors.torch import save_file
-
-    from stepvideo.models.dit import StepVideoDiT
-
-    folder = Path(tempfile.mkdtemp())
-    cfg = DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-    # the LoRA targets are checked against the base's weight names
-    save_file({k: v.contiguous() for k, v in StepVideoDiT(cfg).state_dict().items()}, str(folder / "model.safetensors"))
+    folder = Path(tempfile.mkdtemp())  # a real (tiny) DiT folder: the LoRA targets are checked against its weights
+    StepVideoDiT(DiTConfig.preset("demo", in_channels=8, out_channels=8, caption_channels=[32, 16])).save_pretrained(folder)
     return finetune_train_config(p, FakeCache(), folder)
 
 
