@@ -78,11 +78,13 @@ def test_step0_loss_equals_the_full_methods_and_only_one_dit_is_loaded(sft, tmp_
 
     monkeypatch.setattr(StepVideoDiT, "from_pretrained", classmethod(counting))
     memory = {}
+    gc.collect()
+    before = _parameter_numel_in_memory()  # parameters other tests left alive in this process
 
     def measure(tag):
         def log(step, m):
             if step == 1:
-                memory[tag] = _parameter_numel_in_memory()
+                memory[tag] = _parameter_numel_in_memory() - before
         return log
 
     full = train_dpo(_cfg(sft, steps=1), pairs, tmp_path / "full", progress=False, log_fn=measure("full"))

@@ -6,7 +6,6 @@ the bench's tolerance of a measured peak (subprocess), and `stepvideo plan`."""
 from __future__ import annotations
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from conftest import load_bench
@@ -80,13 +79,30 @@ def test_checkpointing_sp_fp8_and_8bit_states_are_levers():
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_block_keep_matches_autograds_saved_tensors(lora):
+    """Autograd's saved tensors, counted in a fresh interpreter: DeepSpeed (initialised by other
+    tests in this process) patches torch functions globally and changes what autograd keeps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     bench = load_bench("bench_memory_plan")
-    torch.manual_seed(0)
-    model = StepVideoDiT(DiTConfig.preset("small")).train()
-    if lora:
-        apply_lora(model, LoraSpec(rank=4, alpha=4.0))
-    x, t, llm, clip = bench._inputs(model.config, (2, 4, 4), 1)
-    saved = bench.saved_block_bytes(model, x, t, llm, clip)
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(bench.__file__).parent)!r})
+import bench_memory_plan as bench
+from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.training.lora import LoraSpec, apply_lora
+torch.manual_seed(0)
+model = StepVideoDiT(DiTConfig.preset("small")).train()
+if {lora!r}:
+    apply_lora(model, LoraSpec(rank=4, alpha=4.0))
+x, t, llm, clip = bench._inputs(model.config, (2, 4, 4), 1)
+print(bench.saved_block_bytes(model, x, t, llm, clip))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    saved = int(out.stdout.split()[-1])
+    model = StepVideoDiT(DiTConfig.preset("small"))
     per_tok, per_text, per_pos = block_keep_bytes(model.config, 4, full=not lora, rank=4, backend="sdpa",
                                                   adapted=frozenset(LORA_TARGETS if lora else ()))
     planned = 32 * (per_tok + per_pos) + (bench.LLM_LEN + bench.CLIP_LEN) * per_text
