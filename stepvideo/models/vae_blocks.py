@@ -60,7 +60,15 @@ def pad_time_front(x: torch.Tensor, frames: int) -> torch.Tensor:
     """Prepend ``frames`` zero frames to a (B, C, T, H, W) tensor."""
     if frames == 0:
         return x
-    return F.pad(x, (0, 0, 0, 0, frames, 0))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.pad(x, (0, 0, 0, 0, frames, 0))
+    # without autograd: zero only the new frames (F.pad fills the whole output first), in x's layout
+    b, c, t, h, w = x.shape
+    fmt = CL3D if x.is_contiguous(memory_format=CL3D) else torch.contiguous_format
+    out = torch.empty((b, c, t + frames, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, :frames].zero_()
+    out[:, :, frames:].copy_(x)
+    return out
 
 
 def to_channels_last(conv: nn.Module) -> nn.Module:
