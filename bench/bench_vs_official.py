@@ -39,6 +39,9 @@ Decode: our ``decode`` (with the boundary mix) vs the official ``decode``. 34x25
 minutes per call here; ``--vae-cases 17x128`` is the quick set and ``--vae-width-div N`` divides
 the VAE widths and z by N (labelled) when even that is too slow.
 
+``--compile``: a third column, our DiT with :meth:`StepVideoDiT.compile_blocks` (``torch.compile`` of
+each block, inductor's C++ kernels on the CPU), with its compile time (the first call) and max diff.
+
 ``--profile``: torch.profiler top ops (self CPU time) of our and the official DiT forward (c4x4)
 and VAE decode (the first VAE case).
 """
@@ -218,11 +221,13 @@ def _dit_config(spec) -> DiTConfig:
     return DiTConfig.preset(spec) if isinstance(spec, str) else DiTConfig(**spec)
 
 
-def build_dit_pair(off, name: str, seed: int = 0):
+def build_dit_pair(off, name: str, seed: int = 0, compiled: bool = False):
     spec, (f, h, w), llm_len, clip_len = DIT_CASES[name]
     cfg = _dit_config(spec)
     torch.manual_seed(seed)
     ours = StepVideoDiT(cfg).float().eval()
+    if compiled:
+        ours.compile_blocks(dynamic=False)
     official = off.model.StepVideoModel(
         num_attention_heads=cfg.num_heads,
         attention_head_dim=cfg.head_dim,
@@ -260,12 +265,18 @@ def build_dit_pair(off, name: str, seed: int = 0):
     return cfg, run_ours, run_official, flops
 
 
-def bench_dit(off, names, repeats, peak) -> list[dict]:
+def bench_dit(off, names, repeats, peak, compiled: bool = False) -> list[dict]:
     rows = []
     for name in names:
         cfg, ours, official, flops = build_dit_pair(off, name)
         diff = float((ours() - official()).abs().max())
-        t = interleaved({"official": official, "ours": ours}, repeats)
+        fns = {"official": official, "ours": ours}
+        if compiled:  # a second copy of ours, its blocks compiled; the first call compiles
+            _, fns["compiled"], _, _ = build_dit_pair(off, name, compiled=True)
+            t0 = time.perf_counter()
+            diff_c = float((fns["compiled"]() - official()).abs().max())
+            compile_s = time.perf_counter() - t0
+        t = interleaved(fns, repeats)
         row = {
             "case": name,
             "geometry": f"{cfg.num_layers}L x {cfg.num_heads}H x {cfg.head_dim}, {flops['tokens']} tokens",
@@ -273,6 +284,9 @@ def bench_dit(off, names, repeats, peak) -> list[dict]:
             "gflop": flops["total"] / 1e9, "ours_gflops": flops["total"] / t["ours"] / 1e9,
         }
         row["of_peak"] = row["ours_gflops"] / peak
+        if compiled:
+            row.update(compiled_s=t["compiled"], compiled_ratio=t["official"] / t["compiled"], compiled_diff=diff_c,
+                       compile_s=compile_s, compiled_of_peak=flops["total"] / t["compiled"] / 1e9 / peak)
         rows.append(row)
         print(
             f"DiT {name:6s} {row['geometry']:34s} official/ours {row['ratio']:5.2f}x  max|diff| {diff:.2e}  "
@@ -280,6 +294,10 @@ def bench_dit(off, names, repeats, peak) -> list[dict]:
             f"(official {flops['total'] / t['official'] / 1e9:.1f})",
             flush=True,
         )
+        if compiled:
+            print(f"    compiled blocks (compile_blocks, first call {compile_s:.1f} s): official/ours "
+                  f"{row['compiled_ratio']:5.2f}x  max|diff| {diff_c:.2e}  {row['compiled_of_peak']:.0%} of the matmul rate",
+                  flush=True)
     return rows
 
 
@@ -375,6 +393,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--vae-width-div", type=int, default=1, help="divide the VAE widths and z by N (1, 2 or 4; labelled)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler top ops (DiT c4x4, first VAE case)")
     ap.add_argument("--profile-rows", type=int, default=12)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our DiT with its blocks torch.compile'd (StepVideoDiT.compile_blocks); prints compile time")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -389,7 +409,7 @@ def main(argv=None) -> dict:
     if unknown:
         raise SystemExit(f"unknown DiT cases {unknown}; known: {sorted(DIT_CASES)}")
     result = {"matmul_gflops": peak, "threads": torch.get_num_threads(), "load_1m": load}
-    result["dit"] = bench_dit(off, dit_names, args.repeats, peak)
+    result["dit"] = bench_dit(off, dit_names, args.repeats, peak, compiled=args.compile)
     if args.profile and "c4x4" in dit_names:
         _, ours, official, _ = build_dit_pair(off, "c4x4")
         profile_top(ours, "ours DiT forward c4x4", args.profile_rows)
