@@ -6,7 +6,8 @@ and the scorer.
                                    [--steps 20] [--cfg 5] [--shift 3] [--compile] [--threads 2]
 
 The parts are timed by wrapping the functions `run_benchmark` calls (the pipeline's text
-encoding, ``dit.forward``, ``vae.decode``, ``save_video``, ``score_frames``) for the length of
+encoding, ``dit.forward``, ``vae.decode``, ``save_video``, the scorer's ``analyse`` and
+``score_frames``) for the length of
 one run; nothing else changes. ``--compile``: the same run with the DiT's blocks compiled
 (``StepVideoDiT.compile_blocks``) after an uncompiled run, both printed with their ratio; the
 compile time (the compiled run's first batch) is in its DiT share and printed apart.
@@ -40,7 +41,7 @@ def timed(pipe: T2VPipeline):
     """Wrap each part's function with a timer; yields {part: [seconds, calls]}; restores them after."""
     spent = {p: [0.0, 0] for p in PARTS}
     patches = [(pipe, "_encode", "text encoders"), (pipe.dit, "forward", "DiT"), (pipe.vae, "decode", "VAE decode"),
-               (t2v, "save_video", "mp4 write"), (runner, "score_frames", "scorer")]
+               (t2v, "save_video", "mp4 write"), (runner, "analyse", "scorer"), (runner, "score_frames", "scorer")]
     saved = []
     for owner, name, part in patches:
         fn = getattr(owner, name)
@@ -77,7 +78,7 @@ def one_run(pipe, prompts, args, label: str) -> dict:
     rest = wall - sum(s for s, _ in spent.values())
     for part in PARTS:
         s, calls = spent[part]
-        print(f"  {part:<14} {s:8.2f} s  {s / wall:6.1%}  ({calls} calls)")
+        print(f"  {part:<14} {s:8.2f} s  {s / wall:6.1%}  ({calls} calls)")  # scorer: analyse + score_frames
     print(f"  {'other':<14} {rest:8.2f} s  {rest / wall:6.1%}  (the loop, report, results.json)")
     return {"wall": wall, "videos": n, "parts": {p: spent[p][0] for p in PARTS}, "overall": results["summary"]["overall"]}
 
