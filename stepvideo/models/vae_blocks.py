@@ -108,6 +108,19 @@ class CausalConv3d(nn.Module):
                             padding=c.padding[1:]).unsqueeze(2)
         return self.conv(pad_time_front(x, self.time_pad))
 
+    def silu_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(silu(x))``. Without autograd, on a clip, SiLU writes straight into the
+        time-padded buffer the convolution reads (one pass over x instead of SiLU, then a copy)."""
+        # channels-last-3d only: there each sample's new frames are one dense block, which SiLU's
+        # vectorised kernel fills as it does in place (elsewhere it would take a strided loop)
+        if not self.time_pad or x.shape[2] == 1 or not _inplace_ok(x) or not x.is_contiguous(memory_format=CL3D):
+            return self(silu_(x))
+        b, c, t, h, w = x.shape
+        padded = torch.empty((b, c, t + self.time_pad, h, w), dtype=x.dtype, device=x.device, memory_format=CL3D)
+        padded[:, :, :self.time_pad].zero_()
+        torch.ops.aten.silu.out(x, out=padded[:, :, self.time_pad:])
+        return self.conv(padded)
+
 
 class ResnetBlock3D(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 conv when widths differ) skip."""
@@ -124,8 +137,8 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv1(silu_(self.norm1(x)))
-        h = self.conv2(silu_(self.norm2(h)))
+        h = self.conv1.silu_forward(self.norm1(x))
+        h = self.conv2.silu_forward(self.norm2(h))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return h.add_(skip) if _inplace_ok(h, skip) else h + skip
 
@@ -214,8 +227,7 @@ class UpsampleResBlock3D(nn.Module):
         self.norm2 = FrameGroupNorm(groups, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = silu_(self.norm1(self.conv1(x)))
-        h = self.norm2(self.conv2(h))
+        h = self.norm2(self.conv2.silu_forward(self.norm1(self.conv1(x))))
         if _inplace_ok(h, x):
             return F.silu(h.add_(x), inplace=True).add_(x)
         return F.silu(h + x) + x
@@ -524,4 +536,4 @@ class VideoDecoder(nn.Module):
                 h = block(h)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(silu_(self.norm_out(h)))
+        return self.conv_out.silu_forward(self.norm_out(h))
