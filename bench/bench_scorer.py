@@ -58,7 +58,7 @@ def main() -> None:
                                 progress=False)
             gt = score_manifest(manifest, split="heldout", max_items=args.vae_items, progress=False)
             rows.append(_row(f"same {args.vae_items}, as stored", gt["summary"]))
-            rows.append(_row(f"  after the VAE round trip", rt["summary"]))
+            rows.append(_row("  after the VAE round trip", rt["summary"]))
         else:
             print(f"no VAE at {args.vae}: the round-trip row is skipped", file=sys.stderr)
     print(f"{'scorer accuracy (%)':<28} " + " ".join(f"{c[:6]:>6}" for c in CATEGORIES) + "  overall")

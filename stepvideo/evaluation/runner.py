@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stepvideo.evaluation.scorer import score_frames, summarize
+from stepvideo.evaluation.segment import analyse
 from stepvideo.fileio import atomic_write_text
 from stepvideo.errors import InputError
 
@@ -245,10 +246,11 @@ def run_benchmark(pipe: Any, prompts: Sequence[Any], out: str | os.PathLike, *, 
             entry = {k: v for k, v in job.items() if k != "attributes"}
             entry["video"] = rel
             if job["attributes"] is not None:
-                entry.update(score_frames(clip, job["attributes"]))
+                scene = analyse(clip)  # segmented once: judged against its prompt and its chance record
+                entry.update(score_frames(clip, job["attributes"], scene=scene))
                 if job["id"] in others:
                     chance.append({**{k: job[k] for k in ("id", "prompt_id", "lang", "seed")},
-                                   **score_frames(clip, others[job["id"]])})
+                                   **score_frames(clip, others[job["id"]], scene=scene)})
             else:
                 entry.update(checks=[], passed=None)
             if metrics:

@@ -287,13 +287,14 @@ def _color_noise(scene: Scene) -> float:
     return float(np.minimum(d[~rims], 60.0).mean()) if (~rims).any() else 0.0
 
 
-def score_frames(frames: np.ndarray, attrs: dict) -> dict:
+def score_frames(frames: np.ndarray, attrs: dict, *, scene: Scene | None = None) -> dict:
     """Judge one video (T, H, W, 3) uint8 against an attribute record: {"checks": [{category,
-    object, expected, observed, pass}], "passed", "flicker", "color_noise"}."""
+    object, expected, observed, pass}], "passed", "flicker", "color_noise"}. ``scene``: the clip's
+    ``analyse(frames)`` when the caller judges the same clip against several records (read only)."""
     video = "camera" in attrs
     if video and len(frames) < 2:
         raise InputError("a clip's attributes (with a camera and actions) need a clip of 2 or more frames, got a still")
-    scene = analyse(frames)
+    scene = analyse(frames) if scene is None else scene
     objects = attrs["objects"]
     checks = expected_checks(attrs)
     scene_obs = {"count": str(judge_count(scene)), "background": scene.background}

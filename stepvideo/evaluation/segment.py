@@ -160,24 +160,30 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return frame @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def _smooth(gray: np.ndarray) -> np.ndarray:
+    """The blur the motion fit works on (float64, sigma 0.7 px)."""
+    return ndimage.gaussian_filter(gray.astype(np.float64), 0.7)
+
+
 def _fit_motion(a: np.ndarray, b: np.ndarray, valid: np.ndarray, iters: int = 4) -> tuple[float, float, float]:
-    """(tx, ty, s) with b(x') ~ a(x), x' = (1 + s) (x - c) + c + t: translation + zoom about the center c."""
+    """(tx, ty, s) with b(x') ~ a(x), x' = (1 + s) (x - c) + c + t: translation + zoom about the center c.
+    ``a`` and ``b`` are :func:`_smooth`-ed gray frames."""
     h, w = a.shape
     cy, cx = (h - 1) / 2, (w - 1) / 2
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     X, Y = xs - cx, ys - cy
-    gy, gx = np.gradient(ndimage.gaussian_filter(a.astype(np.float64), 0.7))
+    gy, gx = np.gradient(a)
     tx = ty = s = 0.0
     inner = valid.copy()
     inner[:3], inner[-3:], inner[:, :3], inner[:, -3:] = False, False, False, False
     for _ in range(iters):
         # sample b at the predicted positions of a's pixels
         coords = np.stack([(1 + s) * Y + cy + ty, (1 + s) * X + cx + tx])
-        bw = ndimage.map_coordinates(ndimage.gaussian_filter(b.astype(np.float64), 0.7), coords, order=1, mode="nearest")
+        bw = ndimage.map_coordinates(b, coords, order=1, mode="nearest")
         inside = inner & (coords[0] >= 1) & (coords[0] <= h - 2) & (coords[1] >= 1) & (coords[1] <= w - 2)
         if inside.sum() < 50:
             break
-        e = (bw - ndimage.gaussian_filter(a.astype(np.float64), 0.7))[inside]
+        e = (bw - a)[inside]
         J = np.stack([gx[inside], gy[inside], gx[inside] * X[inside] + gy[inside] * Y[inside]], 1)
         delta, *_ = np.linalg.lstsq(J.T @ J + 1e-3 * np.eye(3), -(J.T @ e), rcond=None)
         # b(p + d) ~ a(p) + grad . (p' - p) => first-order update of the parameters
@@ -196,7 +202,7 @@ def camera_motion(frames: np.ndarray, background: np.ndarray) -> tuple[np.ndarra
     scale, shift = np.ones(t), np.zeros((t, 2))
     if t < 2:
         return scale, shift
-    gray = _gray(frames)
+    gray = [_smooth(g) for g in _gray(frames)]  # each frame blurred once (it is b of one pair, a of the next)
     for i in range(1, t):
         valid = ndimage.binary_erosion(background[i - 1] & background[i], iterations=2)
         tx, ty, s = _fit_motion(gray[i - 1], gray[i], valid)

@@ -293,13 +293,14 @@ class StepVideoBlock(nn.Module):
                 self_mask=None):
         m = self.scale_shift_table[None] + mod.view(-1, 6, self.dim)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = m.unbind(1)
-        h = self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None]
+        # modulation and gated residuals as one fused multiply-add each (addcmul)
+        h = torch.addcmul(shift_a[:, None], self.norm1(x), 1 + scale_a[:, None])
         a = self.attn1(h, cos, sin, backend) if sp is None else self.attn1(h, cos, sin, backend, sp, self_mask)
-        x = x + gate_a[:, None] * a
+        x = torch.addcmul(x, gate_a[:, None], a)
         c = self.attn2(x, ctx, ctx_mask, backend)
         x = x + c
-        h = self.norm2(x) * (1 + scale_f[:, None]) + shift_f[:, None]
-        x = x + gate_f[:, None] * self.ff(h)
+        h = torch.addcmul(shift_f[:, None], self.norm2(x), 1 + scale_f[:, None])
+        x = torch.addcmul(x, gate_f[:, None], self.ff(h))
         if record is not None:
             record[f"{prefix}.attn1"] = a.detach()
             record[f"{prefix}.attn2"] = c.detach()
@@ -353,6 +354,15 @@ class StepVideoDiT(nn.Module):
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled
+
+    def compile_blocks(self, **options) -> "StepVideoDiT":
+        """``torch.compile`` each transformer block in place (regional compilation: the blocks share
+        one code object, so one compiled graph serves them all; the first forward pays the compile
+        time). Names, ``state_dict`` and checkpoints are unchanged. ``options`` go to
+        ``nn.Module.compile`` (e.g. ``mode``, ``dynamic``)."""
+        for block in self.transformer_blocks:
+            block.compile(**options)
+        return self
 
     def set_sequence_parallel(self, sp: Any | None) -> None:
         """Split the video tokens over a sequence-parallel group (a ``stepvideo.parallel.SequenceParallel``);
@@ -467,7 +477,7 @@ class StepVideoDiT(nn.Module):
     def _final(self, tokens, embedded_t):
         """AdaLN-modulated output norm and projection: (B, N, D) -> (B, N, p*p*C), channel order (pi, pj, c)."""
         shift, scale = (self.scale_shift_table[None] + embedded_t[:, None]).unbind(1)
-        tokens = self.norm_out(tokens) * (1 + scale[:, None]) + shift[:, None]
+        tokens = torch.addcmul(shift[:, None], self.norm_out(tokens), 1 + scale[:, None])
         return self.proj_out(tokens)
 
     def _unpatchify(self, out, b, f, hh, ww):

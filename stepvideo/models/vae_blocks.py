@@ -24,29 +24,62 @@ import torch.nn.functional as F
 from torch import nn
 
 
+CL3D = torch.channels_last_3d
+
+
+def _inplace_ok(*tensors: torch.Tensor) -> bool:
+    """In-place updates of fresh intermediates are safe when nothing records gradients."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a fresh intermediate, in place when no gradient is recorded."""
+    return F.silu(x, inplace=_inplace_ok(x))
+
+
 class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm over (channel group, H, W) of each frame separately; input (B, C, T, H, W).
 
     Same parameters (``weight``, ``bias``) as :class:`torch.nn.GroupNorm`. Because every frame is
     normalised on its own, a frame's output never depends on other frames.
+
+    Computed by ``F.group_norm`` (torch's fused kernel, as in the official model) on the
+    (B*T, C, H, W) batch of frames. A channels-last-3d input (B, T, H, W, C in memory) already is
+    that batch in channels-last layout, so it goes in as a view and the result stays
+    channels-last-3d; any other layout is copied into frames once.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         b, c, t, h, w = x.shape
-        g = self.num_groups
-        xg = x.reshape(b, g, c // g, t, h, w)
-        var, mean = torch.var_mean(xg, dim=(2, 4, 5), keepdim=True, correction=0)
-        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, t, h, w)
-        if self.affine:
-            y = torch.addcmul(self.bias.view(1, c, 1, 1, 1), y, self.weight.view(1, c, 1, 1, 1))
-        return y
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # a view when x is channels-last-3d
+        y = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return y.view(b, t, c, h, w).transpose(1, 2)
 
 
 def pad_time_front(x: torch.Tensor, frames: int) -> torch.Tensor:
     """Prepend ``frames`` zero frames to a (B, C, T, H, W) tensor."""
     if frames == 0:
         return x
-    return F.pad(x, (0, 0, 0, 0, frames, 0))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.pad(x, (0, 0, 0, 0, frames, 0))
+    # without autograd: zero only the new frames (F.pad fills the whole output first), in x's layout
+    b, c, t, h, w = x.shape
+    fmt = CL3D if x.is_contiguous(memory_format=CL3D) else torch.contiguous_format
+    out = torch.empty((b, c, t + frames, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, :frames].zero_()
+    out[:, :, frames:].copy_(x)
+    return out
+
+
+def to_channels_last(conv: nn.Module) -> nn.Module:
+    """Store a conv's weight channels-last (3d for Conv3d). With channels-last activations the
+    CPU (oneDNN) and cuDNN kernels then keep that layout from layer to layer instead of
+    reordering every input and output. Values, names and ``state_dict`` keys are unchanged
+    (savers write ``.contiguous()`` copies); ``load_state_dict`` copies into this layout."""
+    w = conv.weight
+    fmt = CL3D if w.dim() == 5 else torch.channels_last
+    conv.weight.data = w.data.contiguous(memory_format=fmt)
+    return conv
 
 
 class CausalConv3d(nn.Module):
@@ -63,6 +96,7 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(
             in_channels, out_channels, kernel_size, stride=stride, padding=(0, space_pad, space_pad)
         )
+        to_channels_last(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.shape[2] == 1 and self.time_pad:
@@ -73,6 +107,19 @@ class CausalConv3d(nn.Module):
             return F.conv2d(x[:, :, 0], c.weight[:, :, -1], c.bias, stride=c.stride[1:],
                             padding=c.padding[1:]).unsqueeze(2)
         return self.conv(pad_time_front(x, self.time_pad))
+
+    def silu_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(silu(x))``. Without autograd, on a clip, SiLU writes straight into the
+        time-padded buffer the convolution reads (one pass over x instead of SiLU, then a copy)."""
+        # channels-last-3d only: there each sample's new frames are one dense block, which SiLU's
+        # vectorised kernel fills as it does in place (elsewhere it would take a strided loop)
+        if not self.time_pad or x.shape[2] == 1 or not _inplace_ok(x) or not x.is_contiguous(memory_format=CL3D):
+            return self(silu_(x))
+        b, c, t, h, w = x.shape
+        padded = torch.empty((b, c, t + self.time_pad, h, w), dtype=x.dtype, device=x.device, memory_format=CL3D)
+        padded[:, :, :self.time_pad].zero_()
+        torch.ops.aten.silu.out(x, out=padded[:, :, self.time_pad:])
+        return self.conv(padded)
 
 
 class ResnetBlock3D(nn.Module):
@@ -90,10 +137,10 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1.silu_forward(self.norm1(x))
+        h = self.conv2.silu_forward(self.norm2(h))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return h + skip
+        return h.add_(skip) if _inplace_ok(h, skip) else h + skip
 
 
 class CausalAttnBlock(nn.Module):
@@ -120,14 +167,16 @@ class CausalAttnBlock(nn.Module):
 
         out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v), is_causal=True)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, t, h, w)
-        return x + self.proj_out(out)
+        y = self.proj_out(out)
+        return y.add_(x) if _inplace_ok(y, x) else x + y
 
 
 def _per_frame(x: torch.Tensor, fn) -> torch.Tensor:
     """Apply a 2D (N, C, H, W) function to every frame of a (B, C, T, H, W) tensor."""
     b, c, t, h, w = x.shape
-    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
-    return y.reshape(b, t, y.shape[1], y.shape[2], y.shape[3]).transpose(1, 2).contiguous()
+    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))  # a view when x is channels-last-3d
+    y = y.reshape(b, t, y.shape[1], y.shape[2], y.shape[3]).transpose(1, 2)
+    return y.contiguous(memory_format=CL3D)  # channels-last frames come back without a copy
 
 
 class Downsample2D(nn.Module):
@@ -135,7 +184,7 @@ class Downsample2D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = to_channels_last(nn.Conv2d(channels, channels, 3, stride=2, padding=0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return _per_frame(x, lambda f: self.conv(F.pad(f, (0, 1, 0, 1))))
@@ -157,7 +206,7 @@ class Upsample2D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = to_channels_last(nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return _per_frame(x, lambda f: self.conv(F.interpolate(f, scale_factor=2.0, mode="nearest")))
@@ -178,8 +227,9 @@ class UpsampleResBlock3D(nn.Module):
         self.norm2 = FrameGroupNorm(groups, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = F.silu(self.norm1(self.conv1(x)))
-        h = self.norm2(self.conv2(h))
+        h = self.norm2(self.conv2.silu_forward(self.norm1(self.conv1(x))))
+        if _inplace_ok(h, x):
+            return F.silu(h.add_(x), inplace=True).add_(x)
         return F.silu(h + x) + x
 
 
@@ -199,33 +249,48 @@ class Upsample3D(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> its (B, T, H, W, C) view (a copy only when x is not channels-last-3d)."""
+    return x.permute(0, 2, 3, 4, 1)
+
+
+def _first(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, C) -> the (B, C, T, H, W) view (channels-last-3d when x is contiguous)."""
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def _unshuffle_last(x: torch.Tensor, f: int) -> torch.Tensor:
+    """(B, C, T, H, W) with T, H, W divisible by f -> (B, T/f, H/f, W/f, C*f^3), channel index
+    ``((c*f + dt)*f + dh)*f + dw``; one copy."""
+    b, c, t, h, w = x.shape
+    y = _last(x).reshape(b, t // f, f, h // f, f, w // f, f, c)
+    return y.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, t // f, h // f, w // f, c * f**3)
+
+
+def _shuffle_last(x: torch.Tensor, f: int) -> torch.Tensor:
+    """(B, T, H, W, C*f^3) -> (B, C, T*f, H*f, W*f) channels-last-3d; inverse of _unshuffle_last."""
+    b, t, h, w, cf = x.shape
+    c = cf // f**3
+    y = x.reshape(b, t, h, w, c, f, f, f).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return _first(y.reshape(b, t * f, h * f, w * f, c))
+
+
 def pixel_unshuffle_3d(x: torch.Tensor, factor: int) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, C*f^3, ceil-ish T/f, H/f, W/f), causal in time.
 
     ``factor - 1`` zero frames are prepended first, so frame 0 lands alone in the first output
-    frame. Output channel index is ``((c*f + dt)*f + dh)*f + dw``.
+    frame. Output channel index is ``((c*f + dt)*f + dh)*f + dw``. The result is channels-last-3d.
     """
     if factor == 1:
         return x
-    x = pad_time_front(x, factor - 1)
-    b, c, t, h, w = x.shape
-    f = factor
-    x = x.reshape(b, c, t // f, f, h // f, f, w // f, f)
-    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(b, c * f**3, t // f, h // f, w // f)
+    return _first(_unshuffle_last(pad_time_front(x, factor - 1), factor))
 
 
 def pixel_shuffle_3d(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Inverse of :func:`pixel_unshuffle_3d`: (B, C*f^3, T, H, W) -> (B, C, T*f-(f-1), H*f, W*f)."""
     if factor == 1:
         return x
-    b, cf, t, h, w = x.shape
-    f = factor
-    c = cf // f**3
-    x = x.reshape(b, c, f, f, f, t, h, w)
-    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    x = x.reshape(b, c, t * f, h * f, w * f)
-    return x[:, :, f - 1 :]
+    return _shuffle_last(_last(x), factor)[:, :, factor - 1 :]
 
 
 class PixelUnshuffleChannelAveraging3D(nn.Module):
@@ -243,9 +308,12 @@ class PixelUnshuffleChannelAveraging3D(nn.Module):
         self.group_size = expanded // out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = pixel_unshuffle_3d(x, self.factor)
-        b, _, t, h, w = x.shape
-        return x.reshape(b, self.out_channels, self.group_size, t, h, w).mean(dim=2)
+        if self.factor == 1:
+            y = _last(x)
+        else:
+            y = _unshuffle_last(pad_time_front(x, self.factor - 1), self.factor)
+        b, t, h, w, _ = y.shape
+        return _first(y.reshape(b, t, h, w, self.out_channels, self.group_size).mean(dim=-1))
 
 
 class ChannelDuplicatingPixelShuffle3D(nn.Module):
@@ -262,7 +330,12 @@ class ChannelDuplicatingPixelShuffle3D(nn.Module):
         self.repeats = expanded // in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return pixel_shuffle_3d(x.repeat_interleave(self.repeats, dim=1), self.factor)
+        b, c, t, h, w = x.shape
+        r, f = self.repeats, self.factor
+        y = _last(x).unsqueeze(-1).expand(b, t, h, w, c, r)  # repeat_interleave on channels, lazily
+        if f == 1:
+            return _first(y.reshape(b, t, h, w, c * r))
+        return _shuffle_last(y.reshape(b, t, h, w, c * r), f)[:, :, f - 1 :]
 
 
 class ConvPixelUnshuffle3D(nn.Module):
@@ -294,6 +367,11 @@ class ConvPixelShuffle3D(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Encoder / decoder
 # --------------------------------------------------------------------------------------------
+
+
+def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b, into ``a`` (a fresh conv output) when no gradient is recorded."""
+    return a.add_(b) if _inplace_ok(a, b) and a.is_contiguous(memory_format=CL3D) else a + b
 
 
 class _Level(nn.Module):
@@ -373,21 +451,21 @@ class VideoEncoder(nn.Module):
             self.stage1_out = CausalConv3d(top, 2 * z_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv_in(x)
+        h = self.conv_in(x.contiguous(memory_format=CL3D))  # channels-last-3d from here on
         for level in self.down:
             for block in level.block:
                 h = block(h)
             if level.resample is not None:
                 h = level.resample(h)
-        h = F.silu(self.norm_out(self.mid(h)))
+        h = silu_(self.norm_out(self.mid(h)))
         if not self.patchify:
             return self.stage1_out(h)
         p = self.conv_patchify(h)
         if self.use_shortcut:
-            p = p + self.shortcut_pathify(h)
+            p = _add(p, self.shortcut_pathify(h))
         out = self.conv_out(p)
         if self.use_shortcut:
-            out = out + self.shortcut_out(p)
+            out = _add(out, self.shortcut_out(p))
         return out
 
 
@@ -442,13 +520,14 @@ class VideoDecoder(nn.Module):
         self.conv_out = CausalConv3d(block_in, out_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        z = z.contiguous(memory_format=CL3D)  # channels-last-3d from here on
         if self.patchify:
             h = self.conv_in(z)
             if self.use_shortcut:
-                h = h + self.shortcut_in(z)
+                h = _add(h, self.shortcut_in(z))
             u = self.conv_unpatchify(h)
             if self.use_shortcut:
-                u = u + self.shortcut_unpathify(h)
+                u = _add(u, self.shortcut_unpathify(h))
         else:
             u = self.stage1_in(z)
         h = self.mid(u)
@@ -457,4 +536,4 @@ class VideoDecoder(nn.Module):
                 h = block(h)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out.silu_forward(self.norm_out(h))

@@ -181,12 +181,23 @@ class Engine:
         self.rank, self.world_size = init_distributed()
         config = deepspeed_config(cfg)
         self.compute_dtype = torch.bfloat16 if config["bf16"]["enabled"] else torch.float32
+        # fp32 stage 0: step() checks the norm first (DeepSpeed does not) and then clips with it, the same
+        # formula as DeepSpeed's clip_grad_norm_, so DeepSpeed is told not to compute it a second time
+        plain = cfg.zero_stage == 0 and not config["bf16"]["enabled"]
+        if plain:
+            config["gradient_clipping"] = 0.0
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.ds, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
         self.module: nn.Module = self.ds.module  # under ZeRO-3 its parameters are partitioned: call the engine
         self.device = torch.device(self.ds.device)
         self._adam = _inner_adamw(self.ds.optimizer)
         self._plain = self.ds.optimizer is self._adam  # fp32 stage 0: DeepSpeed adds no wrapper
+        if self._plain != plain:
+            raise RuntimeError(f"expected DeepSpeed {'without' if plain else 'with'} an optimizer wrapper at "
+                               f"ZeRO-{cfg.zero_stage}, bf16={config['bf16']['enabled']}")
+        self._params = trainable
+        # one plain rank has nothing to reduce: its backward skips DeepSpeed's gradient all-reduce
+        self._solo = plain and self.world_size == 1
         # bf16 stage 0 (FP16_UnfusedOptimizer) keeps an fp32 master per parameter, and its constructor
         # runs one AdamW step on zero gradients; undo that so Adam's step count starts at 0 as elsewhere.
         self._masters: dict[nn.Parameter, torch.Tensor] = {}
@@ -210,7 +221,8 @@ class Engine:
         self._micro += 1
         # The last micro-batch of a step reduces the gradients; DeepSpeed scales the loss by 1/grad_accum.
         self.ds.set_gradient_accumulation_boundary(self._micro == self.cfg.grad_accum)
-        self.ds.backward(loss)
+        with self.ds.no_sync() if self._solo else contextlib.nullcontext():
+            self.ds.backward(loss)
 
     def step(self, lr: float) -> dict:
         """Apply one AdamW step (after grad_accum backward() calls) unless the global grad norm is not finite."""
@@ -220,12 +232,16 @@ class Engine:
         for group in self._adam.param_groups:
             group["lr"] = lr
         if self._plain:  # DeepSpeed neither checks nor reports the norm here; grads are already all-reduced
-            norms = [torch.linalg.vector_norm(p.grad) for p in self.module.parameters() if p.grad is not None]
-            norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+            grads = [p.grad for p in self._params if p.grad is not None]
+            # DeepSpeed's clip_grad_norm_: sqrt(sum of squared per-tensor norms), coef min(1, max / (norm + 1e-6))
+            total = torch.stack(torch._foreach_norm(grads)).pow(2).sum().pow(0.5) if grads else torch.zeros(())
+            norm = float(total)
             if not math.isfinite(norm):
                 self.discard()
                 return {"grad_norm": norm, "skipped": True}
-            self.ds.step()  # clips (gradient_clipping) and steps
+            if self.cfg.grad_clip > 0 and grads:
+                torch._foreach_mul_(grads, torch.clamp(self.cfg.grad_clip / (total + 1e-6), max=1.0))
+            self.ds.step()  # AdamW (DeepSpeed's own clipping is off: see __init__)
             return {"grad_norm": norm, "skipped": False}
         self.ds.step()  # ZeRO / bf16: an all-reduced norm; inf or nan -> no update, gradients dropped
         norm = self.ds.get_global_grad_norm()

@@ -198,3 +198,16 @@ def test_flicker_is_not_measured_where_the_object_is_lost():
     w = RewardWeights(checks=1.0, flicker=0.5, color_noise=0.0)
     share = lambda r: sum(c["pass"] for c in r["checks"]) / len(r["checks"])  # noqa: E731
     assert reward({**lost, "passed_share": share(lost)}, w) == pytest.approx(share(lost))  # no flicker term
+
+
+def test_a_clip_analysed_once_judges_like_one_analysed_per_record():
+    """The benchmark segments each clip once and judges it against its prompt and its chance record:
+    the same verdicts as analysing it for each record, and the scene is left as it was."""
+    attrs, frames = clip([mover("right", color="blue", shape="square")], [(-0.3, 0.0)], camera="zoom_in",
+                         background="gray")
+    other = {**attrs, "camera": "pan_left", "objects": [mover("left", color="red")]}
+    scene = analyse(frames)
+    labels, shift = scene.labels.copy(), scene.shift.copy()
+    for record in (attrs, other, attrs):
+        assert score_frames(frames, record, scene=scene) == score_frames(frames, record)
+    assert np.array_equal(scene.labels, labels) and np.array_equal(scene.shift, shift)

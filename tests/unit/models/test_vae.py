@@ -152,7 +152,9 @@ def test_single_image_is_first_frame_of_clip(vae):
     z_img = vae.encode(video[:, :1])
     torch.testing.assert_close(z_img, z[:, :1], rtol=0, atol=1e-5)
     x = vae.decode(z[:, :3], mix=False)
-    torch.testing.assert_close(vae.decode(z[:, :1]), x[:, :1], rtol=0, atol=1e-5)
+    # FrameGroupNorm runs torch's group_norm kernel (as the official model does): its statistics
+    # round differently on a 1-frame and a 20-frame decoder tensor, ~1e-5 on outputs up to 1.4
+    torch.testing.assert_close(vae.decode(z[:, :1]), x[:, :1], rtol=0, atol=3e-5)
 
 
 def test_forward_matches_inference_path(vae):

@@ -112,6 +112,27 @@ def test_training_decreases_loss_and_names_match(stage):
     assert all(optim[f"exp_avg/{n}"].shape == state[n].shape for n in names)
 
 
+@pytest.mark.parametrize("grad_clip", [0.0, 0.05, 100.0])
+def test_stage0_clips_and_steps_like_a_torch_loop(grad_clip):
+    """fp32 stage 0 clips in step() (DeepSpeed's own clipping is off there): the same updates as a torch
+    loop with clip_grad_norm_ and AdamW, the pre-clip norm reported, clipping off at grad_clip 0."""
+    engine = make_engine(0, grad_clip=grad_clip)
+    ref = make_model()
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    clipped = []
+    for step in global_batches(4):
+        stats = train_step(engine, step)
+        opt.zero_grad(set_to_none=True)
+        for x, y in step:
+            (F.mse_loss(ref(x), y) / GRAD_ACCUM).backward()
+        norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        opt.step()
+        assert stats["grad_norm"] == pytest.approx(float(norm), rel=1e-5) and not stats["skipped"]
+        clipped.append(float(norm) > grad_clip > 0)
+    assert max_diff(engine.full_state_dict(), ref.state_dict()) < 1e-6
+    assert all(clipped) == (grad_clip == 0.05) and any(clipped) == (grad_clip == 0.05)
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3, "3-partitioned"])
 def test_resume_is_bitwise_exact(stage, partitioned_zero3):
     """N steps == k steps, full states into a new engine and model, N-k steps: bitwise, weights and AdamW."""
