@@ -115,8 +115,10 @@ def test_build_and_load(env):
             b = cache.batch([en, zh], res)
             post = vae.posterior(video)
             assert b["mean"].dtype == torch.float32 and b["mean"].shape[2] == 4
-            torch.testing.assert_close(b["mean"][0], post.mean[0], atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(b["logvar"][0], post.logvar[0], atol=1e-5, rtol=1e-4)
+            # the cache encodes media in batches: torch's group_norm and channels-last convolution kernels
+            # round differently at another batch size (measured 1.5e-5 on this tiny random VAE)
+            torch.testing.assert_close(b["mean"][0], post.mean[0], atol=3e-5, rtol=1e-4)
+            torch.testing.assert_close(b["logvar"][0], post.logvar[0], atol=3e-5, rtol=1e-4)
             assert torch.equal(b["mean"][0], b["mean"][1]) and torch.equal(b["logvar"][0], b["logvar"][1])
     s = cache_summary(cache)
     assert s["items_per_kind"] == {"image": 6, "video": 8} and s["buckets"]["full"] == {"1x2x2": 6, "3x2x2": 8}
