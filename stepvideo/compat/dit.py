@@ -18,8 +18,8 @@ from typing import Any, Mapping
 
 import torch
 
-from stepvideo.models.dit import DiTConfig, StepVideoDiT, load_sharded
-from stepvideo.models.io import shard_files
+from stepvideo.models.dit import DiTConfig, StepVideoDiT
+from stepvideo.models.io import load_sharded, shard_files
 from stepvideo.errors import InputError, MissingError
 
 # official StepVideoModel kwargs we accept, with the only values our model implements

@@ -27,8 +27,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -535,7 +534,7 @@ class StepVideoDiT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-        from stepvideo.models.io import load_config, weight_files, weights_label
+        from stepvideo.models.io import load_config, load_sharded, weight_files, weights_label
 
         cfg = load_config(DiTConfig, folder, ignore=("model_type",))
         return load_sharded(cls, cfg, weight_files(folder), device=device, dtype=dtype, label=weights_label(folder))
@@ -569,57 +568,10 @@ def build_on_meta(config: DiTConfig) -> StepVideoDiT:
         return StepVideoDiT(config)
 
 
-def load_sharded(
-    cls,
-    config: DiTConfig,
-    files: Iterable[str | os.PathLike],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    rename=None,
-    label: str | os.PathLike | None = None,
-) -> StepVideoDiT:
-    """Build on meta, then assign tensors shard by shard (peak memory ~ model + one shard).
-
-    A shard that is not safetensors, a tensor of the wrong shape, a missing or an unexpected
-    tensor is an InputError naming the file (``label`` for the missing ones: the folder's weights)."""
-    from stepvideo.models.io import _few, iter_safetensors
-
-    files = [Path(f) for f in files]
-    with torch.device("meta"):
-        model = cls(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    seen: set[str] = set()
-    unexpected: list[str] = []
-    for f in files:
-        part: dict[str, torch.Tensor] = {}
-        for k, t in iter_safetensors(f, device=str(device)):
-            name = rename(k) if rename else k
-            if name not in shapes:
-                unexpected.append(k)
-                continue
-            if name in seen:
-                raise InputError(f"{f}: {name} appears in more than one shard")
-            if tuple(t.shape) != shapes[name]:
-                raise InputError(f"{f}: does not fit StepVideoDiT: wrong shape for {k}: {tuple(t.shape)} "
-                                 f"(model {shapes[name]})")
-            part[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-        if unexpected:
-            raise InputError(f"{f}: does not fit StepVideoDiT: unexpected tensors {_few(unexpected)}")
-        model.load_state_dict(part, strict=False, assign=True)
-        seen.update(part)
-        del part
-    missing = sorted(set(shapes) - seen)
-    if missing:
-        where = label if label is not None else (files[0] if len(files) == 1 else ", ".join(map(str, files)))
-        raise InputError(f"{where}: does not fit StepVideoDiT: missing tensors {_few(missing)} ({len(missing)} in all)")
-    return model
-
-
 __all__ = [
     "DiTConfig",
     "PRESETS",
     "StepVideoDiT",
     "official_mask_to_ours",
     "build_on_meta",
-    "load_sharded",
 ]

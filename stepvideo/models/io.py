@@ -18,7 +18,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -302,3 +302,48 @@ def weights_label(folder: str | os.PathLike) -> Path:
             return folder / name
     files = sorted(folder.glob("*.safetensors"))
     return files[0] if len(files) == 1 else folder
+
+
+def load_sharded(
+    cls,
+    config: Any,
+    files: Iterable[str | os.PathLike],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    rename=None,
+    label: str | os.PathLike | None = None,
+) -> Any:
+    """``cls(config)`` built on meta, then its tensors assigned shard by shard (peak memory ~ model +
+    one shard).
+
+    A shard that is not safetensors, a tensor of the wrong shape, a missing or an unexpected
+    tensor is an InputError naming the file (``label`` for the missing ones: the folder's weights)."""
+    files = [Path(f) for f in files]
+    with torch.device("meta"):
+        model = cls(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    for f in files:
+        part: dict[str, torch.Tensor] = {}
+        for k, t in iter_safetensors(f, device=str(device)):
+            name = rename(k) if rename else k
+            if name not in shapes:
+                unexpected.append(k)
+                continue
+            if name in seen:
+                raise InputError(f"{f}: {name} appears in more than one shard")
+            if tuple(t.shape) != shapes[name]:
+                raise InputError(f"{f}: does not fit {cls.__name__}: wrong shape for {k}: {tuple(t.shape)} "
+                                 f"(model {shapes[name]})")
+            part[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        if unexpected:
+            raise InputError(f"{f}: does not fit {cls.__name__}: unexpected tensors {_few(unexpected)}")
+        model.load_state_dict(part, strict=False, assign=True)
+        seen.update(part)
+        del part
+    missing = sorted(set(shapes) - seen)
+    if missing:
+        where = label if label is not None else (files[0] if len(files) == 1 else ", ".join(map(str, files)))
+        raise InputError(f"{where}: does not fit {cls.__name__}: missing tensors {_few(missing)} ({len(missing)} in all)")
+    return model
