@@ -145,11 +145,9 @@ def _check_lora(lp: Any, section: str, where: str) -> None:
     """What the generic checks cannot say of a section's LoRA fields (`finetune`, `dpo`)."""
     if lp.lora_dropout >= 1:
         raise ParamsError(f"{where}: {section}.lora_dropout: must be below 1, got {lp.lora_dropout}")
-    from stepvideo.config import LORA_TARGETS
-
     if lp.method == "lora" and (not lp.lora_target_modules or not all(t.strip() for t in lp.lora_target_modules)):
         raise ParamsError(f"{where}: {section}.lora_target_modules: must name at least one module pattern "
-                          f"(e.g. {LORA_TARGETS[0]}), got {lp.lora_target_modules!r}")
+                          f"(e.g. {_default(lp, 'lora_target_modules')[0]}), got {lp.lora_target_modules!r}")
 
 
 def _check_finetune(fp: Any, where: str) -> None:
@@ -157,3 +155,9 @@ def _check_finetune(fp: Any, where: str) -> None:
     if not fp.base.strip():
         raise ParamsError(f"{where}: finetune.base: must name the model to fine-tune (a bundle or DiT folder, "
                           "or models:/NAME@ALIAS)")
+
+
+def _default(section: Any, name: str) -> Any:
+    """The dataclass default of a section's field (its value in a fresh section)."""
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
