@@ -45,7 +45,7 @@ def timed(pipe: T2VPipeline):
     saved = []
     for owner, name, part in patches:
         fn = getattr(owner, name)
-        saved.append((owner, name, owner.__dict__.get(name, None) if isinstance(owner, torch.nn.Module) else fn))
+        saved.append((owner, name, vars(owner).get(name)))  # None: a method of the class, not the object
 
         def wrapper(*a, _fn=fn, _part=part, **k):
             t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def timed(pipe: T2VPipeline):
         yield spent
     finally:
         for owner, name, original in saved:
-            if isinstance(owner, torch.nn.Module) and original is None:
+            if original is None:
                 delattr(owner, name)  # back to the class's method
             else:
                 setattr(owner, name, original)
