@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stepvideo.models.subpixel import add_nearest2x, nearest2x_causal_conv3d, nearest2x_conv2d
+
 
 CL3D = torch.channels_last_3d
 
@@ -209,7 +211,8 @@ class Upsample2D(nn.Module):
         self.conv = to_channels_last(nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return _per_frame(x, lambda f: self.conv(F.interpolate(f, scale_factor=2.0, mode="nearest")))
+        # the same sum as conv(interpolate(frame)), on the coarse grid (stepvideo/models/subpixel.py)
+        return _per_frame(x, lambda f: nearest2x_conv2d(f, self.conv.weight, self.conv.bias))
 
 
 class UpsampleResBlock3D(nn.Module):
@@ -232,6 +235,15 @@ class UpsampleResBlock3D(nn.Module):
             return F.silu(h.add_(x), inplace=True).add_(x)
         return F.silu(h + x) + x
 
+    def forward_upsampled(self, coarse: torch.Tensor) -> torch.Tensor:
+        """``forward(nearest_x2(coarse))`` without building the upsampled tensor: conv1 runs on the
+        coarse grid (:func:`nearest2x_causal_conv3d`) and both residual adds broadcast."""
+        c1 = self.conv1.conv
+        h = self.norm2(self.conv2.silu_forward(self.norm1(nearest2x_causal_conv3d(coarse, c1.weight, c1.bias))))
+        inplace = _inplace_ok(h, coarse)
+        h = F.silu(add_nearest2x(h, coarse, inplace), inplace=inplace)
+        return add_nearest2x(h, coarse, inplace)
+
 
 class Upsample3D(nn.Module):
     """Nearest 2x upsampling in T, H and W, then :class:`UpsampleResBlock3D`."""
@@ -241,7 +253,7 @@ class Upsample3D(nn.Module):
         self.conv3d = UpsampleResBlock3D(channels, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.conv3d(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv3d.forward_upsampled(x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stepvideo.models.subpixel import nearest2x_causal_conv3d, nearest2x_conv2d
 from stepvideo.models.vae_blocks import (
     CausalConv3d,
     Downsample2D,
@@ -307,20 +308,21 @@ def _downsample(run: _Run, m: nn.Module, x: Act) -> Act:
     raise TypeError(f"unsupported downsampler {type(m).__name__}")
 
 
+# a fine window of an x2 upsample + 3x3 conv reads its coarse cells and one coarse cell of halo
+_UP_HALO = _then(lambda i0, i1: (i0 - 1, i1 + 1), _coarse(2))
+
+
 def _upsample2d(run: _Run, m: Upsample2D, x: Act) -> Act:
     """Nearest x2 then a 3x3 conv: read one input cell of halo, upsample, keep one cell of halo."""
     conv = m.conv
 
     def fn(win: torch.Tensor) -> torch.Tensor:
-        def frame(f: torch.Tensor) -> torch.Tensor:
-            up = F.interpolate(f, scale_factor=2.0, mode="nearest")[..., 1:-1, 1:-1]
-            return F.conv2d(up, conv.weight, conv.bias)
-
-        return _per_frame(win, frame)
+        # the 'same' conv of the upsampled window, less the 2 fine cells of each side that the
+        # window's halo (1 coarse cell) only feeds
+        return _per_frame(win, lambda f: nearest2x_conv2d(f, conv.weight, conv.bias)[..., 2:-2, 2:-2])
 
     h, w = x.hw
-    halo = lambda i0, i1: (i0 - 1, i1 + 1)  # noqa: E731  (one input cell = the conv's halo after x2)
-    return _local_op(run, fn, [(x, _then(halo, _coarse(2)))], (2 * h, 2 * w))
+    return _local_op(run, fn, [(x, _UP_HALO)], (2 * h, 2 * w))
 
 
 def _upsample3d(run: _Run, m: Upsample3D, x: Act) -> Act:
@@ -328,7 +330,10 @@ def _upsample3d(run: _Run, m: Upsample3D, x: Act) -> Act:
     up = lambda win: F.interpolate(win, scale_factor=2.0, mode="nearest")  # noqa: E731
     u = _local_op(run, up, [(x, _coarse(2))], (2 * x.hw[0], 2 * x.hw[1]), stats=False)
     res = m.conv3d
-    h = _conv(run, res.conv2, _conv(run, res.conv1, u).normed(res.norm1, silu=True))
+    c1 = res.conv1.conv
+    conv1 = lambda win: nearest2x_causal_conv3d(win, c1.weight, c1.bias)[..., 2:-2, 2:-2]  # noqa: E731
+    h1 = _local_op(run, conv1, [(x, _UP_HALO)], u.hw)  # conv1 on the coarse grid (as in the module)
+    h = _conv(run, res.conv2, h1.normed(res.norm1, silu=True))
     out = lambda hw, uw: F.silu(hw + uw) + uw  # noqa: E731
     return _local_op(run, out, [(h.normed(res.norm2, silu=False), _same), (u, _same)], u.hw)
 
