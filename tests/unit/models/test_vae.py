@@ -162,7 +162,10 @@ def test_forward_matches_inference_path(vae):
     video = _video(17)
     recon, post = vae(video, sample=False)
     torch.testing.assert_close(post.mean, vae.encode(video), rtol=0, atol=1e-5)
-    torch.testing.assert_close(recon, vae.decode(vae.encode(video)), rtol=0, atol=1e-5)
+    # without autograd the decoder upsamples on the coarse grid and its convs skip the zero frames:
+    # the same sums in another order; this random 16x16 decoder (GroupNorm over 1-4 cells) magnifies
+    # the fp32 round-off ~100x, so the bound is compat's for decoded frames
+    torch.testing.assert_close(recon, vae.decode(vae.encode(video)), rtol=0, atol=5e-4)
 
 
 def test_posterior_sample_uses_generator(vae):
@@ -294,20 +297,22 @@ def test_bad_tiling_raises(vae):
 
 @pytest.mark.parametrize("frames", [5, 9])
 def test_causal_conv_that_skips_the_zero_frames_equals_the_padded_one(frames):
-    """CausalConv3d skips the two zero frames (``_trimmed``) when it pays: same outputs and gradients
-    as the conv of the time-padded input, with and without autograd, and through ``silu_forward``."""
+    """Without autograd CausalConv3d skips the two zero frames (``_trimmed``) when it pays: same
+    outputs as the conv of the time-padded input, also through ``silu_forward``; the trimmed form's
+    gradients are right too."""
     from stepvideo.models.vae_blocks import CL3D, CausalConv3d, pad_time_front
 
     torch.manual_seed(0)
     m = CausalConv3d(8, 8, 3)
     x = torch.randn(2, 8, frames, 5, 6).contiguous(memory_format=CL3D)
-    assert m._trims(x) and not m._trims(x[:, :, :4])
     ref = lambda v: m.conv(pad_time_front(v, 2))  # noqa: E731
     with torch.no_grad():
+        assert m._trims(x) and not m._trims(x[:, :, :4])
         torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m.silu_forward(x.clone()), ref(F.silu(x)), rtol=1e-5, atol=1e-5)
+    assert not m._trims(x)  # under autograd the padded form runs (its backward is cheaper)
     xg = x.clone().requires_grad_()
-    got = torch.autograd.grad(m(xg).square().sum(), [xg, *m.parameters()])
+    got = torch.autograd.grad(m._trimmed(xg).square().sum(), [xg, *m.parameters()])
     want = torch.autograd.grad(ref(xg).square().sum(), [xg, *m.parameters()])
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
