@@ -32,7 +32,8 @@ from typing import Any
 from stepvideo.errors import InputError
 
 _COMMON = ("stepvideo.stages.common",)
-_VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.io")
+_VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.subpixel",
+              "stepvideo.models.vae_tiling", "stepvideo.models.io")
 _SCORER = ("stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.data.synth",
            "stepvideo.data.vocabulary")  # the scorer and the words and shapes it judges by
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",
@@ -45,8 +46,9 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "data": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
     "validate": _COMMON + ("stepvideo.stages.data", "stepvideo.data"),
     "text_encoders": _COMMON + ("stepvideo.stages.text", "stepvideo.models.text_encoders",
-                                "stepvideo.models.tiny_text", "stepvideo.data.vocabulary"),
-    "text_cache": _COMMON + ("stepvideo.stages.text", "stepvideo.data.text_cache", "stepvideo.models.text_encoders"),
+                                "stepvideo.models.tiny_text", "stepvideo.models.io", "stepvideo.data.vocabulary"),
+    "text_cache": _COMMON + ("stepvideo.stages.text", "stepvideo.data.text_cache", "stepvideo.models.text_encoders",
+                   "stepvideo.models.io"),
     "train_vae": _COMMON + _VAE_MODEL + _SCORER + ("stepvideo.stages.vae", "stepvideo.evaluation.runner",
                                                    "stepvideo.training.vae_trainer", "stepvideo.training.vae_losses",
                                          "stepvideo.training.checkpoint", "stepvideo.training.schedule"),

@@ -151,3 +151,37 @@ def test_the_leaf_modules_import_nothing_else_of_the_package():
     for name, rel in leaves.items():
         others = {m for m in _imports(ROOT / "stepvideo" / rel) if not any(m.startswith(leaf) for leaf in leaves)}
         assert not others, f"{name} imports {sorted(others)}"
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def test_each_listed_model_module_brings_the_model_modules_it_imports():
+    """A model module in a stage's list brings every model module it imports, directly or not:
+    else a change there (a new kernel, say) would leave both drivers' caches serving stale results.
+    (The table lists what a stage's result depends on, not every import of its code.)"""
+    gaps = {}
+    for stage, listed in stages.STAGE_CODE.items():
+        def covered(m: str) -> bool:
+            return any(m == n or m.startswith(n + ".") for n in listed)
+
+        seen: set[str] = set()
+        todo = [m for m in listed if m.startswith("stepvideo.models")]
+        while todo:
+            name = todo.pop()
+            path = _module_file(name)
+            if name in seen or path is None:
+                continue
+            seen.add(name)
+            if path.name == "__init__.py" and name in listed:  # a listed package covers its files: walk them
+                todo += [f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"]
+            todo += [m for m in _imports(path) if m.startswith("stepvideo.models") and _module_file(m) is not None]
+        missing = sorted(m for m in seen if m.startswith("stepvideo.models.") and not covered(m))
+        if missing:
+            gaps[stage] = missing
+    assert not gaps, f"STAGE_CODE leaves out model modules these stages run: {gaps}"
