@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stepvideo.models.causal_conv import conv3d
+
 # tap tables, indexed [phase, coarse tap, fine tap]; the coarse taps sit at offsets (-1, 0) for
 # the causal time axis and at (-1, 0) / (0, +1) for phase 0 / 1 of a 'same' axis
 _SAME = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
@@ -79,7 +81,7 @@ def nearest2x_causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     k = torch.einsum("atj,byk,cxl,oijkl->abcoityx", c, s, s, weight.float()).reshape(8 * co, -1, 2, 2, 2)
     k = k.to(weight.dtype).contiguous(memory_format=torch.channels_last_3d)
     xp = F.pad(x, (0, 0, 0, 0, 1, 0))  # one zero frame: the coarse offset -1 of frame 0
-    y = F.conv3d(xp, k, None if bias is None else bias.repeat(8), padding=(0, 1, 1))  # (B, 8 Co, T, H + 1, W + 1)
+    y = conv3d(xp, k, None if bias is None else bias.repeat(8), (1, 1, 1), (0, 1, 1))  # (B, 8 Co, T, H + 1, W + 1)
     y = y.permute(0, 2, 3, 4, 1).view(bsz, t, h + 1, w + 1, 2, 2, 2, co)
     out = torch.empty((bsz, co, 2 * t, 2 * h, 2 * w), dtype=y.dtype, device=y.device,
                       memory_format=torch.channels_last_3d)

@@ -23,20 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stepvideo.models.causal_conv import CL3D, CausalConv3d, inplace_ok, pad_time_front, silu_, to_channels_last
 from stepvideo.models.subpixel import add_nearest2x, nearest2x_causal_conv3d, nearest2x_conv2d
-
-
-CL3D = torch.channels_last_3d
-
-
-def _inplace_ok(*tensors: torch.Tensor) -> bool:
-    """In-place updates of fresh intermediates are safe when nothing records gradients."""
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
-
-
-def silu_(x: torch.Tensor) -> torch.Tensor:
-    """SiLU of a fresh intermediate, in place when no gradient is recorded."""
-    return F.silu(x, inplace=_inplace_ok(x))
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -58,106 +46,6 @@ class FrameGroupNorm(nn.GroupNorm):
         return y.view(b, t, c, h, w).transpose(1, 2)
 
 
-def pad_time_front(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Prepend ``frames`` zero frames to a (B, C, T, H, W) tensor."""
-    if frames == 0:
-        return x
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.pad(x, (0, 0, 0, 0, frames, 0))
-    # without autograd: zero only the new frames (F.pad fills the whole output first), in x's layout
-    b, c, t, h, w = x.shape
-    fmt = CL3D if x.is_contiguous(memory_format=CL3D) else torch.contiguous_format
-    out = torch.empty((b, c, t + frames, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-    out[:, :, :frames].zero_()
-    out[:, :, frames:].copy_(x)
-    return out
-
-
-def to_channels_last(conv: nn.Module) -> nn.Module:
-    """Store a conv's weight channels-last (3d for Conv3d). With channels-last activations the
-    CPU (oneDNN) and cuDNN kernels then keep that layout from layer to layer instead of
-    reordering every input and output. Values, names and ``state_dict`` keys are unchanged
-    (savers write ``.contiguous()`` copies); ``load_state_dict`` copies into this layout."""
-    w = conv.weight
-    fmt = CL3D if w.dim() == 5 else torch.channels_last
-    conv.weight.data = w.data.contiguous(memory_format=fmt)
-    return conv
-
-
-class CausalConv3d(nn.Module):
-    """3D convolution that is causal in time: ``kernel_t - 1`` zero frames are prepended.
-
-    Spatially it is a 'same' convolution (zero padding ``kernel // 2``). With ``stride`` 2 the
-    output has ``(T - 1) // 2 + 1`` frames, so frame 0 always maps to frame 0.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
-        super().__init__()
-        self.time_pad = kernel_size - 1
-        space_pad = kernel_size // 2
-        self.conv = nn.Conv3d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=(0, space_pad, space_pad)
-        )
-        to_channels_last(self.conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if x.shape[2] == 1 and self.time_pad:
-            # One frame (an image): the prepended frames are zeros, so only the kernel's last
-            # temporal slice meets data. The same sum as the 3D conv, ~3x cheaper on the CPU
-            # (bench/bench_learning.py; image batches are most of the VAE's training steps).
-            c = self.conv
-            return F.conv2d(x[:, :, 0], c.weight[:, :, -1], c.bias, stride=c.stride[1:],
-                            padding=c.padding[1:]).unsqueeze(2)
-        if self._trims(x):
-            return self._trimmed(x)
-        return self.conv(pad_time_front(x, self.time_pad))
-
-    def _trims(self, x: torch.Tensor) -> bool:
-        """Whether to skip the zero frames (:meth:`_trimmed`): a 3-frame kernel at stride 1, enough
-        frames for the saving to beat the extra calls, and an output no larger than the padded input
-        (its copy replaces the padding's)."""
-        c = self.conv
-        t = x.shape[2]
-        # inference only: under autograd the slice writes' backward cost more than the saving
-        # (a VAE training step on 17-frame clips: 2.6 s with it, 1.9 s without)
-        return (self.time_pad == 2 and c.stride == (1, 1, 1) and t > 4 and _inplace_ok(x, c.weight)
-                and c.out_channels * t <= c.in_channels * (t + 2))
-
-    def _trimmed(self, x: torch.Tensor) -> torch.Tensor:
-        """The causal conv without multiplying the two prepended zero frames: frames 2.. meet the
-        whole kernel with no time padding, frame 0 only the kernel's last temporal slice and frame 1
-        its last two. The same sums for 1/T fewer multiply-adds and no padded copy of x."""
-        c = self.conv
-        pad = c.padding[1:]
-        b, cin, t, h, w = x.shape
-        out = torch.empty((b, c.out_channels, t, h, w), dtype=x.dtype, device=x.device, memory_format=CL3D)
-        out[:, :, 2:] = c(x)
-        # frames 0 and 1 as 2D convs (a 2-frame conv3d takes torch's slow reference kernel when the
-        # input is small); dense weight slices, as a strided one would be copied on each call
-        last = c.weight[:, :, 2].contiguous(memory_format=torch.channels_last)
-        mid = c.weight[:, :, 1].contiguous(memory_format=torch.channels_last)
-        frames = x[:, :, :2].transpose(1, 2).reshape(b * 2, cin, h, w)  # a view when x is channels-last-3d
-        y = F.conv2d(frames, last, c.bias, padding=pad).view(b, 2, c.out_channels, h, w)
-        out[:, :, 0] = y[:, 0]
-        out[:, :, 1] = y[:, 1] + F.conv2d(x[:, :, 0], mid, None, padding=pad)
-        return out
-
-    def silu_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(silu(x))``. Without autograd, on a clip, SiLU writes straight into the
-        time-padded buffer the convolution reads (one pass over x instead of SiLU, then a copy)."""
-        # channels-last-3d only: there each sample's new frames are one dense block, which SiLU's
-        # vectorised kernel fills as it does in place (elsewhere it would take a strided loop)
-        if not self.time_pad or x.shape[2] == 1 or not _inplace_ok(x) or not x.is_contiguous(memory_format=CL3D):
-            return self(silu_(x))
-        if self._trims(x):  # no padded buffer to fill
-            return self._trimmed(F.silu(x, inplace=True))
-        b, c, t, h, w = x.shape
-        padded = torch.empty((b, c, t + self.time_pad, h, w), dtype=x.dtype, device=x.device, memory_format=CL3D)
-        padded[:, :, :self.time_pad].zero_()
-        torch.ops.aten.silu.out(x, out=padded[:, :, self.time_pad:])
-        return self.conv(padded)
-
-
 class ResnetBlock3D(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 conv when widths differ) skip."""
 
@@ -176,7 +64,7 @@ class ResnetBlock3D(nn.Module):
         h = self.conv1.silu_forward(self.norm1(x))
         h = self.conv2.silu_forward(self.norm2(h))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return h.add_(skip) if _inplace_ok(h, skip) else h + skip
+        return h.add_(skip) if inplace_ok(h, skip) else h + skip
 
 
 class CausalAttnBlock(nn.Module):
@@ -206,7 +94,7 @@ class CausalAttnBlock(nn.Module):
         # channels-last-3d whichever kernel the 1x1 conv took (torch's reference one, for a small
         # input, returns NCTHW), so the next norm sees one layout with or without autograd
         y = self.proj_out(out).contiguous(memory_format=CL3D)
-        return y.add_(x) if _inplace_ok(y, x) else x + y
+        return y.add_(x) if inplace_ok(y, x) else x + y
 
 
 def _per_frame(x: torch.Tensor, fn) -> torch.Tensor:
@@ -249,7 +137,7 @@ class Upsample2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         # without autograd: the same sum as conv(interpolate(frame)), on the coarse grid
         # (stepvideo/models/subpixel.py); training keeps the plain form, whose backward is cheaper
-        if _inplace_ok(x, self.conv.weight):
+        if inplace_ok(x, self.conv.weight):
             return _per_frame(x, lambda f: nearest2x_conv2d(f, self.conv.weight, self.conv.bias))
         return _per_frame(x, lambda f: self.conv(F.interpolate(f, scale_factor=2.0, mode="nearest")))
 
@@ -270,7 +158,7 @@ class UpsampleResBlock3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.norm2(self.conv2.silu_forward(self.norm1(self.conv1(x))))
-        if _inplace_ok(h, x):
+        if inplace_ok(h, x):
             return F.silu(h.add_(x), inplace=True).add_(x)
         return F.silu(h + x) + x
 
@@ -279,7 +167,7 @@ class UpsampleResBlock3D(nn.Module):
         coarse grid (:func:`nearest2x_causal_conv3d`) and both residual adds broadcast."""
         c1 = self.conv1.conv
         h = self.norm2(self.conv2.silu_forward(self.norm1(nearest2x_causal_conv3d(coarse, c1.weight, c1.bias))))
-        inplace = _inplace_ok(h, coarse)
+        inplace = inplace_ok(h, coarse)
         h = F.silu(add_nearest2x(h, coarse, inplace), inplace=inplace)
         return add_nearest2x(h, coarse, inplace)
 
@@ -292,7 +180,7 @@ class Upsample3D(nn.Module):
         self.conv3d = UpsampleResBlock3D(channels, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if _inplace_ok(x, self.conv3d.conv1.conv.weight):  # inference: on the coarse grid
+        if inplace_ok(x, self.conv3d.conv1.conv.weight):  # inference: on the coarse grid
             return self.conv3d.forward_upsampled(x)
         return self.conv3d(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
@@ -424,7 +312,7 @@ class ConvPixelShuffle3D(nn.Module):
 
 def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a + b, into ``a`` (a fresh conv output) when no gradient is recorded."""
-    return a.add_(b) if _inplace_ok(a, b) and a.is_contiguous(memory_format=CL3D) else a + b
+    return a.add_(b) if inplace_ok(a, b) and a.is_contiguous(memory_format=CL3D) else a + b
 
 
 class _Level(nn.Module):

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepvideo.models.subpixel import nearest2x_causal_conv3d, nearest2x_conv2d
+from stepvideo.models.causal_conv import CausalConv3d
 from stepvideo.models.vae_blocks import (
-    CausalConv3d,
     Downsample2D,
     Downsample3D,
     FrameGroupNorm,
@@ -56,7 +56,6 @@ from stepvideo.models.vae_blocks import (
     VideoDecoder,
     VideoEncoder,
     _per_frame,
-    pad_time_front,
     pixel_shuffle_3d,
     pixel_unshuffle_3d,
 )
@@ -271,8 +270,7 @@ def _crop(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def _conv3d(m: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
     """:class:`CausalConv3d` without spatial padding (the window already holds the halo)."""
-    c = m.conv
-    return F.conv3d(pad_time_front(x, m.time_pad), c.weight, c.bias, stride=c.stride)
+    return m(x, space_padding=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ from typing import Any
 from stepvideo.errors import InputError
 
 _COMMON = ("stepvideo.stages.common",)
-_VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.subpixel",
-              "stepvideo.models.vae_tiling", "stepvideo.models.io")
+_VAE_MODEL = ("stepvideo.models.vae", "stepvideo.models.vae_blocks", "stepvideo.models.causal_conv",
+              "stepvideo.models.winograd", "stepvideo.models.subpixel", "stepvideo.models.vae_tiling",
+              "stepvideo.models.io")
 _SCORER = ("stepvideo.evaluation.scorer", "stepvideo.evaluation.segment", "stepvideo.data.synth",
            "stepvideo.data.vocabulary")  # the scorer and the words and shapes it judges by
 _DIT = ("stepvideo.stages.dit", "stepvideo.stages.common", "stepvideo.training.dit_trainer", "stepvideo.training.engine",

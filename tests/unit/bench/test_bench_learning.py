@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 
 from conftest import load_bench
-from stepvideo.models.vae_blocks import CausalConv3d
+from stepvideo.models.causal_conv import CausalConv3d
 from stepvideo.training.vae_losses import object_mask, pixel_loss
 from stepvideo.training.vae_trainer import VAETrainConfig
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import SHARED
 from stepvideo.compat.vae import convert_official_state_dict
@@ -293,26 +292,3 @@ def test_bad_tiling_raises(vae):
         vae.encode(torch.zeros(1, 1, 3, 32, 32), tile_size=20)
     with pytest.raises(ValueError, match="smaller than tile_size"):
         vae.encode(torch.zeros(1, 1, 3, 32, 32), tile_size=16, tile_overlap=16)
-
-
-@pytest.mark.parametrize("frames", [5, 9])
-def test_causal_conv_that_skips_the_zero_frames_equals_the_padded_one(frames):
-    """Without autograd CausalConv3d skips the two zero frames (``_trimmed``) when it pays: same
-    outputs as the conv of the time-padded input, also through ``silu_forward``; the trimmed form's
-    gradients are right too."""
-    from stepvideo.models.vae_blocks import CL3D, CausalConv3d, pad_time_front
-
-    torch.manual_seed(0)
-    m = CausalConv3d(8, 8, 3)
-    x = torch.randn(2, 8, frames, 5, 6).contiguous(memory_format=CL3D)
-    ref = lambda v: m.conv(pad_time_front(v, 2))  # noqa: E731
-    with torch.no_grad():
-        assert m._trims(x) and not m._trims(x[:, :, :4])
-        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(m.silu_forward(x.clone()), ref(F.silu(x)), rtol=1e-5, atol=1e-5)
-    assert not m._trims(x)  # under autograd the padded form runs (its backward is cheaper)
-    xg = x.clone().requires_grad_()
-    got = torch.autograd.grad(m._trimmed(xg).square().sum(), [xg, *m.parameters()])
-    want = torch.autograd.grad(ref(xg).square().sum(), [xg, *m.parameters()])
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
