@@ -1,13 +1,15 @@
 """The VAE's causal 3D convolution, and which kernel computes each call.
 
 :class:`CausalConv3d` is causal in time (``kernel_t - 1`` zero frames are prepended) and 'same' in
-H and W. Under autograd it is one padded ``conv3d``. Without autograd, where the CPU is slow, a
-call takes the cheapest of these forms of the same sum (``bench/bench_vs_official.py`` measures
-them against the official modules, ``README.md`` *Speed against the official modules* has the
-figures):
+H and W. A call takes the cheapest of these forms of the same sum (``bench/bench_vs_official.py``
+measures them against the official modules, ``README.md`` *Speed against the official modules*
+has the figures):
 
 * one frame (an image): a 2D conv with the kernel's last temporal slice, the only one that
-  meets data;
+  meets data (also under autograd);
+
+and, without autograd only (under it their backward costs more than they save):
+
 * 3-frame kernels at stride 1, widths >= 128, >= 1,024 output cells, on the CPU: Winograd
   F(2, 3) along time (:mod:`stepvideo.models.winograd`), ~2/3 of the multiply-adds;
 * narrower ones, when the output is no larger than the padded input: the two zero frames are
